@@ -1,0 +1,12 @@
+//! Generates the agent's client for `WorkspaceAgent` from the shared
+//! `proto/` with no system `protoc` (see the root `build.rs`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=../proto/workspace/lifecycle/v1/agent.proto");
+    let descriptors = protox::compile(["workspace/lifecycle/v1/agent.proto"], ["../proto"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

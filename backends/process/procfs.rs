@@ -1,0 +1,54 @@
+//! Just enough of `/proc` to tell whether a recorded pid is still the process
+//! we started (pids are reused, start times are not).
+
+use std::fs;
+
+/// The process's start time in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`).
+pub(super) fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume
+    // after the last ')'. Field 3 (state) is the first after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True if `pid` runs, is not a zombie, and (when given) started at
+/// `started`.
+pub(super) fn is_alive(pid: u32, started: Option<u64>) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
+    let mut fields = stat[close + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z") | Some("X")) {
+        return false;
+    }
+    match started {
+        Some(expected) if expected != 0 => start_time(pid) == Some(expected),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_with_its_own_start_time() {
+        let me = std::process::id();
+        let started = start_time(me).expect("own start time");
+        assert!(is_alive(me, Some(started)));
+        assert!(
+            !is_alive(me, Some(started + 1)),
+            "a reused pid must not match"
+        );
+    }
+
+    #[test]
+    fn absent_pid_is_dead() {
+        assert!(!is_alive(u32::MAX - 1, None));
+    }
+}

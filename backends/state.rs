@@ -1,0 +1,62 @@
+//! What a backend sees of a workspace's instance. The one rule that matters:
+//! an instance that is still booting is `Pending`, never `Stopped` or
+//! `Missing`, so nobody restarts a workspace that is merely slow to start.
+
+use crate::Generation;
+
+/// The lifecycle phase of an instance as the backend reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstancePhase {
+    /// Nothing exists for the workspace.
+    Missing,
+    /// Created and booting (EC2 `pending`, a container being created).
+    Pending,
+    /// Up.
+    Running,
+    /// On its way down (EC2 `stopping`/`shutting-down`, container removing).
+    Stopping,
+    /// Down on purpose or after a clean exit.
+    Stopped,
+    /// Down after a crash or error.
+    Failed(String),
+}
+
+/// An instance's phase and the generation it was labelled with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceState {
+    /// The phase the backend reports.
+    pub phase: InstancePhase,
+    /// The generation label of the instance, when one exists.
+    pub generation: Option<Generation>,
+}
+
+impl InstanceState {
+    /// No instance at all.
+    pub fn missing() -> Self {
+        Self {
+            phase: InstancePhase::Missing,
+            generation: None,
+        }
+    }
+
+    /// An instance of `generation` in `phase`.
+    pub fn of(generation: Generation, phase: InstancePhase) -> Self {
+        Self {
+            phase,
+            generation: Some(generation),
+        }
+    }
+
+    /// Still coming up: a health probe must not treat it as dead.
+    pub fn is_booting(&self) -> bool {
+        matches!(self.phase, InstancePhase::Pending)
+    }
+
+    /// Gone or going: the workspace needs a new instance to serve.
+    pub fn is_down(&self) -> bool {
+        matches!(
+            self.phase,
+            InstancePhase::Missing | InstancePhase::Stopped | InstancePhase::Failed(_)
+        )
+    }
+}

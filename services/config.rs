@@ -1,0 +1,151 @@
+//! Configuration: command-line flags, each also settable from the
+//! environment. Defaults give the embedded setup (a project-local Postgres
+//! and the process backend on 127.0.0.1:50051).
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::BackendKind;
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "workspace-lifecycle",
+    version,
+    about = "The workspace lifecycle control plane"
+)]
+pub struct Cli {
+    /// What to run (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags for `serve` (also accepted without the subcommand).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane (the default).
+    Serve,
+    /// Run the workspace agent (what the process backend launches); reads
+    /// its configuration from `WL_*` variables.
+    Agent,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| e.to_string())
+}
+
+fn backend(raw: &str) -> Result<BackendKind, String> {
+    raw.parse()
+}
+
+/// Flags for serving.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "WL_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Postgres URL. Without it, the server initialises and starts a
+    /// project-local Postgres under --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for the embedded Postgres and the process backend's state.
+    #[arg(long, env = "WL_DATA_DIR", default_value = ".wl-data")]
+    pub data_dir: PathBuf,
+
+    /// The URL agents use to reach this server (default: http://<listen>).
+    #[arg(long, env = "WL_AGENT_URL")]
+    pub agent_url: Option<String>,
+
+    /// Backends to enable, comma-separated: process, docker, ec2.
+    #[arg(long, env = "WL_BACKENDS", value_delimiter = ',', default_value = "process", value_parser = backend)]
+    pub backends: Vec<BackendKind>,
+
+    /// After a cycle starts, probe and reconciler triggers are dropped and
+    /// config changes deferred for this long.
+    #[arg(long, env = "WL_DEBOUNCE_WINDOW", default_value = "60s", value_parser = duration)]
+    pub debounce_window: Duration,
+
+    /// A file-write burst ends after this long without a write.
+    #[arg(long, env = "WL_BURST_QUIET", default_value = "5s", value_parser = duration)]
+    pub burst_quiet: Duration,
+
+    /// A burst holds its cycle back at most this long after its first write.
+    #[arg(long, env = "WL_BURST_MAX_WAIT", default_value = "60s", value_parser = duration)]
+    pub burst_max_wait: Duration,
+
+    /// A cycle not ONLINE by then fails.
+    #[arg(long, env = "WL_PROVISION_DEADLINE", default_value = "120s", value_parser = duration)]
+    pub provision_deadline: Duration,
+
+    /// How long a replica may stay silent before its cycles are taken over.
+    #[arg(long, env = "WL_LEASE_TTL", default_value = "15s", value_parser = duration)]
+    pub lease_ttl: Duration,
+
+    /// How often the scheduler looks for due work it was not told about.
+    #[arg(long, env = "WL_SWEEP_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub sweep_interval: Duration,
+
+    /// How often agents heartbeat.
+    #[arg(long, env = "WL_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long a stopped process gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "WL_STOP_GRACE", default_value = "10s", value_parser = duration)]
+    pub stop_grace: Duration,
+
+    /// How long shutdown waits for running cycles.
+    #[arg(long, env = "WL_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// Most Postgres connections this server opens.
+    #[arg(long, env = "WL_DB_CONNECTIONS", default_value_t = 32)]
+    pub db_connections: usize,
+
+    /// The agent program the process backend runs (default: this binary's
+    /// `agent` subcommand).
+    #[arg(long, env = "WL_AGENT_COMMAND", value_delimiter = ' ')]
+    pub agent_command: Option<Vec<String>>,
+
+    /// Log format.
+    #[arg(long, env = "WL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The database URL may carry a password.
+        f.debug_struct("ServeArgs")
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("backends", &self.backends)
+            .field("debounce_window", &self.debounce_window)
+            .field("provision_deadline", &self.provision_deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServeArgs {
+    /// The defaults, as if no flag were given (tests start from these).
+    pub fn defaults() -> Self {
+        Cli::parse_from(["workspace-lifecycle"]).serve
+    }
+}

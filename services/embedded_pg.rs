@@ -1,0 +1,291 @@
+//! The project-local Postgres the server runs on when no database URL is
+//! given: initialised under the data directory on first start, started on
+//! a loopback port, reused on later starts. Postgres refuses to run as
+//! root, so as root the cluster belongs to the `postgres` user.
+//!
+//! (Crates that embed Postgres download binaries at build time; this one
+//! uses the server binaries installed on the machine.)
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::process::Command;
+
+/// A failure to provide the embedded database.
+#[derive(Debug, thiserror::Error)]
+#[error("embedded Postgres: {0}")]
+pub struct EmbeddedError(String);
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, EmbeddedError> {
+    Err(EmbeddedError(msg.into()))
+}
+
+/// A running local Postgres cluster.
+#[derive(Debug)]
+pub struct EmbeddedPostgres {
+    bin: PathBuf,
+    pgdata: PathBuf,
+    port: u16,
+    owner: Option<nix::unistd::User>,
+}
+
+const DATABASE: &str = "workspaces";
+
+impl EmbeddedPostgres {
+    /// Initialises (once) and starts (if not running) the cluster under
+    /// `root`, and makes sure the service's database exists.
+    pub async fn ensure(root: &Path) -> Result<Self, EmbeddedError> {
+        let bin = find_bin_dir().await?;
+        let owner = if nix::unistd::Uid::effective().is_root() {
+            Some(
+                nix::unistd::User::from_name("postgres")
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        EmbeddedError("running as root needs a `postgres` user".into())
+                    })?,
+            )
+        } else {
+            None
+        };
+        let root = std::path::absolute(root).map_err(|e| EmbeddedError(e.to_string()))?;
+        tokio::fs::create_dir_all(&root)
+            .await
+            .map_err(|e| EmbeddedError(format!("{}: {e}", root.display())))?;
+        let pgdata = match &owner {
+            Some(user) if !reachable_by(user, &root).await => {
+                // The `postgres` user cannot reach the project directory
+                // (e.g. under /root): keep the cluster in its home instead.
+                let digest =
+                    <sha2::Sha256 as sha2::Digest>::digest(root.as_os_str().as_encoded_bytes());
+                let dir = user
+                    .dir
+                    .join("workspace-lifecycle")
+                    .join(hex::encode(&digest[..8]));
+                tracing::info!(pgdata = %dir.display(), "the postgres user cannot reach the data directory; keeping the cluster in its home");
+                tokio::fs::create_dir_all(&dir)
+                    .await
+                    .map_err(|e| EmbeddedError(format!("{}: {e}", dir.display())))?;
+                dir.join("pg")
+            }
+            _ => root.join("pg"),
+        };
+        let this = Self {
+            bin,
+            port: load_or_pick_port(&root).await?,
+            pgdata,
+            owner,
+        };
+        if !this.pgdata.join("PG_VERSION").exists() {
+            this.init().await?;
+        }
+        if !this.running().await {
+            this.start().await?;
+        }
+        this.create_database().await?;
+        Ok(this)
+    }
+
+    /// The URL of the service's database.
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={DATABASE}",
+            self.port
+        )
+    }
+
+    /// The loopback port the cluster listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut command = match &self.owner {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg(&user.name).arg("--").arg(path);
+                c
+            }
+            None => Command::new(path),
+        };
+        command.stdin(Stdio::null()).kill_on_drop(true);
+        command
+    }
+
+    async fn run(&self, what: &str, mut command: Command) -> Result<(), EmbeddedError> {
+        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .map_err(|_| EmbeddedError(format!("{what} timed out")))?
+            .map_err(|e| EmbeddedError(format!("{what}: {e}")))?;
+        if !output.status.success() {
+            return fail(format!(
+                "{what} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    async fn init(&self) -> Result<(), EmbeddedError> {
+        tokio::fs::create_dir_all(&self.pgdata)
+            .await
+            .map_err(|e| EmbeddedError(e.to_string()))?;
+        if let Some(user) = &self.owner {
+            for dir in [self.pgdata.parent(), Some(self.pgdata.as_path())]
+                .into_iter()
+                .flatten()
+            {
+                if dir.ends_with("pg") || dir.starts_with(&user.dir) {
+                    std::os::unix::fs::chown(dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                        .map_err(|e| EmbeddedError(format!("chown {}: {e}", dir.display())))?;
+                }
+            }
+        }
+        let mut initdb = self.command("initdb");
+        initdb.arg("-D").arg(&self.pgdata).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ]);
+        self.run("initdb", initdb).await
+    }
+
+    async fn running(&self) -> bool {
+        let mut status = self.command("pg_ctl");
+        status.arg("-D").arg(&self.pgdata).arg("status");
+        status.stdout(Stdio::null()).stderr(Stdio::null());
+        matches!(status.status().await, Ok(s) if s.success())
+    }
+
+    async fn start(&self) -> Result<(), EmbeddedError> {
+        let mut start = self.command("pg_ctl");
+        start
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+                self.port,
+                self.pgdata.display()
+            ))
+            .arg("-l")
+            .arg(self.pgdata.join("server.log"))
+            .args(["-w", "-t", "60", "start"]);
+        self.run("pg_ctl start", start).await
+    }
+
+    async fn create_database(&self) -> Result<(), EmbeddedError> {
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                self.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .map_err(|e| EmbeddedError(format!("connect: {e}")))?;
+        let driver = tokio::spawn(connection);
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
+            .await
+            .map_err(|e| EmbeddedError(e.to_string()))?
+            .is_some();
+        if !exists {
+            if let Err(err) = client
+                .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+                .await
+            {
+                // Another process may have created it meanwhile.
+                if err.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
+                    return fail(format!("create database: {err}"));
+                }
+            }
+        }
+        drop(client);
+        let _ = driver.await;
+        Ok(())
+    }
+
+    /// Stops the cluster (fast shutdown).
+    pub async fn stop(&self) -> Result<(), EmbeddedError> {
+        let mut stop = self.command("pg_ctl");
+        stop.arg("-D")
+            .arg(&self.pgdata)
+            .args(["-m", "fast", "-w", "stop"]);
+        self.run("pg_ctl stop", stop).await
+    }
+}
+
+/// True if `user` can traverse every directory down to `dir`.
+async fn reachable_by(user: &nix::unistd::User, dir: &Path) -> bool {
+    Command::new("runuser")
+        .arg("-u")
+        .arg(&user.name)
+        .args(["--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+/// Where the Postgres server binaries are: `$WL_PG_BIN`, `pg_config
+/// --bindir`, or the newest `/usr/lib/postgresql/*/bin`.
+async fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
+    let has_initdb = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os("WL_PG_BIN").map(PathBuf::from) {
+        if has_initdb(&dir) {
+            return Ok(dir);
+        }
+    }
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output().await {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if has_initdb(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .filter(|(_, dir)| has_initdb(dir))
+        .collect();
+    versions.sort();
+    match versions.pop() {
+        Some((_, dir)) => Ok(dir),
+        None => fail(
+            "no PostgreSQL server binaries found (install postgresql, set WL_PG_BIN, or pass --database-url)",
+        ),
+    }
+}
+
+/// The cluster's port, kept in `<root>/pg.port` so restarts reuse it.
+async fn load_or_pick_port(root: &Path) -> Result<u16, EmbeddedError> {
+    let file = root.join("pg.port");
+    if let Ok(raw) = tokio::fs::read_to_string(&file).await {
+        if let Ok(port) = raw.trim().parse() {
+            return Ok(port);
+        }
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| EmbeddedError(format!("pick a port: {e}")))?
+        .port();
+    tokio::fs::write(&file, port.to_string())
+        .await
+        .map_err(|e| EmbeddedError(e.to_string()))?;
+    Ok(port)
+}

@@ -1,0 +1,269 @@
+//! The coalesce layer: admits requests durably, many at a time per
+//! workspace, and lets through to the gate only a request whose cycle may
+//! start now.
+//!
+//! Concurrent requests for one workspace queue in a per-key lane; one task
+//! drains the lane and admits everything queued in a single durable step
+//! (one transaction), so a storm on one workspace costs one round trip per
+//! batch instead of one per request, while every caller is still answered
+//! only after its own request committed (C13). What the admission decides —
+//! open a follow-up, join it, defer it, drop it — is the ledger's rule
+//! (C2/C7); this layer only batches and routes:
+//!
+//! - `Ready` (the gate is free and the cycle is due): on to the gate;
+//! - anything else is the final answer (coalesced, deferred, dropped).
+//!
+//! Lanes live only while requests are queued (C15). The drain runs in its
+//! own task, so a caller that goes away mid-admission cannot cancel a
+//! transaction other callers depend on.
+
+use std::{
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+use tower::{Layer, Service};
+
+use super::{
+    EngineError,
+    clock::SharedClock,
+    intent::{Admission, StackRequest, Stage},
+    keyed::{KeyedSlots, SlotRef},
+};
+use crate::domain::{ConfigVersion, CycleId, Timestamp};
+
+/// The outcome of admitting one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ticket {
+    /// Admitted into `cycle`, which may start now: go on to the gate.
+    Ready {
+        /// The cycle.
+        cycle: CycleId,
+        /// This request opened it.
+        opened: bool,
+        /// The config version after this request.
+        config_version: Option<ConfigVersion>,
+    },
+    /// The final answer.
+    Done(Admission),
+}
+
+/// Durable admission of a batch of requests for one key.
+#[async_trait]
+pub trait Admit<R: StackRequest>: Send + Sync + 'static {
+    /// Admits `batch` (all for `key`, in arrival order) in one durable step,
+    /// returning one result per request. An `Err` for the whole call means
+    /// nothing was admitted.
+    async fn admit(
+        &self,
+        key: &R::Key,
+        batch: &[R],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Ticket, EngineError>>, EngineError>;
+}
+
+type Reply<R> = oneshot::Sender<(R, Result<Ticket, EngineError>)>;
+
+/// One workspace's queue of requests waiting for admission.
+struct Lane<R> {
+    state: Mutex<LaneState<R>>,
+}
+
+struct LaneState<R> {
+    queue: Vec<(R, Reply<R>)>,
+    /// A drain task is running for this lane.
+    draining: bool,
+}
+
+impl<R> Lane<R> {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(LaneState {
+                queue: Vec::new(),
+                draining: false,
+            }),
+        }
+    }
+}
+
+/// Adds the coalescing admission in front of a service.
+pub struct CoalesceLayer<A, R: StackRequest> {
+    admit: Arc<A>,
+    clock: SharedClock,
+    lanes: KeyedSlots<R::Key, Lane<R>>,
+}
+
+impl<A, R: StackRequest> CoalesceLayer<A, R> {
+    /// A layer admitting through `admit`.
+    pub fn new(admit: Arc<A>, clock: SharedClock) -> Self {
+        Self {
+            admit,
+            clock,
+            lanes: KeyedSlots::new(),
+        }
+    }
+
+    /// How many workspaces have requests queued right now (C15 checks).
+    pub fn live_lanes(&self) -> usize {
+        self.lanes.len()
+    }
+}
+
+impl<A, R: StackRequest> Clone for CoalesceLayer<A, R> {
+    fn clone(&self) -> Self {
+        Self {
+            admit: self.admit.clone(),
+            clock: self.clock.clone(),
+            lanes: self.lanes.clone(),
+        }
+    }
+}
+
+impl<S, A, R: StackRequest> Layer<S> for CoalesceLayer<A, R> {
+    type Service = Coalesce<S, A, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Coalesce {
+            inner,
+            admit: self.admit.clone(),
+            clock: self.clock.clone(),
+            lanes: self.lanes.clone(),
+        }
+    }
+}
+
+/// The coalescing admission service.
+pub struct Coalesce<S, A, R: StackRequest> {
+    inner: S,
+    admit: Arc<A>,
+    clock: SharedClock,
+    lanes: KeyedSlots<R::Key, Lane<R>>,
+}
+
+impl<S: Clone, A, R: StackRequest> Clone for Coalesce<S, A, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            admit: self.admit.clone(),
+            clock: self.clock.clone(),
+            lanes: self.lanes.clone(),
+        }
+    }
+}
+
+// === impl Coalesce ===
+
+/// The admission lanes, shared by every clone of the layer's service.
+struct Lanes;
+
+impl Lanes {
+    /// Queues `request` in its lane, starting a drain if none runs, and waits
+    /// for its admission.
+    async fn enqueue<A: Admit<R>, R: StackRequest>(
+        lanes: KeyedSlots<R::Key, Lane<R>>,
+        admit: Arc<A>,
+        clock: SharedClock,
+        request: R,
+    ) -> Result<(R, Ticket), EngineError> {
+        let key = request.key();
+        let lane = lanes.acquire(&key, Lane::new);
+        let (reply, answer) = oneshot::channel();
+        let start_drain = {
+            let mut state = lane.state.lock().expect("lane poisoned");
+            state.queue.push((request, reply));
+            !std::mem::replace(&mut state.draining, true)
+        };
+        if start_drain {
+            tokio::spawn(Self::drain::<A, R>(
+                lanes.acquire(&key, Lane::new),
+                key,
+                admit,
+                clock,
+            ));
+        }
+        let (request, ticket) = answer
+            .await
+            .map_err(|_| EngineError::Internal("admission task ended without an answer".into()))?;
+        drop(lane);
+        ticket.map(|ticket| (request, ticket))
+    }
+
+    /// Admits whatever is queued, batch after batch, until the lane is empty.
+    async fn drain<A: Admit<R>, R: StackRequest>(
+        lane: SlotRef<R::Key, Lane<R>>,
+        key: R::Key,
+        admit: Arc<A>,
+        clock: SharedClock,
+    ) {
+        loop {
+            let batch = {
+                let mut state = lane.state.lock().expect("lane poisoned");
+                if state.queue.is_empty() {
+                    state.draining = false;
+                    return;
+                }
+                std::mem::take(&mut state.queue)
+            };
+            let (requests, replies): (Vec<R>, Vec<Reply<R>>) = batch.into_iter().unzip();
+            let results = admit.admit(&key, &requests, clock.now()).await;
+            let results = match results {
+                Ok(results) if results.len() == requests.len() => results,
+                Ok(_) => vec![
+                    Err(EngineError::Internal("admission lost a request".into()));
+                    requests.len()
+                ],
+                Err(err) => vec![Err(err); requests.len()],
+            };
+            for ((request, reply), result) in requests.into_iter().zip(replies).zip(results) {
+                let _ = reply.send((request, result));
+            }
+        }
+    }
+}
+
+impl<S, A, R> Service<R> for Coalesce<S, A, R>
+where
+    R: StackRequest,
+    S: Service<R, Response = Admission, Error = EngineError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    A: Admit<R>,
+{
+    type Response = Admission;
+    type Error = EngineError;
+    type Future = BoxFuture<'static, Result<Admission, EngineError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), EngineError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        if !matches!(request.stage(), Stage::Treated(_)) {
+            return Box::pin(self.inner.call(request));
+        }
+        let fresh = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, fresh);
+        let (lanes, admit, clock) = (self.lanes.clone(), self.admit.clone(), self.clock.clone());
+        Box::pin(async move {
+            let (mut request, ticket) = Lanes::enqueue(lanes, admit, clock, request).await?;
+            match ticket {
+                Ticket::Done(admission) => Ok(admission),
+                Ticket::Ready {
+                    cycle,
+                    opened,
+                    config_version,
+                } => {
+                    request.set_stage(Stage::Admitted { cycle, opened });
+                    let mut admission = ready.call(request).await?;
+                    admission.config_version = admission.config_version.or(config_version);
+                    Ok(admission)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+use std::{collections::HashMap, time::Duration};
+
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use super::*;
+use crate::{
+    domain::Trigger,
+    engine::{
+        clock::ManualClock,
+        intent::{Verdict, Waiting},
+        ledger::Treatment,
+        test_support::{MockInner, TestRequest, mock_inner},
+    },
+};
+
+/// Admits like a ledger with one follow-up per key: the first request of a
+/// key opens a ready cycle, every later one joins it. Each batch waits for a
+/// permit so a test can hold admission while requests pile up.
+struct FakeAdmit {
+    permits: Semaphore,
+    batches: Mutex<Vec<usize>>,
+    cycles: Mutex<HashMap<u32, CycleId>>,
+}
+
+impl FakeAdmit {
+    fn new(permits: usize) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Semaphore::new(permits),
+            batches: Mutex::default(),
+            cycles: Mutex::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl Admit<TestRequest> for FakeAdmit {
+    async fn admit(
+        &self,
+        key: &u32,
+        batch: &[TestRequest],
+        _now: Timestamp,
+    ) -> Result<Vec<Result<Ticket, EngineError>>, EngineError> {
+        self.permits.acquire().await.unwrap().forget();
+        self.batches.lock().unwrap().push(batch.len());
+        let mut cycles = self.cycles.lock().unwrap();
+        Ok(batch
+            .iter()
+            .map(|_| {
+                Ok(match cycles.get(key) {
+                    Some(cycle) => Ticket::Done(Admission::of(Verdict::Coalesced {
+                        cycle: *cycle,
+                        not_before: chrono::Utc::now(),
+                        waiting: Waiting::Coalesced,
+                    })),
+                    None => {
+                        let cycle = CycleId::new();
+                        cycles.insert(*key, cycle);
+                        Ticket::Ready {
+                            cycle,
+                            opened: true,
+                            config_version: None,
+                        }
+                    }
+                })
+            })
+            .collect())
+    }
+}
+
+fn layer(admit: Arc<FakeAdmit>) -> CoalesceLayer<FakeAdmit, TestRequest> {
+    CoalesceLayer::new(admit, Arc::new(ManualClock::new(chrono::Utc::now())))
+}
+
+fn treated(key: u32, tag: usize) -> TestRequest {
+    TestRequest::new(key, Trigger::Manual)
+        .tagged(tag)
+        .at(Stage::Treated(Treatment::Urgent))
+}
+
+type Svc = Coalesce<MockInner, FakeAdmit, TestRequest>;
+
+#[tokio::test]
+async fn a_storm_on_one_key_is_admitted_in_few_batches_and_only_one_request_goes_on() {
+    let admit = FakeAdmit::new(0);
+    let layer = layer(admit.clone());
+    let (inner, mut handle) = mock_inner();
+    let svc: Svc = layer.layer(inner);
+
+    let calls: Vec<_> = (0..50)
+        .map(|tag| tokio::spawn(svc.clone().oneshot(treated(1, tag))))
+        .collect();
+    // Let every call queue while the first batch is held.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    admit.permits.add_permits(100);
+
+    let (through, reply) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        through.stage,
+        Stage::Admitted { opened: true, .. }
+    ));
+    reply.send_response(Admission::of(Verdict::Idle));
+
+    let mut coalesced = 0;
+    for call in calls {
+        match call.await.unwrap().unwrap().verdict {
+            Verdict::Coalesced { .. } => coalesced += 1,
+            Verdict::Idle => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(coalesced, 49, "every other caller answered as coalesced");
+    let batches = admit.batches.lock().unwrap().clone();
+    assert_eq!(batches.iter().sum::<usize>(), 50);
+    assert!(batches.len() <= 2, "50 requests took {batches:?} batches");
+    assert_eq!(layer.live_lanes(), 0, "lane evicted once idle");
+}
+
+#[tokio::test]
+async fn keys_do_not_wait_for_each_other() {
+    let admit = FakeAdmit::new(0);
+    let layer = layer(admit.clone());
+    let (inner, mut handle) = mock_inner();
+    let svc: Svc = layer.layer(inner);
+    handle.allow(10);
+    let a = tokio::spawn(svc.clone().oneshot(treated(1, 0)));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Key 1's batch waits for a permit; key 2 queues in its own lane and
+    // both go on as permits arrive, neither behind the other's lane.
+    let b = tokio::spawn(svc.clone().oneshot(treated(2, 1)));
+    admit.permits.add_permits(1);
+    let (first, reply) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    reply.send_response(Admission::of(Verdict::Idle));
+    admit.permits.add_permits(1);
+    let (second, reply) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    reply.send_response(Admission::of(Verdict::Idle));
+    let mut keys = [first.key, second.key];
+    keys.sort();
+    assert_eq!(keys, [1, 2]);
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_does_not_cancel_the_batch_of_others() {
+    let admit = FakeAdmit::new(0);
+    let layer = layer(admit.clone());
+    let (inner, mut handle) = mock_inner();
+    let svc: Svc = layer.layer(inner);
+    handle.allow(10);
+    let leader = tokio::spawn(svc.clone().oneshot(treated(4, 0)));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let follower = tokio::spawn(svc.clone().oneshot(treated(4, 1)));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    leader.abort();
+    admit.permits.add_permits(10);
+    let (_, reply) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    reply.send_response(Admission::of(Verdict::Idle));
+    let answer = tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(admit.batches.lock().unwrap().iter().sum::<usize>(), 2);
+}
+
+#[tokio::test]
+async fn requests_not_at_the_admission_stage_pass_straight_through() {
+    let admit = FakeAdmit::new(100);
+    let (inner, mut handle) = mock_inner();
+    let svc: Svc = layer(admit.clone()).layer(inner);
+    let call = tokio::spawn(svc.oneshot(TestRequest::new(1, Trigger::Manual).at(Stage::Resume)));
+    let (seen, reply) = handle.next_request().await.unwrap();
+    assert_eq!(seen.stage, Stage::Resume);
+    reply.send_response(Admission::of(Verdict::Idle));
+    call.await.unwrap().unwrap();
+    assert!(admit.batches.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_admission_fails_every_request_of_the_batch_and_nothing_goes_on() {
+    struct Down;
+    #[async_trait]
+    impl Admit<TestRequest> for Down {
+        async fn admit(
+            &self,
+            _key: &u32,
+            _batch: &[TestRequest],
+            _now: Timestamp,
+        ) -> Result<Vec<Result<Ticket, EngineError>>, EngineError> {
+            Err(EngineError::Unavailable("database down".into()))
+        }
+    }
+    let (inner, mut handle) = mock_inner();
+    handle.allow(0);
+    let layer: CoalesceLayer<Down, TestRequest> = CoalesceLayer::new(
+        Arc::new(Down),
+        Arc::new(ManualClock::new(chrono::Utc::now())),
+    );
+    let svc = layer.layer(inner);
+    let err = svc.oneshot(treated(1, 0)).await.unwrap_err();
+    assert!(matches!(err, EngineError::Unavailable(_)));
+}

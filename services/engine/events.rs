@@ -1,0 +1,263 @@
+//! What happens to workspaces, as events, and the in-process bus that hands
+//! them to watchers and waiting cycles.
+//!
+//! Events are published through Postgres (`NOTIFY` inside the transaction
+//! that made the change, see `store::notify`), so they are sent only if the
+//! change committed, in commit order, to every replica. Each replica's
+//! listener feeds them into its [`EventBus`]; there is no second, local path
+//! that could disagree with it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::keyed::{KeyedSlots, SlotRef};
+use crate::domain::{
+    ConfigVersion, CycleId, CycleState, Generation, Outcome, Phase, Timestamp, Trigger,
+    WorkspaceId, WorkspaceStatus,
+};
+
+/// How a request was handled, as watchers see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Handling {
+    /// Started a cycle of its own.
+    Accepted,
+    /// Joined a follow-up.
+    Coalesced,
+    /// Waits for the window or a burst.
+    Deferred,
+    /// Dropped.
+    Dropped,
+}
+
+/// One change to one workspace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// When.
+    pub at: Timestamp,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// What changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The status changed.
+    Status {
+        /// New status.
+        status: WorkspaceStatus,
+        /// Why (for FAILED).
+        reason: String,
+        /// The generation it concerns.
+        generation: Generation,
+    },
+    /// A cycle was admitted, started, moved on, or ended.
+    Cycle {
+        /// The cycle.
+        cycle: CycleId,
+        /// Its state.
+        state: CycleState,
+        /// Its generation (once started).
+        generation: Generation,
+        /// Its phase, while running.
+        phase: Option<Phase>,
+        /// How it ended.
+        outcome: Option<Outcome>,
+        /// Why it ended so (for failures).
+        reason: String,
+        /// The config version it read.
+        config_version: ConfigVersion,
+    },
+    /// A request was handled.
+    Trigger {
+        /// Who asked.
+        trigger: Trigger,
+        /// What happened to it.
+        handling: Handling,
+        /// The cycle that serves it, if any.
+        cycle: Option<CycleId>,
+        /// Why (for drops).
+        reason: String,
+        /// How many requests were handled alike in one admission.
+        count: u32,
+    },
+    /// A generation's agent registered.
+    Agent {
+        /// Its generation.
+        generation: Generation,
+        /// The config version it booted with.
+        config_version: ConfigVersion,
+        /// Where it can be reached.
+        endpoint: String,
+    },
+    /// The listener lost and regained its connection: events may have been
+    /// missed, so subscribers should re-read state.
+    Resync,
+}
+
+impl EventKind {
+    /// The cycle this event is about, if any.
+    pub fn cycle(&self) -> Option<CycleId> {
+        match self {
+            Self::Cycle { cycle, .. } => Some(*cycle),
+            _ => None,
+        }
+    }
+}
+
+/// How many events a slow subscriber may fall behind before it must resync.
+const SUBSCRIBER_BUFFER: usize = 256;
+
+/// Per-workspace broadcast channels that exist only while someone listens.
+#[derive(Clone, Default)]
+pub struct EventBus {
+    channels: KeyedSlots<WorkspaceId, broadcast::Sender<Arc<Event>>>,
+    all: Arc<std::sync::OnceLock<broadcast::Sender<Arc<Event>>>>,
+}
+
+/// A subscription to one workspace's events; keeps its channel alive.
+pub struct Subscription {
+    receiver: broadcast::Receiver<Arc<Event>>,
+    _slot: Option<SlotRef<WorkspaceId, broadcast::Sender<Arc<Event>>>>,
+}
+
+/// What a subscriber gets next.
+#[derive(Debug)]
+pub enum Received {
+    /// The next event.
+    Event(Arc<Event>),
+    /// The subscriber fell behind and missed events: re-read state.
+    Lagged,
+    /// The bus is gone (shutdown).
+    Closed,
+}
+
+impl Subscription {
+    /// Waits for the next event.
+    pub async fn recv(&mut self) -> Received {
+        match self.receiver.recv().await {
+            Ok(event) => Received::Event(event),
+            Err(broadcast::error::RecvError::Lagged(_)) => Received::Lagged,
+            Err(broadcast::error::RecvError::Closed) => Received::Closed,
+        }
+    }
+}
+
+impl EventBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts receiving `workspace`'s events from now on.
+    pub fn subscribe(&self, workspace: WorkspaceId) -> Subscription {
+        let slot = self
+            .channels
+            .acquire(&workspace, || broadcast::channel(SUBSCRIBER_BUFFER).0);
+        Subscription {
+            receiver: slot.subscribe(),
+            _slot: Some(slot),
+        }
+    }
+
+    /// Receives every workspace's events (the scheduler and tests use it).
+    pub fn subscribe_all(&self) -> Subscription {
+        Subscription {
+            receiver: self.all_sender().subscribe(),
+            _slot: None,
+        }
+    }
+
+    fn all_sender(&self) -> &broadcast::Sender<Arc<Event>> {
+        self.all
+            .get_or_init(|| broadcast::channel(4 * SUBSCRIBER_BUFFER).0)
+    }
+
+    /// Hands an event to the workspace's subscribers (if any).
+    pub fn publish(&self, event: Event) {
+        let event = Arc::new(event);
+        if let Some(channel) = self.channels.get(&event.workspace) {
+            let _ = channel.send(event.clone());
+        }
+        let _ = self.all_sender().send(event);
+    }
+
+    /// Tells every subscriber that events may have been missed.
+    pub fn resync_all(&self, at: Timestamp) {
+        let workspaces: Vec<WorkspaceId> = self.channels.keys();
+        for workspace in workspaces {
+            self.publish(Event {
+                workspace,
+                at,
+                kind: EventKind::Resync,
+            });
+        }
+    }
+
+    /// How many workspaces have subscribers now (C15 checks).
+    pub fn live_channels(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(workspace: WorkspaceId) -> Event {
+        Event {
+            workspace,
+            at: chrono::Utc::now(),
+            kind: EventKind::Resync,
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribers_get_their_workspace_only_and_channels_go_when_unwatched() {
+        let bus = EventBus::new();
+        let (a, b) = (WorkspaceId::new(), WorkspaceId::new());
+        let mut sub = bus.subscribe(a);
+        bus.publish(event(b));
+        bus.publish(event(a));
+        match sub.recv().await {
+            Received::Event(e) => assert_eq!(e.workspace, a),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(bus.live_channels(), 1);
+        drop(sub);
+        assert_eq!(bus.live_channels(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_is_told_it_lagged() {
+        let bus = EventBus::new();
+        let ws = WorkspaceId::new();
+        let mut sub = bus.subscribe(ws);
+        for _ in 0..SUBSCRIBER_BUFFER + 10 {
+            bus.publish(event(ws));
+        }
+        assert!(matches!(sub.recv().await, Received::Lagged));
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let e = Event {
+            workspace: WorkspaceId::new(),
+            at: chrono::Utc::now(),
+            kind: EventKind::Cycle {
+                cycle: CycleId::new(),
+                state: CycleState::Ended,
+                generation: Generation(3),
+                phase: None,
+                outcome: Some(Outcome::Failed),
+                reason: "deadline".into(),
+                config_version: ConfigVersion(9),
+            },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+    }
+}

@@ -1,0 +1,164 @@
+//! The gate layer: at most one cycle per workspace, across every entry point
+//! and every replica (C5).
+//!
+//! The gate is a lease in Postgres (see the ledger's `claim`): taking it is a
+//! conditional write that either succeeds or finds the gate held, and never
+//! waits, so no flow can block on a gate it already holds (C11). Taking it
+//! yields a guard — the only proof that a flow holds the gate — which the
+//! request carries down to the cycle service as [`Gated`]. The guard cannot
+//! be cloned and is obtained only here: whoever needs the gate takes the
+//! guard as a parameter instead of acquiring it again.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use tower::{Layer, Service};
+
+use super::{
+    EngineError,
+    clock::SharedClock,
+    intent::{Admission, StackRequest, Stage, Verdict, Waiting},
+};
+use crate::domain::{CycleId, Timestamp};
+
+/// Proof that a flow holds a workspace's gate.
+pub trait GateGuard: Send + 'static {
+    /// The cycle holding the gate.
+    fn cycle(&self) -> CycleId;
+}
+
+/// Where gates are kept.
+#[async_trait]
+pub trait GateKeeper<K>: Send + Sync + 'static {
+    /// The guard a successful claim yields.
+    type Guard: GateGuard;
+
+    /// Takes `key`'s gate for whatever may run now (a due follow-up, or a
+    /// cycle whose holder's lease expired). `None` if the gate is held or
+    /// nothing is due. Never waits for the gate.
+    async fn claim(&self, key: &K, now: Timestamp) -> Result<Option<Self::Guard>, EngineError>;
+}
+
+/// A request together with the gate it holds.
+#[derive(Debug)]
+pub struct Gated<R, G> {
+    /// The request that won the gate.
+    pub request: R,
+    /// The gate.
+    pub guard: G,
+}
+
+/// Adds the gate in front of the cycle service.
+pub struct GateLayer<G> {
+    keeper: Arc<G>,
+    clock: SharedClock,
+}
+
+impl<G> GateLayer<G> {
+    /// A gate kept by `keeper`.
+    pub fn new(keeper: Arc<G>, clock: SharedClock) -> Self {
+        Self { keeper, clock }
+    }
+}
+
+impl<S, G> Layer<S> for GateLayer<G> {
+    type Service = Gate<S, G>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Gate {
+            inner,
+            keeper: self.keeper.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+/// The gate service.
+pub struct Gate<S, G> {
+    inner: S,
+    keeper: Arc<G>,
+    clock: SharedClock,
+}
+
+impl<S: Clone, G> Clone for Gate<S, G> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            keeper: self.keeper.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+// === impl Gate ===
+
+impl<S, G, R> Service<R> for Gate<S, G>
+where
+    R: StackRequest,
+    G: GateKeeper<R::Key>,
+    S: Service<Gated<R, G::Guard>, Response = Admission, Error = EngineError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Admission;
+    type Error = EngineError;
+    type Future = BoxFuture<'static, Result<Admission, EngineError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), EngineError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let admitted = match request.stage() {
+            Stage::Admitted { cycle, .. } => Some(cycle),
+            Stage::Resume => None,
+            stage => {
+                return Box::pin(async move {
+                    Err(EngineError::Internal(format!(
+                        "request reached the gate unadmitted ({stage:?})"
+                    )))
+                });
+            }
+        };
+        let fresh = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, fresh);
+        let keeper = self.keeper.clone();
+        let now = self.clock.now();
+        Box::pin(async move {
+            let key = request.key();
+            let Some(guard) = keeper.claim(&key, now).await? else {
+                // Someone else holds the gate (or already runs this cycle):
+                // the cycle is durable and its runner's release starts it.
+                return Ok(Admission::of(match admitted {
+                    Some(cycle) => Verdict::Coalesced {
+                        cycle,
+                        not_before: now,
+                        waiting: Waiting::Coalesced,
+                    },
+                    None => Verdict::Idle,
+                }));
+            };
+            let won = guard.cycle();
+            let admission = ready.call(Gated { request, guard }).await?;
+            // The claim may have picked up a different cycle (one whose
+            // runner vanished); it runs, but this caller follows its own.
+            Ok(match admitted {
+                Some(cycle) if cycle != won => Admission::of(Verdict::Coalesced {
+                    cycle,
+                    not_before: now,
+                    waiting: Waiting::Coalesced,
+                }),
+                _ => admission,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

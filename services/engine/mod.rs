@@ -1,0 +1,201 @@
+//! The restart engine: every request for a cycle passes through one tower
+//! stack keyed by workspace id —
+//!
+//! ```text
+//! Intent ─▶ debounce ─▶ coalesce ─▶ gate ─▶ cycle service
+//!           (C7/C9)     (C2, C13)   (C5,    (Stop → Start → wait
+//!                                    C11)    for agent, C6/C10/C12)
+//! ```
+//!
+//! Postgres is the truth (the ledger on each workspace row, fenced writes);
+//! the in-process parts are per-key lanes and channels that vanish when
+//! idle (C15). The engine knows nothing of gRPC.
+
+pub mod backends;
+pub mod clock;
+pub mod coalesce;
+pub mod cycle;
+pub mod debounce;
+mod error;
+pub mod events;
+pub mod gate;
+pub mod intent;
+pub mod keyed;
+pub mod ledger;
+pub mod probe;
+pub mod scheduler;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
+
+pub use error::EngineError;
+
+use self::{
+    backends::Backends,
+    clock::SharedClock,
+    coalesce::CoalesceLayer,
+    cycle::{CycleDeps, CycleService, CycleSettings},
+    debounce::DebounceLayer,
+    events::{EventBus, Subscription},
+    gate::GateLayer,
+    intent::{Admission, Intent, Verdict, Waiting},
+    probe::ProbeCheck,
+    scheduler::SchedulerHandle,
+};
+use crate::{domain::WorkspaceId, store::Store};
+
+/// The assembled stack, as every entry point calls it.
+pub type Stack = BoxCloneSyncService<Intent, Admission, EngineError>;
+
+/// How the engine behaves.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// How cycles run.
+    pub cycle: CycleSettings,
+    /// How often the scheduler sweeps for due work regardless of hints.
+    pub sweep_interval: Duration,
+}
+
+/// The running engine.
+pub struct Engine {
+    stack: Stack,
+    store: Store,
+    bus: EventBus,
+    backends: Backends,
+    scheduler: SchedulerHandle,
+    coalesce: CoalesceLayer<Store, Intent>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Engine {
+    /// Starts the event listener and the scheduler and assembles the stack.
+    pub async fn start(
+        store: Store,
+        backends: Backends,
+        clock: SharedClock,
+        config: EngineConfig,
+    ) -> Result<Arc<Self>, EngineError> {
+        let bus = EventBus::new();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        tokio::spawn(crate::store::listener::run(
+            store.clone(),
+            bus.clone(),
+            shutdown.child_token(),
+            ready_tx,
+        ));
+        tokio::time::timeout(Duration::from_secs(10), ready)
+            .await
+            .map_err(|_| EngineError::Unavailable("event listener did not connect".into()))?
+            .map_err(|_| EngineError::Unavailable("event listener stopped".into()))?;
+
+        let scheduler = SchedulerHandle::default();
+        let deps = Arc::new(CycleDeps {
+            store: store.clone(),
+            backends: backends.clone(),
+            bus: bus.clone(),
+            scheduler: scheduler.clone(),
+            tasks: tasks.clone(),
+            settings: config.cycle.clone(),
+        });
+        let shared = Arc::new(store.clone());
+        let coalesce = CoalesceLayer::new(shared.clone(), clock.clone());
+        let stack = ServiceBuilder::new()
+            .layer(DebounceLayer::new(
+                Arc::new(ProbeCheck::new(store.clone(), backends.clone())),
+                clock.clone(),
+            ))
+            .layer(coalesce.clone())
+            .layer(GateLayer::new(shared, clock.clone()))
+            .service(CycleService::new(deps));
+        let stack = BoxCloneSyncService::new(stack);
+
+        tokio::spawn(scheduler::run(
+            store.clone(),
+            stack.clone(),
+            clock,
+            scheduler.clone(),
+            config.sweep_interval,
+            shutdown.child_token(),
+        ));
+
+        Ok(Arc::new(Self {
+            stack,
+            store,
+            bus,
+            backends,
+            scheduler,
+            coalesce,
+            tasks,
+            shutdown,
+        }))
+    }
+
+    /// Sends one request through the stack. The answer comes once the
+    /// request is durable.
+    pub async fn submit(&self, intent: Intent) -> Result<Admission, EngineError> {
+        let admission = self.stack.clone().oneshot(intent).await?;
+        if let Verdict::Coalesced {
+            not_before,
+            waiting: Waiting::Deferred,
+            ..
+        } = admission.verdict
+        {
+            self.scheduler.wake_at(not_before);
+        }
+        Ok(admission)
+    }
+
+    /// The events of `workspace` from now on.
+    pub fn subscribe(&self, workspace: WorkspaceId) -> Subscription {
+        self.bus.subscribe(workspace)
+    }
+
+    /// Every workspace's events from now on.
+    pub fn subscribe_all(&self) -> Subscription {
+        self.bus.subscribe_all()
+    }
+
+    /// Postgres.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The enabled backends.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// Per-key in-process state right now: admission lanes and event
+    /// channels (C15: zero once idle).
+    pub fn live_keys(&self) -> usize {
+        self.coalesce.live_lanes() + self.bus.live_channels()
+    }
+
+    /// Stops taking on new work and waits up to `grace` for running cycles.
+    /// Cycles still running after that keep their leases until they expire
+    /// and another replica takes them over.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("cycles still running at shutdown; their leases will be taken over");
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,79 @@
+//! The debounce's early check for droppable triggers (C9): a probe report
+//! is a no-op while a cycle is in flight, inside the debounce window, while
+//! the workspace is stopped, or while the backend says the instance is still
+//! booting. Each drop is counted and visible. What passes is re-checked by
+//! the ledger under the row lock.
+
+use async_trait::async_trait;
+
+use super::{
+    EngineError,
+    backends::Backends,
+    debounce::{DropCheck, EarlyDrop},
+    ledger::DropReason,
+};
+use crate::{
+    domain::{Desired, Timestamp, Trigger, WorkspaceId},
+    store::Store,
+};
+
+/// Checks droppable requests against Postgres and the backend.
+pub struct ProbeCheck {
+    store: Store,
+    backends: Backends,
+}
+
+impl ProbeCheck {
+    /// A check over `store` and `backends`.
+    pub fn new(store: Store, backends: Backends) -> Self {
+        Self { store, backends }
+    }
+
+    /// Asks the backend whether the instance is still booting. A backend
+    /// that cannot answer is not taken as "booting": the ledger decides.
+    async fn booting(&self, workspace: WorkspaceId, peek: &crate::store::Peek) -> bool {
+        let Ok(backend) = self.backends.get(peek.backend) else {
+            return false;
+        };
+        match backend.state(workspace).await {
+            Ok(state) => state.is_booting(),
+            Err(err) => {
+                tracing::debug!(%workspace, %err, "backend state unknown for a probe");
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DropCheck<WorkspaceId> for ProbeCheck {
+    async fn check(
+        &self,
+        workspace: &WorkspaceId,
+        trigger: Trigger,
+        now: Timestamp,
+    ) -> Result<Option<EarlyDrop>, EngineError> {
+        let peek = self.store.peek(*workspace).await?;
+        let until = peek.window_until.filter(|until| *until > now);
+        let reason = if peek.desired == Desired::Deleted {
+            return Err(EngineError::FailedPrecondition(
+                "workspace is deleted".into(),
+            ));
+        } else if peek.desired != Desired::Running {
+            DropReason::NotRunning
+        } else if peek.cycle_in_flight {
+            DropReason::CycleInFlight
+        } else if until.is_some() {
+            DropReason::Debounced
+        } else if trigger == Trigger::HealthProbe && self.booting(*workspace, &peek).await {
+            DropReason::InstanceBooting
+        } else {
+            return Ok(None);
+        };
+        self.store.record_drop(*workspace, trigger, reason).await?;
+        Ok(Some(EarlyDrop {
+            reason,
+            until: peek.window_until,
+        }))
+    }
+}

@@ -1,0 +1,12 @@
+//! Thin adapters from the wire to the engine: each handler validates and
+//! converts its request, calls the engine, and converts the answer. Errors
+//! become gRPC statuses in exactly one place ([`status`]).
+
+mod agent;
+mod convert;
+mod follow;
+mod lifecycle;
+pub mod status;
+
+pub use agent::AgentService;
+pub use lifecycle::LifecycleService;

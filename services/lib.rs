@@ -1,0 +1,22 @@
+//! The workspace lifecycle control plane.
+//!
+//! A gRPC service that creates, restarts, stops and deletes workspaces — a
+//! child process, a Docker container or an EC2 VM per workspace — and stays
+//! correct when restart requests pour in from everywhere at once.
+//!
+//! - [`domain`]: the vocabulary (ids, triggers, statuses, input rules);
+//! - [`engine`]: the restart machinery — one tower stack of debounce,
+//!   coalesce, gate and cycle service, keyed by workspace id;
+//! - [`store`]: Postgres, the truth every replica shares;
+//! - [`grpc`]: thin adapters from the wire to the engine;
+//! - [`server`]: assembling and serving it all.
+
+pub mod config;
+pub mod domain;
+pub mod embedded_pg;
+pub mod engine;
+pub mod grpc;
+pub mod proto;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,246 @@
+//! Assembling and serving the control plane: database, backends, engine,
+//! gRPC services, health and reflection, graceful shutdown.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use workspace_backends::process::{ProcessBackend, ProcessConfig};
+
+use crate::{
+    config::ServeArgs,
+    domain::{BackendKind, ReplicaId},
+    embedded_pg::EmbeddedPostgres,
+    engine::{
+        Engine, EngineConfig, EngineError,
+        backends::Backends,
+        clock::{SharedClock, WallClock},
+        cycle::CycleSettings,
+        ledger::Timing,
+    },
+    grpc::{AgentService, LifecycleService},
+    proto::{
+        self, workspace_agent_server::WorkspaceAgentServer,
+        workspace_lifecycle_server::WorkspaceLifecycleServer,
+    },
+    store::{Store, StoreConfig},
+};
+
+/// A failure to start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The embedded database could not be provided.
+    #[error(transparent)]
+    Embedded(#[from] crate::embedded_pg::EmbeddedError),
+    /// The engine or store could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A backend could not start.
+    #[error(transparent)]
+    Backend(#[from] workspace_backends::BackendError),
+    /// The listen address could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a server needs besides its flags (tests inject their own).
+pub struct Parts {
+    /// The clock (tests use a manual one).
+    pub clock: SharedClock,
+    /// Extra or replacement backends (tests inject fakes).
+    pub backends: Vec<Arc<dyn workspace_backends::Backend>>,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(WallClock),
+            backends: Vec::new(),
+        }
+    }
+}
+
+/// A server that is up.
+pub struct RunningServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its engine.
+    pub engine: Arc<Engine>,
+    process: Option<Arc<ProcessBackend>>,
+    stop: CancellationToken,
+    served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown_grace: Duration,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl RunningServer {
+    /// Stops accepting, drains running cycles (up to the grace period), stops
+    /// this server's own child processes, and returns.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.served.await;
+        self.engine.shutdown(self.shutdown_grace).await;
+        if let Some(process) = &self.process {
+            process.stop_own().await;
+        }
+        drop(self.embedded);
+    }
+
+    /// Stops serving without draining (what a crash looks like to peers,
+    /// minus the dead process).
+    pub fn abort(self) {
+        self.served.abort();
+        self.stop.cancel();
+    }
+}
+
+/// The engine's timing from the flags.
+pub fn timing(args: &ServeArgs) -> Timing {
+    Timing {
+        debounce_window: args.debounce_window,
+        burst_quiet: args.burst_quiet,
+        burst_max_wait: args.burst_max_wait,
+        lease_ttl: args.lease_ttl,
+    }
+}
+
+/// Starts a server: database (embedded if no URL), migrations, backends,
+/// engine, and gRPC on `args.listen`.
+pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, ServeError> {
+    let (url, embedded) = match &args.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let pg = EmbeddedPostgres::ensure(&args.data_dir).await?;
+            tracing::info!(port = pg.port(), "using the embedded Postgres");
+            (pg.url(), Some(pg))
+        }
+    };
+    let store = Store::connect(
+        &StoreConfig {
+            url,
+            max_connections: args.db_connections,
+            acquire_timeout: Duration::from_secs(5),
+        },
+        ReplicaId::new(),
+        timing(args),
+        parts.clock.clone(),
+    )
+    .await?;
+    store.migrate().await?;
+
+    let listener = TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let agent_url = args
+        .agent_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+
+    let mut backends = Backends::new();
+    let mut process = None;
+    if args.backends.contains(&BackendKind::Process) {
+        let agent_command = match &args.agent_command {
+            Some(command) if !command.is_empty() => command.clone(),
+            _ => vec![
+                std::env::current_exe()?.to_string_lossy().into_owned(),
+                "agent".into(),
+            ],
+        };
+        let backend = Arc::new(
+            ProcessBackend::new(ProcessConfig {
+                root: std::path::absolute(args.data_dir.join("process"))?,
+                agent_command,
+                stop_grace: args.stop_grace,
+            })
+            .await?,
+        );
+        backends = backends.with(backend.clone());
+        process = Some(backend);
+    }
+    for kind in &args.backends {
+        if *kind != BackendKind::Process && !parts.backends.iter().any(|b| b.kind() == *kind) {
+            return Err(workspace_backends::BackendError::Other(format!(
+                "backend {kind} is not available in this build yet"
+            ))
+            .into());
+        }
+    }
+    for backend in parts.backends {
+        backends = backends.with(backend);
+    }
+
+    let engine = Engine::start(
+        store,
+        backends,
+        parts.clock,
+        EngineConfig {
+            cycle: CycleSettings {
+                provision_deadline: args.provision_deadline,
+                agent_poll: Duration::from_secs(1),
+                lease_renewal: args.lease_ttl / 3,
+                agent_service_url: agent_url,
+            },
+            sweep_interval: args.sweep_interval,
+        },
+    )
+    .await?;
+
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(serve(
+        listener,
+        engine.clone(),
+        args.heartbeat_interval,
+        stop.clone().cancelled_owned(),
+    ));
+    tracing::info!(%addr, "serving");
+    Ok(RunningServer {
+        addr,
+        engine,
+        process,
+        stop,
+        served,
+        shutdown_grace: args.shutdown_grace,
+        embedded,
+    })
+}
+
+/// Serves the gRPC API, health and reflection on `listener` until
+/// `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    heartbeat: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<WorkspaceLifecycleServer<LifecycleService>>()
+        .await;
+    health_reporter
+        .set_serving::<WorkspaceAgentServer<AgentService>>()
+        .await;
+    // grpcurl 1.8 asks reflection v1alpha, newer clients v1: serve both.
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor sets are valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("descriptor sets are valid");
+
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(WorkspaceLifecycleServer::new(LifecycleService::new(
+            engine.clone(),
+        )))
+        .add_service(WorkspaceAgentServer::new(AgentService::new(
+            engine, heartbeat,
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,152 @@
+//! Agents: per-generation tokens, registration and heartbeats. A token is
+//! stored only as its SHA-256, and it is accepted only while its generation
+//! is the workspace's current one and it was not revoked (C12).
+
+use deadpool_postgres::GenericClient as _;
+use sha2::{Digest, Sha256};
+
+use super::{Store, db, notify};
+use crate::{
+    domain::{ConfigVersion, Generation, Timestamp, WorkspaceId},
+    engine::{
+        EngineError,
+        events::{Event, EventKind},
+    },
+};
+
+/// The hash under which a token is stored and looked up.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// A registration as the waiting cycle reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// When the agent registered.
+    pub registered_at: Timestamp,
+    /// What it booted with.
+    pub config_version: ConfigVersion,
+}
+
+/// What a registering agent reports.
+#[derive(Clone, Debug)]
+pub struct AgentReport {
+    /// The config version it booted with.
+    pub config_version: ConfigVersion,
+    /// Where it can be reached.
+    pub endpoint: String,
+    /// Secret names it sees in its environment.
+    pub secret_names: Vec<String>,
+    /// File paths it sees.
+    pub file_paths: Vec<String>,
+}
+
+impl Store {
+    /// Records a registration. `UNAUTHENTICATED` unless the token belongs to
+    /// the current, unrevoked generation of a live workspace.
+    pub async fn register_agent(
+        &self,
+        token: &str,
+        report: &AgentReport,
+    ) -> Result<(WorkspaceId, Generation), EngineError> {
+        let now = self.clock().now();
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db)?;
+        let statement = tx
+            .prepare_cached(
+                "UPDATE generations g SET registered_at = $2, reported_config_version = $3,
+                        endpoint = $4, secret_names = $5, file_paths = $6, last_heartbeat_at = $2
+                 FROM workspaces w
+                 WHERE g.token_hash = $1 AND g.revoked_at IS NULL AND w.id = g.workspace_id
+                   AND w.generation = g.generation AND w.desired <> 'deleted'
+                 RETURNING g.workspace_id, g.generation",
+            )
+            .await
+            .map_err(db)?;
+        let row = tx
+            .query_opt(
+                &statement,
+                &[
+                    &token_hash(token),
+                    &now,
+                    &(report.config_version.0 as i64),
+                    &report.endpoint,
+                    &report.secret_names,
+                    &report.file_paths,
+                ],
+            )
+            .await
+            .map_err(db)?
+            .ok_or_else(refused)?;
+        let workspace = WorkspaceId::from(row.get::<_, uuid::Uuid>(0));
+        let generation = Generation(row.get::<_, i64>(1) as u64);
+        notify::publish(
+            &tx,
+            &[Event {
+                workspace,
+                at: now,
+                kind: EventKind::Agent {
+                    generation,
+                    config_version: report.config_version,
+                    endpoint: report.endpoint.clone(),
+                },
+            }],
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok((workspace, generation))
+    }
+
+    /// Records a heartbeat, under the same rule as registration.
+    pub async fn heartbeat(&self, token: &str) -> Result<(WorkspaceId, Generation), EngineError> {
+        let now = self.clock().now();
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "UPDATE generations g SET last_heartbeat_at = $2
+                 FROM workspaces w
+                 WHERE g.token_hash = $1 AND g.revoked_at IS NULL AND w.id = g.workspace_id
+                   AND w.generation = g.generation AND w.desired <> 'deleted'
+                 RETURNING g.workspace_id, g.generation",
+            )
+            .await
+            .map_err(db)?;
+        let row = conn
+            .query_opt(&statement, &[&token_hash(token), &now])
+            .await
+            .map_err(db)?
+            .ok_or_else(refused)?;
+        Ok((
+            WorkspaceId::from(row.get::<_, uuid::Uuid>(0)),
+            Generation(row.get::<_, i64>(1) as u64),
+        ))
+    }
+
+    /// The registration of one generation's agent, if it registered.
+    pub async fn registration(
+        &self,
+        workspace: WorkspaceId,
+        generation: Generation,
+    ) -> Result<Option<Registration>, EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "SELECT registered_at, reported_config_version FROM generations
+                 WHERE workspace_id = $1 AND generation = $2 AND registered_at IS NOT NULL",
+            )
+            .await
+            .map_err(db)?;
+        let row = conn
+            .query_opt(&statement, &[&workspace.as_uuid(), &(generation.0 as i64)])
+            .await
+            .map_err(db)?;
+        Ok(row.map(|row| Registration {
+            registered_at: row.get(0),
+            config_version: ConfigVersion(row.get::<_, Option<i64>>(1).unwrap_or(0) as u64),
+        }))
+    }
+}
+
+fn refused() -> EngineError {
+    EngineError::Unauthenticated("agent token is not valid for the current generation".into())
+}

@@ -1,0 +1,30 @@
+//! Postgres errors in the engine's terms: a lost connection is
+//! `UNAVAILABLE` (retry), a constraint is the caller's problem, the rest is
+//! internal. Messages carry no parameter values, so no secret can leak
+//! through them.
+
+use tokio_postgres::error::SqlState;
+
+use crate::engine::EngineError;
+
+/// Maps a driver error.
+pub(crate) fn db(err: tokio_postgres::Error) -> EngineError {
+    match err.code() {
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+            EngineError::AlreadyExists("already exists".into())
+        }
+        Some(code)
+            if *code == SqlState::QUERY_CANCELED
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS =>
+        {
+            EngineError::Unavailable(format!("database busy: {}", code.code()))
+        }
+        Some(code) => EngineError::Internal(format!("database error {}", code.code())),
+        None => EngineError::Unavailable("database connection lost".into()),
+    }
+}

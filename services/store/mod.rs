@@ -1,0 +1,170 @@
+//! Postgres: the truth about every workspace.
+//!
+//! One method per operation, each one transaction. Every operation that
+//! touches the gate, the follow-up or the debounce window locks the
+//! workspace row (`SELECT … FOR UPDATE`), loads the [`Ledger`], applies one
+//! of its transitions and writes it back, so the rules live in Rust (and are
+//! model-checked) while Postgres serialises them across replicas. Every
+//! write a cycle makes is fenced: it happens only if that cycle still holds
+//! the gate in this replica's name.
+//!
+//! [`Ledger`]: crate::engine::ledger::Ledger
+
+mod admission;
+mod agents;
+mod cycles;
+mod error;
+mod lease;
+pub mod listener;
+mod notify;
+mod rows;
+mod workspaces;
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub use agents::{AgentReport, Registration, token_hash};
+pub use cycles::CycleRecord;
+pub use lease::{ConfigSnapshot, Finish, Finished, LeaseGuard};
+pub use workspaces::{AgentRecord, Peek, TriggerCounts, WorkspaceRecord};
+
+use crate::{
+    domain::ReplicaId,
+    engine::{EngineError, clock::SharedClock, ledger::Timing},
+};
+pub(crate) use error::db;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// How the store connects.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// A libpq-style URL or key=value string.
+    pub url: String,
+    /// Most connections this replica opens.
+    pub max_connections: usize,
+    /// How long a request waits for a free connection before `UNAVAILABLE`.
+    pub acquire_timeout: Duration,
+}
+
+/// The shared handle on Postgres.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    replica: ReplicaId,
+    timing: Timing,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects (lazily) and checks that Postgres answers.
+    pub async fn connect(
+        config: &StoreConfig,
+        replica: ReplicaId,
+        timing: Timing,
+        clock: SharedClock,
+    ) -> Result<Self, EngineError> {
+        let mut pg_config = tokio_postgres::Config::from_str(&config.url)
+            .map_err(|e| EngineError::Invalid(format!("bad database URL: {e}")))?;
+        if pg_config.get_connect_timeout().is_none() {
+            pg_config.connect_timeout(Duration::from_secs(5));
+        }
+        // Nothing the control plane does should hold a row for long; a
+        // statement stuck behind a dead peer fails instead of piling up.
+        pg_config.options("-c statement_timeout=30000 -c lock_timeout=10000");
+        pg_config.application_name("workspace-lifecycle");
+        let manager = Manager::from_config(
+            pg_config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.max_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.acquire_timeout))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| EngineError::Internal(format!("connection pool: {e}")))?;
+        let store = Self {
+            pool,
+            pg_config,
+            replica,
+            timing,
+            clock,
+        };
+        drop(store.conn().await?);
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations (idempotent; safe from several
+    /// replicas at once thanks to refinery's lock table).
+    pub async fn migrate(&self) -> Result<(), EngineError> {
+        let mut conn = self.conn().await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        // Replicas starting together must not race the migrations.
+        client
+            .execute("SELECT pg_advisory_lock(7201861)", &[])
+            .await
+            .map_err(db)?;
+        let result = embedded::migrations::runner().run_async(client).await;
+        client
+            .execute("SELECT pg_advisory_unlock(7201861)", &[])
+            .await
+            .map_err(db)?;
+        result.map_err(|e| EngineError::Internal(format!("migrations: {e}")))?;
+        Ok(())
+    }
+
+    /// A pooled connection, or `UNAVAILABLE` if none comes in time.
+    pub(crate) async fn conn(&self) -> Result<Object, EngineError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("database: {e}")))
+    }
+
+    /// This replica's id (leases are held in its name).
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
+    /// The configured windows and lease.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// The clock the store stamps rows with.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The connection settings, for the listener's dedicated connection.
+    pub(crate) fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.pg_config
+    }
+
+    /// Connections in use and idle (for operators and benchmarks).
+    pub fn pool_status(&self) -> (usize, usize) {
+        let status = self.pool.status();
+        (status.size - status.available, status.available)
+    }
+}
+
+/// A store shared by the engine's components.
+pub type SharedStore = Arc<Store>;

@@ -1,0 +1,367 @@
+//! Reading workspaces: what GetWorkspace, ListWorkspaces and the debounce's
+//! early check see. Secret values are never selected here.
+
+use std::collections::{BTreeMap, HashMap};
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{Store, admission::record_stats, db, notify, rows::parse};
+use crate::{
+    domain::{
+        BackendKind, ConfigVersion, CycleId, Desired, Generation, Timestamp, Trigger, WorkspaceId,
+        WorkspaceSpec, WorkspaceStatus,
+    },
+    engine::{
+        EngineError,
+        events::{Event, EventKind, Handling},
+        ledger::DropReason,
+    },
+};
+
+/// How many requests of one trigger were accepted, coalesced, deferred and
+/// dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TriggerCounts {
+    /// Started a cycle of their own.
+    pub accepted: u64,
+    /// Joined a follow-up.
+    pub coalesced: u64,
+    /// Waited for the window or a burst.
+    pub deferred: u64,
+    /// Dropped.
+    pub dropped: u64,
+}
+
+/// The newest registered agent of a workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// Its generation.
+    pub generation: Generation,
+    /// What it booted with.
+    pub config_version: ConfigVersion,
+    /// Where it can be reached.
+    pub endpoint: String,
+    /// When it registered.
+    pub registered_at: Timestamp,
+    /// Its last heartbeat.
+    pub last_heartbeat_at: Option<Timestamp>,
+    /// Secret names it saw.
+    pub secret_names: Vec<String>,
+    /// File paths it saw.
+    pub file_paths: Vec<String>,
+}
+
+/// A workspace as callers see it.
+#[derive(Clone, Debug)]
+pub struct WorkspaceRecord {
+    /// Id.
+    pub id: WorkspaceId,
+    /// Name.
+    pub name: String,
+    /// Backend.
+    pub backend: BackendKind,
+    /// Spec.
+    pub spec: WorkspaceSpec,
+    /// Observed status.
+    pub status: WorkspaceStatus,
+    /// Why FAILED.
+    pub status_reason: String,
+    /// Desired state.
+    pub desired: Desired,
+    /// Newest generation started.
+    pub generation: Generation,
+    /// Current config version.
+    pub config_version: ConfigVersion,
+    /// Secret names.
+    pub secret_names: Vec<String>,
+    /// File paths.
+    pub file_paths: Vec<String>,
+    /// The newest registered agent.
+    pub agent: Option<AgentRecord>,
+    /// The cycle holding the gate.
+    pub running_cycle: Option<CycleId>,
+    /// The follow-up.
+    pub pending_cycle: Option<CycleId>,
+    /// When the follow-up may start.
+    pub pending_due: Option<Timestamp>,
+    /// End of the debounce window.
+    pub window_until: Option<Timestamp>,
+    /// Per-trigger counters.
+    pub trigger_stats: BTreeMap<Trigger, TriggerCounts>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last changed.
+    pub updated_at: Timestamp,
+    /// Paging position.
+    pub seq: i64,
+}
+
+const COLUMNS: &str = "id, seq, name, backend, spec, status, status_reason, desired, generation,
+    config_version, running_cycle, pending_cycle, pending_due_at, window_until, created_at, updated_at";
+
+fn record_from_row(row: &Row) -> Result<WorkspaceRecord, EngineError> {
+    Ok(WorkspaceRecord {
+        id: WorkspaceId::from(row.get::<_, Uuid>("id")),
+        seq: row.get("seq"),
+        name: row.get("name"),
+        backend: parse(row.get::<_, &str>("backend"))?,
+        spec: serde_json::from_value(row.get("spec"))
+            .map_err(|e| EngineError::Internal(format!("stored spec: {e}")))?,
+        status: parse(row.get::<_, &str>("status"))?,
+        status_reason: row.get("status_reason"),
+        desired: parse(row.get::<_, &str>("desired"))?,
+        generation: Generation(row.get::<_, i64>("generation") as u64),
+        config_version: ConfigVersion(row.get::<_, i64>("config_version") as u64),
+        secret_names: Vec::new(),
+        file_paths: Vec::new(),
+        agent: None,
+        running_cycle: row
+            .get::<_, Option<Uuid>>("running_cycle")
+            .map(CycleId::from),
+        pending_cycle: row
+            .get::<_, Option<Uuid>>("pending_cycle")
+            .map(CycleId::from),
+        pending_due: row.get("pending_due_at"),
+        window_until: row.get("window_until"),
+        trigger_stats: BTreeMap::new(),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+/// What the debounce needs to drop a request without locking anything.
+#[derive(Clone, Copy, Debug)]
+pub struct Peek {
+    /// Desired state.
+    pub desired: Desired,
+    /// Where it runs.
+    pub backend: BackendKind,
+    /// A cycle holds the gate.
+    pub cycle_in_flight: bool,
+    /// End of the debounce window.
+    pub window_until: Option<Timestamp>,
+}
+
+impl Store {
+    /// One workspace with its names, agent and counters.
+    pub async fn workspace(&self, id: WorkspaceId) -> Result<WorkspaceRecord, EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
+            .await
+            .map_err(db)?;
+        let row = conn
+            .query_opt(&statement, &[&id.as_uuid()])
+            .await
+            .map_err(db)?
+            .ok_or_else(|| EngineError::NotFound(format!("workspace {id}")))?;
+        let mut records = vec![record_from_row(&row)?];
+        fill_details(&conn, &mut records).await?;
+        Ok(records.pop().expect("one record"))
+    }
+
+    /// A page of workspaces in creation order, after position `after`.
+    /// Returns the page and the position to continue from, if any.
+    pub async fn workspaces(
+        &self,
+        after: i64,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<(Vec<WorkspaceRecord>, Option<i64>), EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM workspaces
+                 WHERE seq > $1 AND ($2 OR status <> 'DELETED')
+                 ORDER BY seq LIMIT $3"
+            ))
+            .await
+            .map_err(db)?;
+        let rows = conn
+            .query(&statement, &[&after, &include_deleted, &(limit as i64 + 1)])
+            .await
+            .map_err(db)?;
+        let mut records = rows
+            .iter()
+            .take(limit)
+            .map(record_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = (rows.len() > limit)
+            .then(|| records.last().map(|r| r.seq))
+            .flatten();
+        fill_details(&conn, &mut records).await?;
+        Ok((records, next))
+    }
+
+    /// The debounce's unlocked look at a workspace.
+    pub async fn peek(&self, id: WorkspaceId) -> Result<Peek, EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "SELECT desired, backend, running_cycle IS NOT NULL, window_until
+                 FROM workspaces WHERE id = $1",
+            )
+            .await
+            .map_err(db)?;
+        let row = conn
+            .query_opt(&statement, &[&id.as_uuid()])
+            .await
+            .map_err(db)?
+            .ok_or_else(|| EngineError::NotFound(format!("workspace {id}")))?;
+        Ok(Peek {
+            desired: parse(row.get::<_, &str>(0))?,
+            backend: parse(row.get::<_, &str>(1))?,
+            cycle_in_flight: row.get(2),
+            window_until: row.get(3),
+        })
+    }
+
+    /// Counts a request dropped before admission and tells watchers.
+    pub async fn record_drop(
+        &self,
+        id: WorkspaceId,
+        trigger: Trigger,
+        reason: DropReason,
+    ) -> Result<(), EngineError> {
+        let now = self.clock().now();
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db)?;
+        let stats = BTreeMap::from([(trigger, [0, 0, 0, 1])]);
+        record_stats(&tx, id, &stats).await?;
+        notify::publish(
+            &tx,
+            &[Event {
+                workspace: id,
+                at: now,
+                kind: EventKind::Trigger {
+                    trigger,
+                    handling: Handling::Dropped,
+                    cycle: None,
+                    reason: reason.describe().to_owned(),
+                    count: 1,
+                },
+            }],
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    /// Workspaces with something to run now: a due follow-up with the gate
+    /// free, or a cycle whose holder's lease expired.
+    pub async fn due_workspaces(
+        &self,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<WorkspaceId>, EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "(SELECT id FROM workspaces
+                  WHERE pending_cycle IS NOT NULL AND pending_due_at <= $1
+                    AND (running_cycle IS NULL OR running_lease_until <= $1)
+                  LIMIT $2)
+                 UNION
+                 (SELECT id FROM workspaces
+                  WHERE running_cycle IS NOT NULL AND running_lease_until <= $1
+                  LIMIT $2)",
+            )
+            .await
+            .map_err(db)?;
+        let rows = conn.query(&statement, &[&now, &limit]).await.map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|row| WorkspaceId::from(row.get::<_, Uuid>(0)))
+            .collect())
+    }
+
+    /// When the earliest follow-up that waits for time becomes due.
+    pub async fn next_due(&self) -> Result<Option<Timestamp>, EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "SELECT least(
+                    (SELECT min(pending_due_at) FROM workspaces WHERE pending_cycle IS NOT NULL AND running_cycle IS NULL),
+                    (SELECT min(running_lease_until) FROM workspaces WHERE running_cycle IS NOT NULL))",
+            )
+            .await
+            .map_err(db)?;
+        let row = conn.query_one(&statement, &[]).await.map_err(db)?;
+        Ok(row.get(0))
+    }
+}
+
+/// Adds secret names, file paths, the newest agent and counters to each
+/// record, with one query per kind for the whole page.
+async fn fill_details(
+    client: &impl GenericClient,
+    records: &mut [WorkspaceRecord],
+) -> Result<(), EngineError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id.as_uuid()).collect();
+    let index: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let at = |row: &Row| index[&row.get::<_, Uuid>(0)];
+
+    let names = client
+        .prepare_cached(
+            "SELECT workspace_id, name FROM secrets WHERE workspace_id = ANY($1) ORDER BY name",
+        )
+        .await
+        .map_err(db)?;
+    for row in client.query(&names, &[&ids]).await.map_err(db)? {
+        records[at(&row)].secret_names.push(row.get(1));
+    }
+    let paths = client
+        .prepare_cached(
+            "SELECT workspace_id, path FROM files WHERE workspace_id = ANY($1) ORDER BY path",
+        )
+        .await
+        .map_err(db)?;
+    for row in client.query(&paths, &[&ids]).await.map_err(db)? {
+        records[at(&row)].file_paths.push(row.get(1));
+    }
+    let agents = client
+        .prepare_cached(
+            "SELECT DISTINCT ON (workspace_id) workspace_id, generation, reported_config_version,
+                    endpoint, registered_at, last_heartbeat_at, secret_names, file_paths
+             FROM generations WHERE workspace_id = ANY($1) AND registered_at IS NOT NULL
+             ORDER BY workspace_id, generation DESC",
+        )
+        .await
+        .map_err(db)?;
+    for row in client.query(&agents, &[&ids]).await.map_err(db)? {
+        records[at(&row)].agent = Some(AgentRecord {
+            generation: Generation(row.get::<_, i64>(1) as u64),
+            config_version: ConfigVersion(row.get::<_, Option<i64>>(2).unwrap_or(0) as u64),
+            endpoint: row.get::<_, Option<String>>(3).unwrap_or_default(),
+            registered_at: row.get(4),
+            last_heartbeat_at: row.get(5),
+            secret_names: row.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
+            file_paths: row.get::<_, Option<Vec<String>>>(7).unwrap_or_default(),
+        });
+    }
+    let stats = client
+        .prepare_cached(
+            "SELECT workspace_id, trigger, accepted, coalesced, deferred, dropped
+             FROM trigger_stats WHERE workspace_id = ANY($1)",
+        )
+        .await
+        .map_err(db)?;
+    for row in client.query(&stats, &[&ids]).await.map_err(db)? {
+        let trigger: Trigger = parse(row.get::<_, &str>(1))?;
+        records[at(&row)].trigger_stats.insert(
+            trigger,
+            TriggerCounts {
+                accepted: row.get::<_, i64>(2) as u64,
+                coalesced: row.get::<_, i64>(3) as u64,
+                deferred: row.get::<_, i64>(4) as u64,
+                dropped: row.get::<_, i64>(5) as u64,
+            },
+        );
+    }
+    Ok(())
+}
