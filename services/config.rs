@@ -100,6 +100,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WL_SWEEP_INTERVAL", default_value = "1s", value_parser = duration)]
     pub sweep_interval: Duration,
 
+    /// How often the reconciler checks serving workspaces against their
+    /// backends (a vanished or crashed instance gets a RECONCILER cycle).
+    #[arg(long, env = "WL_RECONCILE_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub reconcile_interval: Duration,
+
     /// How often agents heartbeat.
     #[arg(long, env = "WL_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = duration)]
     pub heartbeat_interval: Duration,

@@ -31,6 +31,8 @@ pub struct EmbeddedPostgres {
     pgdata: PathBuf,
     port: u16,
     owner: Option<nix::unistd::User>,
+    /// This process started the cluster (rather than finding it running).
+    started_here: bool,
 }
 
 const DATABASE: &str = "workspaces";
@@ -74,17 +76,19 @@ impl EmbeddedPostgres {
             }
             _ => root.join("pg"),
         };
-        let this = Self {
+        let mut this = Self {
             bin,
             port: load_or_pick_port(&root).await?,
             pgdata,
             owner,
+            started_here: false,
         };
         if !this.pgdata.join("PG_VERSION").exists() {
             this.init().await?;
         }
         if !this.running().await {
             this.start().await?;
+            this.started_here = true;
         }
         this.create_database().await?;
         Ok(this)
@@ -214,6 +218,11 @@ impl EmbeddedPostgres {
         drop(client);
         let _ = driver.await;
         Ok(())
+    }
+
+    /// True if this process started the cluster.
+    pub fn started_here(&self) -> bool {
+        self.started_here
     }
 
     /// Stops the cluster (fast shutdown).

@@ -78,13 +78,28 @@ impl RunningServer {
     /// Stops accepting, drains running cycles (up to the grace period), stops
     /// this server's own child processes, and returns.
     pub async fn shutdown(self) {
+        self.engine.close_streams();
         self.stop.cancel();
-        let _ = self.served.await;
+        let mut served = self.served;
+        if tokio::time::timeout(Duration::from_secs(10), &mut served)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not drain in time; closing them");
+            served.abort();
+        }
         self.engine.shutdown(self.shutdown_grace).await;
         if let Some(process) = &self.process {
             process.stop_own().await;
         }
-        drop(self.embedded);
+        drop(self.engine);
+        // Stop the embedded Postgres if this server started it (one that was
+        // already running belongs to someone else).
+        if let Some(pg) = self.embedded.filter(EmbeddedPostgres::started_here) {
+            if let Err(err) = pg.stop().await {
+                tracing::warn!(%err, "could not stop the embedded Postgres");
+            }
+        }
     }
 
     /// Stops serving without draining (what a crash looks like to peers,
@@ -181,6 +196,7 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
                 agent_service_url: agent_url,
             },
             sweep_interval: args.sweep_interval,
+            reconcile_interval: args.reconcile_interval,
         },
     )
     .await?;

@@ -427,10 +427,12 @@ impl Ledger {
         })
     }
 
-    /// True if `cycle` holds the gate in `owner`'s name.
-    pub fn holds(&self, cycle: CycleId, owner: ReplicaId) -> bool {
+    /// True if `cycle` holds the gate in `owner`'s name, at `epoch` (its
+    /// takeover count when it was claimed): a runner whose cycle was taken
+    /// over — even by its own replica — no longer holds it.
+    pub fn holds(&self, cycle: CycleId, owner: ReplicaId, epoch: u32) -> bool {
         self.running
-            .is_some_and(|r| r.cycle == cycle && r.owner == owner)
+            .is_some_and(|r| r.cycle == cycle && r.owner == owner && r.takeovers == epoch)
     }
 
     /// Extends the holder's lease; false if it no longer holds the gate.
@@ -438,21 +440,22 @@ impl Ledger {
         &mut self,
         cycle: CycleId,
         owner: ReplicaId,
+        epoch: u32,
         now: Timestamp,
         timing: &Timing,
     ) -> bool {
-        match &mut self.running {
-            Some(r) if r.cycle == cycle && r.owner == owner => {
-                r.lease_until = after(now, timing.lease_ttl);
-                true
-            }
-            _ => false,
+        if !self.holds(cycle, owner, epoch) {
+            return false;
         }
+        if let Some(running) = &mut self.running {
+            running.lease_until = after(now, timing.lease_ttl);
+        }
+        true
     }
 
     /// Gives the gate up; false (and no change) if `cycle` no longer held it.
-    pub fn release(&mut self, cycle: CycleId, owner: ReplicaId) -> bool {
-        if self.holds(cycle, owner) {
+    pub fn release(&mut self, cycle: CycleId, owner: ReplicaId, epoch: u32) -> bool {
+        if self.holds(cycle, owner, epoch) {
             self.running = None;
             true
         } else {
@@ -467,5 +470,7 @@ impl Default for Ledger {
     }
 }
 
+#[cfg(test)]
+mod model;
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,7 @@ pub mod intent;
 pub mod keyed;
 pub mod ledger;
 pub mod probe;
+mod reconciler;
 pub mod scheduler;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -58,6 +59,9 @@ pub struct EngineConfig {
     pub cycle: CycleSettings,
     /// How often the scheduler sweeps for due work regardless of hints.
     pub sweep_interval: Duration,
+    /// How often the reconciler compares serving workspaces with their
+    /// backends.
+    pub reconcile_interval: Duration,
 }
 
 /// The running engine.
@@ -70,6 +74,9 @@ pub struct Engine {
     coalesce: CoalesceLayer<Store, Intent>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Cancelled when the server starts shutting down, so that long-lived
+    /// streams (watch, follow) end and the server can drain.
+    streams: CancellationToken,
 }
 
 impl Engine {
@@ -117,6 +124,13 @@ impl Engine {
             .service(CycleService::new(deps));
         let stack = BoxCloneSyncService::new(stack);
 
+        tokio::spawn(reconciler::run(
+            store.clone(),
+            backends.clone(),
+            stack.clone(),
+            config.reconcile_interval,
+            shutdown.child_token(),
+        ));
         tokio::spawn(scheduler::run(
             store.clone(),
             stack.clone(),
@@ -135,6 +149,7 @@ impl Engine {
             coalesce,
             tasks,
             shutdown,
+            streams: CancellationToken::new(),
         }))
     }
 
@@ -179,10 +194,27 @@ impl Engine {
         self.coalesce.live_lanes() + self.bus.live_channels()
     }
 
+    /// Cycle runners alive in this process (each runs a cycle and the
+    /// follow-ups handed to it).
+    pub fn running_cycles(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Resolves when the server starts shutting down: streams end then.
+    pub fn closing(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.streams.cancelled()
+    }
+
+    /// Ends every open stream (the first step of a graceful shutdown).
+    pub fn close_streams(&self) {
+        self.streams.cancel();
+    }
+
     /// Stops taking on new work and waits up to `grace` for running cycles.
     /// Cycles still running after that keep their leases until they expire
     /// and another replica takes them over.
     pub async fn shutdown(&self, grace: Duration) {
+        self.streams.cancel();
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())

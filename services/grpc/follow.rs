@@ -27,6 +27,12 @@ pub(super) type RestartStream = ReceiverStream<Result<pb::RestartEvent, Status>>
 /// A stream of workspace events.
 pub(super) type WatchStream = ReceiverStream<Result<pb::WorkspaceEvent, Status>>;
 
+/// What an open stream gets when the server shuts down: the cycle goes on
+/// (durably); the caller can watch it again on another replica.
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down; the cycle continues")
+}
+
 /// How often a follower re-reads its cycle in case an event was missed.
 const RECHECK: Duration = Duration::from_secs(5);
 
@@ -129,6 +135,10 @@ async fn follow_cycle(
             },
             _ = tokio::time::sleep(RECHECK) => None,
             _ = tx.closed() => return,
+            _ = engine.closing() => {
+                let _ = tx.send(Err(shutting_down())).await;
+                return;
+            }
         };
         match event.as_deref() {
             Some(Event {
@@ -225,6 +235,10 @@ pub(super) fn watch_stream(
             let received = tokio::select! {
                 received = events.recv() => received,
                 _ = tx.closed() => return,
+                _ = engine.closing() => {
+                    let _ = tx.send(Err(shutting_down())).await;
+                    return;
+                }
             };
             let message = match received {
                 Received::Event(event) => match watch_event(&event) {

@@ -90,7 +90,7 @@ impl Store {
         let statement = conn
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM cycles
-                 WHERE workspace_id = $1 AND ($2 = 0 OR seq < $2)
+                 WHERE workspace_id = $1 AND ($2::bigint = 0 OR seq < $2)
                  ORDER BY seq DESC LIMIT $3"
             ))
             .await

@@ -25,6 +25,21 @@ pub(crate) fn db(err: tokio_postgres::Error) -> EngineError {
             EngineError::Unavailable(format!("database busy: {}", code.code()))
         }
         Some(code) => EngineError::Internal(format!("database error {}", code.code())),
-        None => EngineError::Unavailable("database connection lost".into()),
+        None if err.is_closed() || io_error(&err) => {
+            EngineError::Unavailable("database connection lost".into())
+        }
+        // Client-side errors (a type mismatch, say) name types, never values.
+        None => EngineError::Internal(format!("database client error: {err}")),
     }
+}
+
+fn io_error(err: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }

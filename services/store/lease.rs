@@ -191,9 +191,13 @@ impl LeaseGuard {
         let mut conn = store.conn().await?;
         let tx = conn.transaction().await.map_err(db)?;
         let mut locked = rows::lock(&tx, self.workspace).await?;
-        let renewed = locked
-            .ledger
-            .renew(self.claim.cycle, store.replica(), now, store.timing());
+        let renewed = locked.ledger.renew(
+            self.claim.cycle,
+            store.replica(),
+            self.claim.takeovers,
+            now,
+            store.timing(),
+        );
         if renewed {
             rows::save(&tx, self.workspace, &locked, store.timing(), now).await?;
         }
@@ -223,7 +227,8 @@ impl LeaseGuard {
         let statement = conn
             .prepare_cached(
                 "SELECT pg_notify($4, $5) FROM workspaces
-                 WHERE id = $1 AND running_cycle = $2 AND running_owner = $3",
+                 WHERE id = $1 AND running_cycle = $2 AND running_owner = $3
+                   AND running_takeovers = $6",
             )
             .await
             .map_err(db)?;
@@ -236,6 +241,7 @@ impl LeaseGuard {
                     &self.store.replica().as_uuid(),
                     &super::notify::CHANNEL,
                     &payload,
+                    &(self.claim.takeovers as i32),
                 ],
             )
             .await
@@ -260,6 +266,7 @@ impl LeaseGuard {
                 "INSERT INTO generations (workspace_id, generation, cycle_id, token_hash, created_at)
                  SELECT $1, $2, $3, $4, $5 FROM workspaces
                  WHERE id = $1 AND running_cycle = $3 AND running_owner = $6
+                   AND running_takeovers = $7
                  ON CONFLICT (workspace_id, generation) DO UPDATE SET
                     cycle_id = EXCLUDED.cycle_id, token_hash = EXCLUDED.token_hash,
                     created_at = EXCLUDED.created_at, registered_at = NULL, revoked_at = NULL",
@@ -276,6 +283,7 @@ impl LeaseGuard {
                     &token_hash,
                     &now,
                     &self.store.replica().as_uuid(),
+                    &(self.claim.takeovers as i32),
                 ],
             )
             .await
@@ -292,7 +300,10 @@ impl LeaseGuard {
         let mut conn = store.conn().await?;
         let tx = conn.transaction().await.map_err(db)?;
         let mut locked = rows::lock(&tx, self.workspace).await?;
-        if !locked.ledger.holds(self.claim.cycle, store.replica()) {
+        if !locked
+            .ledger
+            .holds(self.claim.cycle, store.replica(), self.claim.takeovers)
+        {
             tx.commit().await.map_err(db)?;
             self.armed = false;
             return Ok(Finished {
@@ -303,7 +314,9 @@ impl LeaseGuard {
         }
         let mut events = Vec::new();
         record_end(&tx, self, &finish, now, &mut events).await?;
-        locked.ledger.release(self.claim.cycle, store.replica());
+        locked
+            .ledger
+            .release(self.claim.cycle, store.replica(), self.claim.takeovers);
         let next = match locked.ledger.claim(store.replica(), now, store.timing()) {
             Some(claim) => {
                 Some(start_claimed(&tx, &store, self.workspace, claim, now, &mut events).await?)

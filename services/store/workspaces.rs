@@ -277,6 +277,38 @@ impl Store {
             .collect())
     }
 
+    /// A page of workspaces that should be serving right now (ONLINE, no
+    /// cycle running or waiting), in id order after `after`.
+    pub async fn serving_workspaces(
+        &self,
+        after: Option<WorkspaceId>,
+        limit: usize,
+    ) -> Result<Vec<(WorkspaceId, BackendKind)>, EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "SELECT id, backend FROM workspaces
+                 WHERE status = 'ONLINE' AND desired = 'running'
+                   AND running_cycle IS NULL AND pending_cycle IS NULL
+                   AND ($1::uuid IS NULL OR id > $1)
+                 ORDER BY id LIMIT $2",
+            )
+            .await
+            .map_err(db)?;
+        let rows = conn
+            .query(&statement, &[&after.map(|w| w.as_uuid()), &(limit as i64)])
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    WorkspaceId::from(row.get::<_, Uuid>(0)),
+                    parse(row.get::<_, &str>(1))?,
+                ))
+            })
+            .collect()
+    }
+
     /// When the earliest follow-up that waits for time becomes due.
     pub async fn next_due(&self) -> Result<Option<Timestamp>, EngineError> {
         let conn = self.conn().await?;

@@ -102,11 +102,11 @@ fn any_number_of_requests_during_a_cycle_give_exactly_one_follow_up() {
     assert_eq!(follow_ups.len(), 1, "all joined one follow-up");
     assert!(ledger.claim(ME(), at(2), &timing()).is_none(), "gate held");
 
-    assert!(ledger.release(first.cycle, owner));
+    assert!(ledger.release(first.cycle, owner, first.takeovers));
     let second = ledger.claim(owner, at(3), &timing()).unwrap();
     assert_eq!(second.cycle, follow_ups[0]);
     assert_eq!(second.generation, Generation(2));
-    assert!(ledger.release(second.cycle, owner));
+    assert!(ledger.release(second.cycle, owner, second.takeovers));
     assert!(
         ledger.claim(owner, at(4), &timing()).is_none(),
         "exactly two"
@@ -123,7 +123,7 @@ fn sequential_manual_requests_each_get_a_cycle() {
         assert!(matches!(admitted, Admitted::Opened { ready: true, .. }));
         let claim = ledger.claim(owner, at(n), &timing()).unwrap();
         assert_eq!(claim.generation, Generation(n));
-        assert!(ledger.release(claim.cycle, owner));
+        assert!(ledger.release(claim.cycle, owner, claim.takeovers));
     }
 }
 
@@ -145,7 +145,7 @@ fn probes_are_dropped_in_flight_and_in_the_window_and_act_after_it() {
             }
         );
     }
-    ledger.release(claim.cycle, owner);
+    ledger.release(claim.cycle, owner, claim.takeovers);
     assert_eq!(
         ledger
             .admit(req(Trigger::HealthProbe), at(59), CycleId::new(), &timing())
@@ -174,7 +174,7 @@ fn config_changes_in_the_window_are_deferred_to_its_end_never_dropped() {
         .admit(req(Trigger::Manual), at(0), CycleId::new(), &timing())
         .unwrap();
     let first = ledger.claim(owner, at(0), &timing()).unwrap();
-    ledger.release(first.cycle, owner);
+    ledger.release(first.cycle, owner, first.takeovers);
 
     let admitted = ledger
         .admit(
@@ -270,7 +270,7 @@ fn a_stop_that_arrives_while_a_restart_waits_decides_the_follow_up() {
     ledger
         .admit(ask(Ask::Stop), at(2), CycleId::new(), &timing())
         .unwrap();
-    ledger.release(first.cycle, owner);
+    ledger.release(first.cycle, owner, first.takeovers);
     let next = ledger.claim(owner, at(3), &timing()).unwrap();
     assert_eq!(next.goal, Goal::Stop);
     assert_eq!(
@@ -340,7 +340,7 @@ fn deleted_workspaces_refuse_everything_but_a_delete_joining_the_delete() {
             Err(Refusal::Deleted)
         );
     }
-    ledger.release(delete.cycle, owner);
+    ledger.release(delete.cycle, owner, delete.takeovers);
     assert_eq!(
         ledger.admit(ask(Ask::Delete), at(2), CycleId::new(), &timing()),
         Err(Refusal::Deleted)
@@ -362,9 +362,27 @@ fn an_expired_lease_is_taken_over_as_a_new_generation_and_fences_the_old_holder(
     assert_eq!(taken.cycle, first.cycle);
     assert!(taken.takeover);
     assert_eq!(taken.generation, Generation(2));
-    assert!(!ledger.renew(first.cycle, dead, at(16), &timing()));
-    assert!(!ledger.release(first.cycle, dead), "old holder is fenced");
-    assert!(ledger.holds(first.cycle, alive));
+    assert!(!ledger.renew(first.cycle, dead, 0, at(16), &timing()));
+    assert!(
+        !ledger.release(first.cycle, dead, first.takeovers),
+        "old holder is fenced"
+    );
+    assert!(ledger.holds(first.cycle, alive, 1));
+}
+
+#[test]
+fn a_takeover_by_the_same_replica_still_fences_the_old_runner() {
+    let (mut ledger, me) = (Ledger::new(), ME());
+    ledger
+        .admit(req(Trigger::Manual), at(0), CycleId::new(), &timing())
+        .unwrap();
+    let stale = ledger.claim(me, at(0), &timing()).unwrap();
+    let fresh = ledger.claim(me, at(15), &timing()).unwrap();
+    assert_eq!(stale.cycle, fresh.cycle);
+    assert!(!ledger.holds(stale.cycle, me, stale.takeovers));
+    assert!(!ledger.renew(stale.cycle, me, stale.takeovers, at(16), &timing()));
+    assert!(!ledger.release(stale.cycle, me, stale.takeovers));
+    assert!(ledger.release(fresh.cycle, me, fresh.takeovers));
 }
 
 #[test]
@@ -375,7 +393,7 @@ fn renewing_keeps_the_gate() {
         .unwrap();
     let claim = ledger.claim(owner, at(0), &timing()).unwrap();
     for s in (5..100).step_by(5) {
-        assert!(ledger.renew(claim.cycle, owner, at(s), &timing()));
+        assert!(ledger.renew(claim.cycle, owner, 0, at(s), &timing()));
         assert!(ledger.claim(ME(), at(s + 1), &timing()).is_none());
     }
 }

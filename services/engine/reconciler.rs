@@ -1,0 +1,78 @@
+//! The reconciler: the service's own eyes on its workspaces. A workspace
+//! that should be serving (ONLINE, no cycle in flight or waiting) but whose
+//! instance the backend reports as gone, stopped or crashed gets a
+//! RECONCILER request — through the same stack as everyone else, so it is
+//! debounced (C7) and never races another cycle (C5). A booting instance is
+//! not "down" (C9).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::{Stack, backends::Backends, intent::Intent};
+use crate::{
+    domain::{Trigger, WorkspaceId},
+    store::Store,
+};
+
+/// Workspaces looked at per pass (the pass pages through all of them).
+const PAGE: usize = 200;
+
+/// Runs until `shutdown`, one pass every `every`.
+pub(super) async fn run(
+    store: Store,
+    backends: Backends,
+    stack: Stack,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(err) = pass(&store, &backends, &stack).await {
+            tracing::warn!(%err, "reconciler pass failed");
+        }
+    }
+}
+
+async fn pass(store: &Store, backends: &Backends, stack: &Stack) -> Result<(), super::EngineError> {
+    let mut after = None;
+    loop {
+        let page = store.serving_workspaces(after, PAGE).await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        after = Some(*last);
+        for (workspace, kind) in &page {
+            let Ok(backend) = backends.get(*kind) else {
+                continue;
+            };
+            let state = match backend.state(*workspace).await {
+                Ok(state) => state,
+                Err(err) => {
+                    tracing::debug!(%workspace, %err, "reconciler could not read the instance");
+                    continue;
+                }
+            };
+            if state.is_down() {
+                request_cycle(stack, *workspace, format!("instance is {:?}", state.phase)).await;
+            }
+        }
+        if page.len() < PAGE {
+            return Ok(());
+        }
+    }
+}
+
+async fn request_cycle(stack: &Stack, workspace: WorkspaceId, reason: String) {
+    tracing::info!(%workspace, %reason, "reconciler found the instance down");
+    let intent = Intent::restart(workspace, Trigger::Reconciler, reason);
+    if let Err(err) = stack.clone().oneshot(intent).await {
+        tracing::warn!(%workspace, %err, "reconciler request failed");
+    }
+}

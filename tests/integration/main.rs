@@ -1,0 +1,14 @@
+//! Integration tests: a real Postgres, servers on port 0, the real gRPC
+//! API. One binary so the crate graph links once.
+
+// Test helpers are not an API.
+#![allow(unreachable_pub, missing_docs)]
+
+// Each suite uses a different part of the shared support.
+#[allow(dead_code)]
+mod support;
+
+mod bad_input;
+mod contracts;
+mod grpcurl;
+mod process_backend;

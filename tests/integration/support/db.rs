@@ -1,0 +1,95 @@
+//! A fresh database per test, on the Postgres named by `TEST_DATABASE_URL`
+//! (CI) or on a cluster the tests start themselves under the target
+//! directory.
+
+use std::sync::OnceLock;
+
+use tokio_postgres::NoTls;
+use workspace_lifecycle::embedded_pg::EmbeddedPostgres;
+
+static ADMIN_URL: OnceLock<String> = OnceLock::new();
+
+/// The URL of a maintenance database on the test cluster.
+fn admin_url() -> &'static str {
+    ADMIN_URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
+            return url;
+        }
+        // Start (or reuse) a cluster of our own; one runtime on a plain
+        // thread, since tests each run on their own runtime.
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-pg");
+                let pg = EmbeddedPostgres::ensure(&root)
+                    .await
+                    .expect("no TEST_DATABASE_URL and no local Postgres could be started");
+                format!(
+                    "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                    pg.port()
+                )
+            })
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Points `url` (key=value or postgres:// form) at database `name`.
+fn with_dbname(url: &str, name: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let host = base.split('/').next().unwrap_or(base);
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        return format!("postgres://{host}/{name}{query}");
+    }
+    let mut parts: Vec<String> = url
+        .split_whitespace()
+        .filter(|part| !part.starts_with("dbname="))
+        .map(str::to_owned)
+        .collect();
+    parts.push(format!("dbname={name}"));
+    parts.join(" ")
+}
+
+/// A database that exists for one test.
+pub struct TestDb {
+    /// Its URL.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates an empty database with a unique name.
+    pub async fn create() -> Self {
+        let admin = admin_url();
+        let (client, connection) = tokio_postgres::connect(admin, NoTls)
+            .await
+            .expect("test Postgres reachable");
+        tokio::spawn(connection);
+        let name = format!("wl_test_{}", uuid::Uuid::new_v4().simple());
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        Self {
+            url: with_dbname(admin, &name),
+        }
+    }
+
+    /// A plain client on this database, for looking behind the API.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+}

@@ -1,0 +1,286 @@
+//! What every integration test stands on: a fresh database, a server on
+//! port 0 in this process, a fake (counting) or real backend, a manual clock
+//! for debounce windows, and bounded waits driven by events.
+
+pub mod db;
+pub mod fake_backend;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use tonic::{Streaming, transport::Channel};
+use workspace_backends::BackendKind;
+use workspace_lifecycle::{
+    config::ServeArgs,
+    domain::WorkspaceId,
+    engine::{Engine, clock::ManualClock},
+    proto::{self as pb, workspace_lifecycle_client::WorkspaceLifecycleClient},
+    server::{self, Parts, RunningServer},
+};
+
+pub use db::TestDb;
+pub use fake_backend::{AgentMode, FakeBackend};
+
+/// Every wait in these tests ends by this long, pass or fail.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// How a test server is set up.
+#[derive(Clone)]
+pub struct Options {
+    pub window: Duration,
+    pub burst_quiet: Duration,
+    pub burst_max_wait: Duration,
+    pub deadline: Duration,
+    pub lease_ttl: Duration,
+    /// Run the real process backend (with the real agent) instead of the fake.
+    pub process_backend: bool,
+    /// Use the wall clock instead of a manual one.
+    pub wall_clock: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            burst_quiet: Duration::from_secs(5),
+            burst_max_wait: Duration::from_secs(60),
+            deadline: Duration::from_secs(20),
+            // Leases never expire on the manual clock unless a test wants it.
+            lease_ttl: Duration::from_secs(3600),
+            process_backend: false,
+            wall_clock: false,
+        }
+    }
+}
+
+/// A server on a fresh database.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    pub client: WorkspaceLifecycleClient<Channel>,
+    pub backend: Arc<FakeBackend>,
+    pub clock: ManualClock,
+    pub db: Arc<TestDb>,
+    pub data_dir: Arc<tempfile::TempDir>,
+    running: Option<RunningServer>,
+}
+
+/// The path of the built server binary (the process backend runs its
+/// `agent` subcommand).
+pub fn server_binary() -> String {
+    env!("CARGO_BIN_EXE_workspace-lifecycle").to_owned()
+}
+
+impl TestServer {
+    pub async fn start(options: Options) -> Self {
+        let db = Arc::new(TestDb::create().await);
+        let data_dir = Arc::new(tempfile::tempdir().unwrap());
+        let clock = ManualClock::new(chrono::Utc::now());
+        let backend = FakeBackend::new(BackendKind::Process);
+        Self::start_on(db, data_dir, clock, backend, options).await
+    }
+
+    /// Another server (replica) on the same database, clock and backend.
+    pub async fn replica(&self, options: Options) -> Self {
+        Self::start_on(
+            self.db.clone(),
+            self.data_dir.clone(),
+            self.clock.clone(),
+            self.backend.clone(),
+            options,
+        )
+        .await
+    }
+
+    async fn start_on(
+        db: Arc<TestDb>,
+        data_dir: Arc<tempfile::TempDir>,
+        clock: ManualClock,
+        backend: Arc<FakeBackend>,
+        options: Options,
+    ) -> Self {
+        let mut args = ServeArgs::defaults();
+        args.listen = "127.0.0.1:0".parse().unwrap();
+        args.database_url = Some(db.url.clone());
+        args.data_dir = data_dir.path().to_path_buf();
+        args.debounce_window = options.window;
+        args.burst_quiet = options.burst_quiet;
+        args.burst_max_wait = options.burst_max_wait;
+        args.provision_deadline = options.deadline;
+        args.lease_ttl = options.lease_ttl;
+        args.sweep_interval = Duration::from_millis(200);
+        args.reconcile_interval = Duration::from_millis(200);
+        args.stop_grace = Duration::from_secs(2);
+        args.shutdown_grace = Duration::from_secs(5);
+        args.heartbeat_interval = Duration::from_secs(1);
+        args.db_connections = 16;
+        let mut parts = Parts::default();
+        if !options.wall_clock {
+            parts.clock = Arc::new(clock.clone());
+        }
+        if options.process_backend {
+            args.backends = vec![BackendKind::Process];
+            args.agent_command = Some(vec![server_binary(), "agent".into()]);
+        } else {
+            args.backends = vec![];
+            parts.backends = vec![backend.clone()];
+        }
+        let running = server::start(&args, parts).await.expect("server starts");
+        let addr = running.addr;
+        let client = WorkspaceLifecycleClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Self {
+            addr,
+            engine: running.engine.clone(),
+            client,
+            backend,
+            clock,
+            db,
+            data_dir,
+            running: Some(running),
+        }
+    }
+
+    pub fn client(&self) -> WorkspaceLifecycleClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Creates a workspace and waits until it is ONLINE.
+    pub async fn create_online(&self, name: &str) -> WorkspaceId {
+        let ws = self.create(name).await;
+        self.wait_for(ws, |w| w.status == pb::WorkspaceStatus::Online as i32)
+            .await;
+        ws
+    }
+
+    /// Creates a workspace (returns at once, PROVISIONING).
+    pub async fn create(&self, name: &str) -> WorkspaceId {
+        let created = self
+            .client()
+            .create_workspace(pb::CreateWorkspaceRequest {
+                name: name.into(),
+                backend: pb::BackendKind::Process as i32,
+                spec: None,
+            })
+            .await
+            .expect("create")
+            .into_inner();
+        created.id.parse().unwrap()
+    }
+
+    pub async fn get(&self, ws: WorkspaceId) -> pb::Workspace {
+        self.client()
+            .get_workspace(pb::GetWorkspaceRequest {
+                workspace_id: ws.to_string(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+    }
+
+    /// Opens a RestartWorkspace stream.
+    pub async fn restart_stream(
+        &self,
+        ws: WorkspaceId,
+        trigger: pb::Trigger,
+    ) -> Result<Streaming<pb::RestartEvent>, tonic::Status> {
+        self.client()
+            .restart_workspace(pb::RestartWorkspaceRequest {
+                workspace_id: ws.to_string(),
+                trigger: trigger as i32,
+                reason: "test".into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Restarts and collects the whole stream (bounded).
+    pub async fn restart(&self, ws: WorkspaceId, trigger: pb::Trigger) -> Vec<pb::RestartEvent> {
+        let stream = self.restart_stream(ws, trigger).await.expect("restart");
+        collect(stream).await
+    }
+
+    /// Waits until GetWorkspace satisfies `ready`, re-checking on every
+    /// event of the workspace (and at least every 500 ms), for at most WAIT.
+    pub async fn wait_for(
+        &self,
+        ws: WorkspaceId,
+        ready: impl Fn(&pb::Workspace) -> bool,
+    ) -> pb::Workspace {
+        let mut events = self.engine.subscribe(ws);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let current = self.get(ws).await;
+            if ready(&current) {
+                return current;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("workspace never reached the expected state; last seen: {current:#?}");
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
+        }
+    }
+
+    /// Moves the manual clock and gives the scheduler a moment to act.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+
+    /// Stops serving abruptly: no draining, leases left to expire.
+    pub fn crash(mut self) {
+        if let Some(running) = self.running.take() {
+            running.abort();
+        }
+    }
+}
+
+/// Collects a server stream to its end (bounded).
+pub async fn collect<T>(stream: Streaming<T>) -> Vec<T> {
+    tokio::time::timeout(
+        WAIT,
+        stream.map(|item| item.expect("stream item")).collect(),
+    )
+    .await
+    .expect("stream ended in time")
+}
+
+/// The event kinds of a restart stream, as short names.
+pub fn kinds(events: &[pb::RestartEvent]) -> Vec<&'static str> {
+    use pb::restart_event::Event;
+    events
+        .iter()
+        .map(|e| match &e.event {
+            Some(Event::Accepted(_)) => "accepted",
+            Some(Event::Coalesced(_)) => "coalesced",
+            Some(Event::Debounced(_)) => "debounced",
+            Some(Event::Phase(_)) => "phase",
+            Some(Event::Online(_)) => "online",
+            Some(Event::Failed(_)) => "failed",
+            Some(Event::Stopped(_)) => "stopped",
+            Some(Event::Deleted(_)) => "deleted",
+            None => "none",
+        })
+        .collect()
+}
+
+/// The terminal event of a restart stream.
+pub fn last(events: &[pb::RestartEvent]) -> &pb::restart_event::Event {
+    events
+        .last()
+        .and_then(|e| e.event.as_ref())
+        .expect("a non-empty stream")
+}
+
+/// Runs `f` with a bound, failing the test if it takes longer.
+pub async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {WAIT:?}"))
+}
