@@ -8,6 +8,7 @@
 //! that its [`InstanceState`] keeps *booting* apart from *dead*, so a health
 //! probe never mistakes a slow boot for a crash.
 
+pub mod docker;
 mod error;
 mod ids;
 mod launch;

@@ -75,6 +75,20 @@ pub struct ServeArgs {
     #[arg(long, env = "WL_BACKENDS", value_delimiter = ',', default_value = "process", value_parser = backend)]
     pub backends: Vec<BackendKind>,
 
+    /// The image Docker workspaces run when their spec names none (built by
+    /// `scripts/build-agent-image`).
+    #[arg(
+        long,
+        env = "WL_DOCKER_IMAGE",
+        default_value = "workspace-agent:latest"
+    )]
+    pub docker_image: String,
+
+    /// Docker network mode for workspace containers (`host` lets agents
+    /// reach a control plane on 127.0.0.1). Default: the engine's default.
+    #[arg(long, env = "WL_DOCKER_NETWORK")]
+    pub docker_network: Option<String>,
+
     /// After a cycle starts, probe and reconciler triggers are dropped and
     /// config changes deferred for this long.
     #[arg(long, env = "WL_DEBOUNCE_WINDOW", default_value = "60s", value_parser = duration)]

@@ -6,7 +6,10 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use workspace_backends::process::{ProcessBackend, ProcessConfig};
+use workspace_backends::{
+    docker::{DockerBackend, DockerConfig},
+    process::{ProcessBackend, ProcessConfig},
+};
 
 use crate::{
     config::ServeArgs,
@@ -151,35 +154,7 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
 
-    let mut backends = Backends::new();
-    let mut process = None;
-    if args.backends.contains(&BackendKind::Process) {
-        let agent_command = match &args.agent_command {
-            Some(command) if !command.is_empty() => command.clone(),
-            _ => vec![
-                std::env::current_exe()?.to_string_lossy().into_owned(),
-                "agent".into(),
-            ],
-        };
-        let backend = Arc::new(
-            ProcessBackend::new(ProcessConfig {
-                root: std::path::absolute(args.data_dir.join("process"))?,
-                agent_command,
-                stop_grace: args.stop_grace,
-            })
-            .await?,
-        );
-        backends = backends.with(backend.clone());
-        process = Some(backend);
-    }
-    for kind in &args.backends {
-        if *kind != BackendKind::Process && !parts.backends.iter().any(|b| b.kind() == *kind) {
-            return Err(workspace_backends::BackendError::Other(format!(
-                "backend {kind} is not available in this build yet"
-            ))
-            .into());
-        }
-    }
+    let (mut backends, process) = enabled_backends(args).await?;
     for backend in parts.backends {
         backends = backends.with(backend);
     }
@@ -218,6 +193,54 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         shutdown_grace: args.shutdown_grace,
         embedded,
     })
+}
+
+/// The backends `args` enables. The process backend is also returned on its
+/// own, since shutdown stops the children it started.
+async fn enabled_backends(
+    args: &ServeArgs,
+) -> Result<(Backends, Option<Arc<ProcessBackend>>), ServeError> {
+    let mut backends = Backends::new();
+    let mut process = None;
+    for kind in &args.backends {
+        match kind {
+            BackendKind::Process => {
+                let agent_command = match &args.agent_command {
+                    Some(command) if !command.is_empty() => command.clone(),
+                    _ => vec![
+                        std::env::current_exe()?.to_string_lossy().into_owned(),
+                        "agent".into(),
+                    ],
+                };
+                let backend = Arc::new(
+                    ProcessBackend::new(ProcessConfig {
+                        root: std::path::absolute(args.data_dir.join("process"))?,
+                        agent_command,
+                        stop_grace: args.stop_grace,
+                    })
+                    .await?,
+                );
+                backends = backends.with(backend.clone());
+                process = Some(backend);
+            }
+            BackendKind::Docker => {
+                let backend = DockerBackend::connect(DockerConfig {
+                    default_image: args.docker_image.clone(),
+                    network_mode: args.docker_network.clone(),
+                    stop_grace: args.stop_grace,
+                })
+                .await?;
+                backends = backends.with(Arc::new(backend));
+            }
+            BackendKind::Ec2 => {
+                return Err(workspace_backends::BackendError::Other(
+                    "the ec2 backend is not available in this build yet".into(),
+                )
+                .into());
+            }
+        }
+    }
+    Ok((backends, process))
 }
 
 /// Serves the gRPC API, health and reflection on `listener` until

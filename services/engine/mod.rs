@@ -26,6 +26,8 @@ pub mod probe;
 mod reconciler;
 pub mod scheduler;
 #[cfg(test)]
+mod stack_tests;
+#[cfg(test)]
 pub(crate) mod test_support;
 
 use std::{sync::Arc, time::Duration};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use workspace_lifecycle::proto as pb;
 
-use crate::support::{Options, TestServer};
+use crate::support::{BackendChoice, Options, TestServer};
 
 fn grpcurl_binary() -> String {
     std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into())
@@ -42,7 +42,7 @@ fn json_field(text: &str, field: &str) -> String {
 #[tokio::test]
 async fn the_readme_walkthrough_works_with_grpcurl() {
     let s = TestServer::start(Options {
-        process_backend: true,
+        backend: BackendChoice::Process,
         wall_clock: true,
         ..Options::default()
     })

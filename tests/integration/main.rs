@@ -10,5 +10,6 @@ mod support;
 
 mod bad_input;
 mod contracts;
+mod docker_backend;
 mod grpcurl;
 mod process_backend;

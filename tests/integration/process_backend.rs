@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use workspace_lifecycle::{domain::WorkspaceId, proto as pb, proto::restart_event::Event};
 
-use crate::support::{Options, TestServer, collect, kinds, last};
+use crate::support::{BackendChoice, Options, TestServer, collect, kinds, last};
 
 fn process_options() -> Options {
     Options {
-        process_backend: true,
+        backend: BackendChoice::Process,
         wall_clock: true,
         ..Options::default()
     }

@@ -2,6 +2,7 @@
 //! port 0 in this process, a fake (counting) or real backend, a manual clock
 //! for debounce windows, and bounded waits driven by events.
 
+pub mod counted;
 pub mod db;
 pub mod fake_backend;
 
@@ -9,7 +10,10 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use tonic::{Streaming, transport::Channel};
-use workspace_backends::BackendKind;
+use workspace_backends::{
+    BackendKind,
+    docker::{DockerBackend, DockerConfig},
+};
 use workspace_lifecycle::{
     config::ServeArgs,
     domain::WorkspaceId,
@@ -32,8 +36,8 @@ pub struct Options {
     pub burst_max_wait: Duration,
     pub deadline: Duration,
     pub lease_ttl: Duration,
-    /// Run the real process backend (with the real agent) instead of the fake.
-    pub process_backend: bool,
+    /// Which backend serves PROCESS workspaces (or DOCKER ones).
+    pub backend: BackendChoice,
     /// Use the wall clock instead of a manual one.
     pub wall_clock: bool,
 }
@@ -47,11 +51,26 @@ impl Default for Options {
             deadline: Duration::from_secs(20),
             // Leases never expire on the manual clock unless a test wants it.
             lease_ttl: Duration::from_secs(3600),
-            process_backend: false,
+            backend: BackendChoice::Fake,
             wall_clock: false,
         }
     }
 }
+
+/// The backend a test server runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The counting fake (kind PROCESS).
+    Fake,
+    /// The real process backend with the real agent binary.
+    Process,
+    /// The real Docker Engine (host networking, the project's agent image),
+    /// counted.
+    Docker,
+}
+
+/// The image the Docker tests run (`scripts/build-agent-image` builds it).
+pub const AGENT_IMAGE: &str = "workspace-agent:latest";
 
 /// A server on a fresh database.
 pub struct TestServer {
@@ -59,6 +78,8 @@ pub struct TestServer {
     pub engine: Arc<Engine>,
     pub client: WorkspaceLifecycleClient<Channel>,
     pub backend: Arc<FakeBackend>,
+    /// The counted Docker backend, when the test runs on Docker.
+    pub docker: Option<Arc<counted::Counted<DockerBackend>>>,
     pub clock: ManualClock,
     pub db: Arc<TestDb>,
     pub data_dir: Arc<tempfile::TempDir>,
@@ -118,12 +139,29 @@ impl TestServer {
         if !options.wall_clock {
             parts.clock = Arc::new(clock.clone());
         }
-        if options.process_backend {
-            args.backends = vec![BackendKind::Process];
-            args.agent_command = Some(vec![server_binary(), "agent".into()]);
-        } else {
-            args.backends = vec![];
-            parts.backends = vec![backend.clone()];
+        let mut docker = None;
+        match options.backend {
+            BackendChoice::Process => {
+                args.backends = vec![BackendKind::Process];
+                args.agent_command = Some(vec![server_binary(), "agent".into()]);
+            }
+            BackendChoice::Fake => {
+                args.backends = vec![];
+                parts.backends = vec![backend.clone()];
+            }
+            BackendChoice::Docker => {
+                args.backends = vec![];
+                let real = DockerBackend::connect(DockerConfig {
+                    default_image: AGENT_IMAGE.into(),
+                    network_mode: Some("host".into()),
+                    stop_grace: Duration::from_secs(2),
+                })
+                .await
+                .expect("the Docker tests need a Docker Engine");
+                let counted = counted::Counted::new(real);
+                parts.backends = vec![counted.clone()];
+                docker = Some(counted);
+            }
         }
         let running = server::start(&args, parts).await.expect("server starts");
         let addr = running.addr;
@@ -135,6 +173,7 @@ impl TestServer {
             engine: running.engine.clone(),
             client,
             backend,
+            docker,
             clock,
             db,
             data_dir,
@@ -156,11 +195,16 @@ impl TestServer {
 
     /// Creates a workspace (returns at once, PROVISIONING).
     pub async fn create(&self, name: &str) -> WorkspaceId {
+        let backend = if self.docker.is_some() {
+            pb::BackendKind::Docker
+        } else {
+            pb::BackendKind::Process
+        };
         let created = self
             .client()
             .create_workspace(pb::CreateWorkspaceRequest {
                 name: name.into(),
-                backend: pb::BackendKind::Process as i32,
+                backend: backend as i32,
                 spec: None,
             })
             .await
