@@ -1,0 +1,269 @@
+//! What the control plane adds to a cycle, against what the backend itself
+//! takes: every restart is timed from the caller's request to its `online`
+//! event, and split into the backend's own stop and start calls (timed
+//! inside the backend), the agent's boot until it registered, and the rest —
+//! the control plane's share (admission, gate, config read, fenced writes,
+//! events). For Docker, the engine's own stop+remove and create+start of the
+//! same image, driven directly, is measured alongside.
+//!
+//!   cargo bench --bench cycle_overhead            (CYCLES=20 by default)
+
+mod support;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bollard::{
+    Docker,
+    models::{ContainerCreateBody, HostConfig},
+    query_parameters::{
+        CreateContainerOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+    },
+};
+use futures::StreamExt;
+use support::{Timed, histogram, record, summary};
+use workspace_backends::{
+    Backend,
+    docker::{DockerBackend, DockerConfig},
+    process::{ProcessBackend, ProcessConfig},
+};
+use workspace_lifecycle::{proto as pb, server::Parts};
+
+const IMAGE: &str = "workspace-agent:latest";
+
+fn ts(t: &prost_types::Timestamp) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap()
+}
+
+async fn measure<B: Backend>(
+    label: &str,
+    backend: Arc<Timed<B>>,
+    kind: pb::BackendKind,
+    cycles: usize,
+) {
+    let admin = support::admin_url().await;
+    let url = support::fresh_database(&admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = support::args(&url, dir.path());
+    let bench = support::serve(
+        &args,
+        Parts {
+            backends: vec![backend.clone()],
+            ..Parts::default()
+        },
+    )
+    .await;
+    let mut client = bench.client.clone();
+    let created = client
+        .create_workspace(pb::CreateWorkspaceRequest {
+            name: "bench".into(),
+            backend: kind as i32,
+            spec: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = created.id.clone();
+    let get = |mut client: pb::workspace_lifecycle_client::WorkspaceLifecycleClient<
+        tonic::transport::Channel,
+    >,
+               id: String| async move {
+        client
+            .get_workspace(pb::GetWorkspaceRequest { workspace_id: id })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    for _ in 0..600 {
+        if get(client.clone(), id.clone()).await.status == pb::WorkspaceStatus::Online as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (mut total, mut stop, mut start, mut boot, mut overhead) = (
+        histogram(),
+        histogram(),
+        histogram(),
+        histogram(),
+        histogram(),
+    );
+    for _ in 0..cycles {
+        let began = tokio::time::Instant::now();
+        let mut stream = client
+            .restart_workspace(pb::RestartWorkspaceRequest {
+                workspace_id: id.clone(),
+                trigger: pb::Trigger::Manual as i32,
+                reason: "bench".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut online = false;
+        while let Some(event) = stream.next().await {
+            online |= matches!(
+                event.unwrap().event,
+                Some(pb::restart_event::Event::Online(_))
+            );
+        }
+        let took = began.elapsed();
+        assert!(online, "a cycle failed during the benchmark");
+        let stop_call = *backend.stops.lock().unwrap().last().unwrap();
+        let start_call = *backend.starts.lock().unwrap().last().unwrap();
+        let workspace = get(client.clone(), id.clone()).await;
+        let registered = ts(workspace.agent.unwrap().registered_at.as_ref().unwrap());
+        let booted = (registered - start_call.ended).to_std().unwrap_or_default();
+        let backend_time = stop_call.took + start_call.took;
+        record(&mut total, took);
+        record(&mut stop, stop_call.took);
+        record(&mut start, start_call.took);
+        record(&mut boot, booted);
+        record(&mut overhead, took.saturating_sub(backend_time + booted));
+    }
+    let share = overhead.value_at_quantile(0.5) as f64
+        / (stop.value_at_quantile(0.5) + start.value_at_quantile(0.5)).max(1) as f64;
+    println!("\n{label}: {cycles} restarts of one workspace");
+    println!("  cycle, request → online   {}", summary(&total));
+    println!("  backend stop              {}", summary(&stop));
+    println!("  backend start             {}", summary(&start));
+    println!("  agent boot → registered   {}", summary(&boot));
+    println!("  control plane (the rest)  {}", summary(&overhead));
+    println!(
+        "  control plane / backend stop+start at p50: {:.1}%",
+        share * 100.0
+    );
+    let _ = client
+        .delete_workspace(pb::DeleteWorkspaceRequest {
+            workspace_id: id,
+            reason: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner());
+    bench.running.shutdown().await;
+}
+
+/// The engine's own stop+remove and create+start of the agent image.
+async fn docker_direct(docker: &Docker, cycles: usize) {
+    let (mut down, mut up) = (histogram(), histogram());
+    let name = format!("wl-bench-{}", uuid::Uuid::new_v4().simple());
+    let body = || ContainerCreateBody {
+        image: Some(IMAGE.into()),
+        // The agent keeps retrying a closed port: a live process to stop.
+        env: Some(vec![
+            "WL_SERVICE_URL=http://127.0.0.1:9".into(),
+            "WL_AGENT_TOKEN=bench".into(),
+            "WL_CONFIG_VERSION=1".into(),
+        ]),
+        labels: Some(HashMap::from([("wl.bench".to_owned(), "1".to_owned())])),
+        host_config: Some(HostConfig {
+            network_mode: Some("host".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let create_and_start = || async {
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    platform: String::new(),
+                }),
+                body(),
+            )
+            .await
+            .unwrap();
+        docker
+            .start_container(&name, None::<StartContainerOptions>)
+            .await
+            .unwrap();
+    };
+    create_and_start().await;
+    for _ in 0..cycles {
+        let began = tokio::time::Instant::now();
+        docker
+            .stop_container(
+                &name,
+                Some(StopContainerOptions {
+                    t: Some(5),
+                    signal: None,
+                }),
+            )
+            .await
+            .unwrap();
+        docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+        record(&mut down, began.elapsed());
+        let began = tokio::time::Instant::now();
+        create_and_start().await;
+        record(&mut up, began.elapsed());
+    }
+    let _ = docker
+        .remove_container(
+            &name,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    println!("\ndocker engine directly (same image, no control plane): {cycles} cycles");
+    println!("  stop + remove             {}", summary(&down));
+    println!("  create + start            {}", summary(&up));
+}
+
+#[tokio::main]
+async fn main() {
+    let cycles: usize = std::env::var("CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(20);
+    println!("# cycle overhead — {}", support::command("cycle_overhead"));
+    println!("# machine: {}", support::machine());
+
+    let dir = tempfile::tempdir().unwrap();
+    let process = ProcessBackend::new(ProcessConfig {
+        root: dir.path().to_path_buf(),
+        agent_command: vec![
+            env!("CARGO_BIN_EXE_workspace-lifecycle").into(),
+            "agent".into(),
+        ],
+        stop_grace: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    measure(
+        "process backend",
+        Timed::new(process),
+        pb::BackendKind::Process,
+        cycles,
+    )
+    .await;
+
+    match DockerBackend::connect(DockerConfig {
+        default_image: IMAGE.into(),
+        network_mode: Some("host".into()),
+        stop_grace: Duration::from_secs(5),
+    })
+    .await
+    {
+        Ok(docker_backend) => {
+            measure(
+                "docker backend",
+                Timed::new(docker_backend),
+                pb::BackendKind::Docker,
+                cycles,
+            )
+            .await;
+            let docker = Docker::connect_with_defaults().unwrap();
+            docker_direct(&docker, cycles).await;
+        }
+        Err(err) => println!("\ndocker backend: not measured ({err})"),
+    }
+}

@@ -1,0 +1,195 @@
+//! What the benchmarks share: a Postgres to run on, servers started in
+//! process, backends that time themselves, and HDR-histogram reports.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use hdrhistogram::Histogram;
+use tokio_postgres::NoTls;
+use workspace_backends::{Backend, BackendError, BackendKind, InstanceState, Launch, WorkspaceId};
+use workspace_lifecycle::{
+    config::ServeArgs,
+    embedded_pg::EmbeddedPostgres,
+    proto::workspace_lifecycle_client::WorkspaceLifecycleClient,
+    server::{self, Parts, RunningServer},
+};
+
+/// A maintenance URL: `BENCH_DATABASE_URL`, `TEST_DATABASE_URL`, or a
+/// cluster the benchmarks start under target/.
+pub async fn admin_url() -> String {
+    if let Ok(url) =
+        std::env::var("BENCH_DATABASE_URL").or_else(|_| std::env::var("TEST_DATABASE_URL"))
+    {
+        return url;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-pg");
+    let pg = EmbeddedPostgres::ensure(&root)
+        .await
+        .expect("a local Postgres");
+    format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        pg.port()
+    )
+}
+
+/// A fresh database; returns its URL.
+pub async fn fresh_database(admin: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(admin, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let name = format!("wl_bench_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let mut parts: Vec<String> = admin
+        .split_whitespace()
+        .filter(|p| !p.starts_with("dbname="))
+        .map(str::to_owned)
+        .collect();
+    parts.push(format!("dbname={name}"));
+    parts.join(" ")
+}
+
+/// Server flags for a benchmark on `url`.
+pub fn args(url: &str, data_dir: &std::path::Path) -> ServeArgs {
+    let mut args = ServeArgs::defaults();
+    args.listen = "127.0.0.1:0".parse().unwrap();
+    args.database_url = Some(url.to_owned());
+    args.data_dir = data_dir.to_path_buf();
+    args.backends = vec![];
+    args.stop_grace = Duration::from_secs(5);
+    args
+}
+
+pub struct Bench {
+    pub running: RunningServer,
+    pub addr: SocketAddr,
+    pub client: WorkspaceLifecycleClient<tonic::transport::Channel>,
+}
+
+pub async fn serve(args: &ServeArgs, parts: Parts) -> Bench {
+    let running = server::start(args, parts).await.expect("server starts");
+    let addr = running.addr;
+    let client = WorkspaceLifecycleClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Bench {
+        running,
+        addr,
+        client,
+    }
+}
+
+/// One timed backend call.
+#[derive(Clone, Copy, Debug)]
+pub struct Call {
+    pub took: Duration,
+    /// Wall-clock end (to compare with server timestamps).
+    pub ended: chrono::DateTime<chrono::Utc>,
+}
+
+/// A backend that times its own stop and start calls.
+pub struct Timed<B> {
+    pub inner: B,
+    pub stops: Mutex<Vec<Call>>,
+    pub starts: Mutex<Vec<Call>>,
+}
+
+impl<B> Timed<B> {
+    pub fn new(inner: B) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            stops: Mutex::default(),
+            starts: Mutex::default(),
+        })
+    }
+}
+
+async fn timed<T>(log: &Mutex<Vec<Call>>, f: impl std::future::Future<Output = T>) -> T {
+    let started = tokio::time::Instant::now();
+    let out = f.await;
+    log.lock().unwrap().push(Call {
+        took: started.elapsed(),
+        ended: chrono::Utc::now(),
+    });
+    out
+}
+
+#[async_trait]
+impl<B: Backend> Backend for Timed<B> {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+    async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
+        timed(&self.starts, self.inner.start(launch)).await
+    }
+    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
+        timed(&self.stops, self.inner.stop(workspace)).await
+    }
+    async fn delete(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
+        self.inner.delete(workspace).await
+    }
+    async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
+        self.inner.state(workspace).await
+    }
+}
+
+/// A latency histogram in microseconds.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap()
+}
+
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
+    h.saturating_record(d.as_micros().max(1) as u64);
+}
+
+/// "p50 1.23 ms  p99 4.56 ms  max 7.89 ms (n=20)".
+pub fn summary(h: &Histogram<u64>) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "p50 {:>8.2} ms  p90 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  (n={})",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.9)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+        h.len()
+    )
+}
+
+/// The command that reproduces a figure, printed with it.
+pub fn command(bench: &str) -> String {
+    format!("cargo bench --bench {bench}")
+}
+
+/// "2 cores, <cpu model>, 24 GiB".
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024 / 1024)
+        .unwrap_or(0);
+    format!("{cpus} cores, {model}, {mem_gib} GiB")
+}
