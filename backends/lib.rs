@@ -9,6 +9,7 @@
 //! probe never mistakes a slow boot for a crash.
 
 pub mod docker;
+pub mod ec2;
 mod error;
 mod ids;
 mod launch;
@@ -46,4 +47,18 @@ pub trait Backend: Send + Sync + 'static {
 
     /// What the backend sees for the workspace right now.
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError>;
+
+    /// Removes instances of the workspace from generations older than
+    /// `current` (leftovers of a crash between launching a generation and
+    /// removing its predecessor); returns how many. Never touches `current`
+    /// or newer: a newer one may belong to a cycle that is starting now.
+    /// Backends that name their one instance per workspace (process,
+    /// docker) cannot hold strays and keep this default.
+    async fn remove_strays(
+        &self,
+        _workspace: WorkspaceId,
+        _current: Generation,
+    ) -> Result<usize, BackendError> {
+        Ok(0)
+    }
 }

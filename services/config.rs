@@ -89,6 +89,33 @@ pub struct ServeArgs {
     #[arg(long, env = "WL_DOCKER_NETWORK")]
     pub docker_network: Option<String>,
 
+    /// EC2-compatible endpoint (moto, LocalStack…); default: AWS's, or
+    /// the standard chain's AWS_ENDPOINT_URL. Credentials always come from
+    /// the standard AWS chain (environment, profile, instance role).
+    #[arg(long, env = "WL_EC2_ENDPOINT")]
+    pub ec2_endpoint: Option<String>,
+
+    /// EC2 region; default: the standard chain's (AWS_REGION, profile).
+    #[arg(long, env = "WL_EC2_REGION")]
+    pub ec2_region: Option<String>,
+
+    /// The AMI EC2 workspaces boot when their spec names none; it must
+    /// carry the agent at /usr/local/bin/workspace-agent.
+    #[arg(long, env = "WL_EC2_AMI", default_value = "")]
+    pub ec2_ami: String,
+
+    /// Instance type when a spec names none.
+    #[arg(long, env = "WL_EC2_INSTANCE_TYPE", default_value = "t3.micro")]
+    pub ec2_instance_type: String,
+
+    /// Subnet EC2 workspaces launch into; default: the account's default.
+    #[arg(long, env = "WL_EC2_SUBNET")]
+    pub ec2_subnet: Option<String>,
+
+    /// Security groups for EC2 workspaces, comma-separated.
+    #[arg(long, env = "WL_EC2_SECURITY_GROUPS", value_delimiter = ',')]
+    pub ec2_security_groups: Vec<String>,
+
     /// After a cycle starts, probe and reconciler triggers are dropped and
     /// config changes deferred for this long.
     #[arg(long, env = "WL_DEBOUNCE_WINDOW", default_value = "60s", value_parser = duration)]

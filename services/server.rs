@@ -8,6 +8,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use workspace_backends::{
     docker::{DockerBackend, DockerConfig},
+    ec2::{Ec2Backend, Ec2Config},
     process::{ProcessBackend, ProcessConfig},
 };
 
@@ -233,10 +234,17 @@ async fn enabled_backends(
                 backends = backends.with(Arc::new(backend));
             }
             BackendKind::Ec2 => {
-                return Err(workspace_backends::BackendError::Other(
-                    "the ec2 backend is not available in this build yet".into(),
-                )
-                .into());
+                let backend = Ec2Backend::connect(Ec2Config {
+                    endpoint_url: args.ec2_endpoint.clone(),
+                    region: args.ec2_region.clone(),
+                    default_ami: args.ec2_ami.clone(),
+                    default_instance_type: args.ec2_instance_type.clone(),
+                    subnet_id: args.ec2_subnet.clone(),
+                    security_group_ids: args.ec2_security_groups.clone(),
+                    ..Ec2Config::default()
+                })
+                .await?;
+                backends = backends.with(Arc::new(backend));
             }
         }
     }

@@ -13,7 +13,7 @@ use tower::ServiceExt;
 use super::{Stack, backends::Backends, intent::Intent};
 use crate::{
     domain::{Trigger, WorkspaceId},
-    store::Store,
+    store::{Serving, Store},
 };
 
 /// Workspaces looked at per pass (the pass pages through all of them).
@@ -44,28 +44,43 @@ async fn pass(store: &Store, backends: &Backends, stack: &Stack) -> Result<(), s
     let mut after = None;
     loop {
         let page = store.serving_workspaces(after, PAGE).await?;
-        let Some((last, _)) = page.last() else {
+        let Some(last) = page.last() else {
             return Ok(());
         };
-        after = Some(*last);
-        for (workspace, kind) in &page {
-            let Ok(backend) = backends.get(*kind) else {
-                continue;
-            };
-            let state = match backend.state(*workspace).await {
-                Ok(state) => state,
-                Err(err) => {
-                    tracing::debug!(%workspace, %err, "reconciler could not read the instance");
-                    continue;
-                }
-            };
-            if state.is_down() {
-                request_cycle(stack, *workspace, format!("instance is {:?}", state.phase)).await;
-            }
+        after = Some(last.workspace);
+        for serving in &page {
+            check(stack, backends, serving).await;
         }
         if page.len() < PAGE {
             return Ok(());
         }
+    }
+}
+
+/// One workspace: a cycle if its instance is down; otherwise the
+/// leftovers of older generations (a crash between launching the new
+/// instance and removing the old) are removed. Only *older* generations: a
+/// newer one may be a cycle that began after this pass read the database.
+async fn check(stack: &Stack, backends: &Backends, serving: &Serving) {
+    let workspace = serving.workspace;
+    let Ok(backend) = backends.get(serving.backend) else {
+        return;
+    };
+    let state = match backend.state(workspace).await {
+        Ok(state) => state,
+        Err(err) => {
+            tracing::debug!(%workspace, %err, "reconciler could not read the instance");
+            return;
+        }
+    };
+    if state.is_down() {
+        request_cycle(stack, workspace, format!("instance is {:?}", state.phase)).await;
+        return;
+    }
+    match backend.remove_strays(workspace, serving.generation).await {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(%workspace, removed, "reconciler removed stray instances"),
+        Err(err) => tracing::warn!(%workspace, %err, "reconciler could not remove strays"),
     }
 }
 

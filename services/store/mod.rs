@@ -28,7 +28,7 @@ use tokio_postgres::NoTls;
 pub use agents::{AgentReport, Registration, token_hash};
 pub use cycles::CycleRecord;
 pub use lease::{ConfigSnapshot, Finish, Finished, LeaseGuard};
-pub use workspaces::{AgentRecord, Peek, TriggerCounts, WorkspaceRecord};
+pub use workspaces::{AgentRecord, Peek, Serving, TriggerCounts, WorkspaceRecord};
 
 use crate::{
     domain::ReplicaId,

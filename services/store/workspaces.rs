@@ -20,6 +20,17 @@ use crate::{
     },
 };
 
+/// A workspace the reconciler checks: it should be serving `generation`.
+#[derive(Clone, Copy, Debug)]
+pub struct Serving {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// Where it runs.
+    pub backend: BackendKind,
+    /// The generation its newest cycle provisioned.
+    pub generation: Generation,
+}
+
 /// How many requests of one trigger were accepted, coalesced, deferred and
 /// dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -283,11 +294,11 @@ impl Store {
         &self,
         after: Option<WorkspaceId>,
         limit: usize,
-    ) -> Result<Vec<(WorkspaceId, BackendKind)>, EngineError> {
+    ) -> Result<Vec<Serving>, EngineError> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
-                "SELECT id, backend FROM workspaces
+                "SELECT id, backend, generation FROM workspaces
                  WHERE status = 'ONLINE' AND desired = 'running'
                    AND running_cycle IS NULL AND pending_cycle IS NULL
                    AND ($1::uuid IS NULL OR id > $1)
@@ -301,10 +312,11 @@ impl Store {
             .map_err(db)?;
         rows.iter()
             .map(|row| {
-                Ok((
-                    WorkspaceId::from(row.get::<_, Uuid>(0)),
-                    parse(row.get::<_, &str>(1))?,
-                ))
+                Ok(Serving {
+                    workspace: WorkspaceId::from(row.get::<_, Uuid>(0)),
+                    backend: parse(row.get::<_, &str>(1))?,
+                    generation: Generation(row.get::<_, i64>(2) as u64),
+                })
             })
             .collect()
     }

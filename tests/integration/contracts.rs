@@ -12,48 +12,16 @@ use workspace_lifecycle::proto::{
     restart_event::Event, workspace_agent_client::WorkspaceAgentClient,
 };
 
-use crate::support::{AgentMode, Options, TestServer, bounded, collect, kinds, last};
+use crate::support::{
+    AgentMode, Options, TestServer, bounded, collect, cycles, kinds, last, report_unreachable,
+    stats,
+};
 
 const WINDOW: Duration = Duration::from_secs(60);
 const PAST_WINDOW: Duration = Duration::from_secs(61);
 
 fn first_cycle(events: &[pb::RestartEvent]) -> String {
     events[0].cycle_id.clone()
-}
-
-async fn cycles(s: &TestServer, ws: workspace_lifecycle::domain::WorkspaceId) -> Vec<pb::Cycle> {
-    s.client()
-        .list_cycles(pb::ListCyclesRequest {
-            workspace_id: ws.to_string(),
-            page_size: 1000,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .cycles
-}
-
-fn stats(w: &pb::Workspace, trigger: pb::Trigger) -> pb::TriggerStats {
-    w.trigger_stats
-        .iter()
-        .find(|s| s.trigger == trigger as i32)
-        .cloned()
-        .unwrap_or_default()
-}
-
-async fn report_unreachable(
-    s: &TestServer,
-    ws: workspace_lifecycle::domain::WorkspaceId,
-) -> pb::ReportUnreachableResponse {
-    s.client()
-        .report_unreachable(pb::ReportUnreachableRequest {
-            workspace_id: ws.to_string(),
-            detail: "probe".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 async fn set_secret(

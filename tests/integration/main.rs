@@ -11,5 +11,6 @@ mod support;
 mod bad_input;
 mod contracts;
 mod docker_backend;
+mod ec2_backend;
 mod grpcurl;
 mod process_backend;

@@ -120,4 +120,12 @@ impl<B: Backend> Backend for Counted<B> {
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
         self.inner.state(workspace).await
     }
+
+    async fn remove_strays(
+        &self,
+        workspace: WorkspaceId,
+        current: Generation,
+    ) -> Result<usize, BackendError> {
+        self.inner.remove_strays(workspace, current).await
+    }
 }

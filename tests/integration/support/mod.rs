@@ -5,13 +5,14 @@
 pub mod counted;
 pub mod db;
 pub mod fake_backend;
+pub mod moto;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use tonic::{Streaming, transport::Channel};
 use workspace_backends::{
-    BackendKind,
+    Backend, BackendKind,
     docker::{DockerBackend, DockerConfig},
 };
 use workspace_lifecycle::{
@@ -40,6 +41,9 @@ pub struct Options {
     pub backend: BackendChoice,
     /// Use the wall clock instead of a manual one.
     pub wall_clock: bool,
+    /// A backend built by the test (EC2 on moto or on scripted responses);
+    /// overrides `backend`.
+    pub given: Option<Arc<dyn Backend>>,
 }
 
 impl Default for Options {
@@ -53,6 +57,7 @@ impl Default for Options {
             lease_ttl: Duration::from_secs(3600),
             backend: BackendChoice::Fake,
             wall_clock: false,
+            given: None,
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct TestServer {
     pub backend: Arc<FakeBackend>,
     /// The counted Docker backend, when the test runs on Docker.
     pub docker: Option<Arc<counted::Counted<DockerBackend>>>,
+    /// The kind of workspace `create` asks for.
+    pub kind: BackendKind,
     pub clock: ManualClock,
     pub db: Arc<TestDb>,
     pub data_dir: Arc<tempfile::TempDir>,
@@ -140,6 +147,7 @@ impl TestServer {
             parts.clock = Arc::new(clock.clone());
         }
         let mut docker = None;
+        let mut kind = BackendKind::Process;
         match options.backend {
             BackendChoice::Process => {
                 args.backends = vec![BackendKind::Process];
@@ -161,7 +169,13 @@ impl TestServer {
                 let counted = counted::Counted::new(real);
                 parts.backends = vec![counted.clone()];
                 docker = Some(counted);
+                kind = BackendKind::Docker;
             }
+        }
+        if let Some(given) = &options.given {
+            args.backends = vec![];
+            kind = given.kind();
+            parts.backends = vec![given.clone()];
         }
         let running = server::start(&args, parts).await.expect("server starts");
         let addr = running.addr;
@@ -174,6 +188,7 @@ impl TestServer {
             client,
             backend,
             docker,
+            kind,
             clock,
             db,
             data_dir,
@@ -195,10 +210,10 @@ impl TestServer {
 
     /// Creates a workspace (returns at once, PROVISIONING).
     pub async fn create(&self, name: &str) -> WorkspaceId {
-        let backend = if self.docker.is_some() {
-            pb::BackendKind::Docker
-        } else {
-            pb::BackendKind::Process
+        let backend = match self.kind {
+            BackendKind::Process => pb::BackendKind::Process,
+            BackendKind::Docker => pb::BackendKind::Docker,
+            BackendKind::Ec2 => pb::BackendKind::Ec2,
         };
         let created = self
             .client()
@@ -327,4 +342,45 @@ pub async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, f)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish in {WAIT:?}"))
+}
+
+/// Every cycle of the workspace (ListCycles, one page).
+pub async fn cycles(
+    s: &TestServer,
+    ws: workspace_lifecycle::domain::WorkspaceId,
+) -> Vec<pb::Cycle> {
+    s.client()
+        .list_cycles(pb::ListCyclesRequest {
+            workspace_id: ws.to_string(),
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cycles
+}
+
+/// The workspace's counts for one trigger.
+pub fn stats(w: &pb::Workspace, trigger: pb::Trigger) -> pb::TriggerStats {
+    w.trigger_stats
+        .iter()
+        .find(|s| s.trigger == trigger as i32)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One health-probe report.
+pub async fn report_unreachable(
+    s: &TestServer,
+    ws: workspace_lifecycle::domain::WorkspaceId,
+) -> pb::ReportUnreachableResponse {
+    s.client()
+        .report_unreachable(pb::ReportUnreachableRequest {
+            workspace_id: ws.to_string(),
+            detail: "probe".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
