@@ -17,6 +17,25 @@ use crate::support::{
     stats,
 };
 
+/// A contract test run on one server and on two replicas of one database,
+/// calls spread over both: the guarantee must not depend on which replica a
+/// request reaches.
+macro_rules! on_one_and_two_replicas {
+    ($body:ident) => {
+        mod $body {
+            #[tokio::test]
+            async fn one_replica() {
+                super::$body(1).await
+            }
+
+            #[tokio::test]
+            async fn two_replicas() {
+                super::$body(2).await
+            }
+        }
+    };
+}
+
 const WINDOW: Duration = Duration::from_secs(60);
 const PAST_WINDOW: Duration = Duration::from_secs(61);
 
@@ -84,9 +103,17 @@ async fn c1_one_request_on_an_idle_workspace_runs_exactly_one_cycle() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn c2_requests_during_a_cycle_give_exactly_one_more_that_reads_config_at_its_start() {
-    let s = TestServer::start(Options::default()).await;
+on_one_and_two_replicas!(
+    c2_requests_during_a_cycle_give_exactly_one_more_that_reads_config_at_its_start
+);
+async fn c2_requests_during_a_cycle_give_exactly_one_more_that_reads_config_at_its_start(
+    replicas: usize,
+) {
+    let s = TestServer::start(Options {
+        replicas,
+        ..Options::default()
+    })
+    .await;
     let ws = s.create_online("c2").await;
     let hold = s.backend.hold_next_start(ws);
     let first = tokio::spawn({
@@ -168,9 +195,13 @@ async fn c4_workspaces_never_wait_for_each_other() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn c5_one_stop_start_at_a_time_across_every_entry_point() {
-    let s = TestServer::start(Options::default()).await;
+on_one_and_two_replicas!(c5_one_stop_start_at_a_time_across_every_entry_point);
+async fn c5_one_stop_start_at_a_time_across_every_entry_point(replicas: usize) {
+    let s = TestServer::start(Options {
+        replicas,
+        ..Options::default()
+    })
+    .await;
     let ws = s.create_online("c5").await;
     let hold = s.backend.hold_next_start(ws);
     let first = s.restart_stream(ws, pb::Trigger::Manual).await.unwrap();
@@ -288,9 +319,13 @@ async fn c6_no_workspace_stays_provisioning_past_the_deadline() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn c7_probes_in_the_window_are_dropped_and_counted() {
-    let s = TestServer::start(Options::default()).await;
+on_one_and_two_replicas!(c7_probes_in_the_window_are_dropped_and_counted);
+async fn c7_probes_in_the_window_are_dropped_and_counted(replicas: usize) {
+    let s = TestServer::start(Options {
+        replicas,
+        ..Options::default()
+    })
+    .await;
     let ws = s.create_online("c7-drop").await;
     for trigger in [pb::Trigger::HealthProbe, pb::Trigger::Reconciler] {
         let events = s.restart(ws, trigger).await;
@@ -319,9 +354,17 @@ async fn c7_probes_in_the_window_are_dropped_and_counted() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn c7_config_changes_in_the_window_are_deferred_never_lost_one_cycle_per_window() {
-    let s = TestServer::start(Options::default()).await;
+on_one_and_two_replicas!(
+    c7_config_changes_in_the_window_are_deferred_never_lost_one_cycle_per_window
+);
+async fn c7_config_changes_in_the_window_are_deferred_never_lost_one_cycle_per_window(
+    replicas: usize,
+) {
+    let s = TestServer::start(Options {
+        replicas,
+        ..Options::default()
+    })
+    .await;
     let ws = s.create_online("c7-defer").await;
     let window_end = s.get(ws).await.debounce_until.unwrap();
 
@@ -370,9 +413,13 @@ async fn c7_manual_is_never_debounced() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files() {
-    let s = TestServer::start(Options::default()).await;
+on_one_and_two_replicas!(c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files);
+async fn c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files(replicas: usize) {
+    let s = TestServer::start(Options {
+        replicas,
+        ..Options::default()
+    })
+    .await;
     let ws = s.create_online("c8").await;
     let other = s.create_online("c8-other").await;
     s.advance(PAST_WINDOW);
@@ -418,9 +465,13 @@ async fn c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn c8_fifty_concurrent_writes_give_one_cycle() {
-    let s = TestServer::start(Options::default()).await;
+on_one_and_two_replicas!(c8_fifty_concurrent_writes_give_one_cycle);
+async fn c8_fifty_concurrent_writes_give_one_cycle(replicas: usize) {
+    let s = TestServer::start(Options {
+        replicas,
+        ..Options::default()
+    })
+    .await;
     let ws = s.create_online("c8-fifty").await;
     s.advance(PAST_WINDOW);
     let answers = join_all((0..50).map(|i| {
@@ -572,9 +623,10 @@ async fn c11_create_racing_restart_serializes_and_both_complete() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn c12_a_stale_cycles_failure_never_touches_the_newer_generation() {
+on_one_and_two_replicas!(c12_a_stale_cycles_failure_never_touches_the_newer_generation);
+async fn c12_a_stale_cycles_failure_never_touches_the_newer_generation(replicas: usize) {
     let s = TestServer::start(Options {
+        replicas,
         lease_ttl: Duration::from_secs(30),
         ..Options::default()
     })
@@ -605,7 +657,7 @@ async fn c12_a_stale_cycles_failure_never_touches_the_newer_generation() {
         "{events:?}"
     );
     bounded("the stale runner to finish", async {
-        while s.engine.running_cycles() > 0 {
+        while s.running_cycles() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

@@ -44,6 +44,9 @@ pub struct Options {
     /// A backend built by the test (EC2 on moto or on scripted responses);
     /// overrides `backend`.
     pub given: Option<Arc<dyn Backend>>,
+    /// Servers on the same database, clock and backend; `client()` spreads
+    /// calls over all of them.
+    pub replicas: usize,
 }
 
 impl Default for Options {
@@ -58,6 +61,7 @@ impl Default for Options {
             backend: BackendChoice::Fake,
             wall_clock: false,
             given: None,
+            replicas: 1,
         }
     }
 }
@@ -91,6 +95,10 @@ pub struct TestServer {
     pub db: Arc<TestDb>,
     pub data_dir: Arc<tempfile::TempDir>,
     running: Option<RunningServer>,
+    /// The other replicas (see `Options::replicas`).
+    peers: Vec<TestServer>,
+    /// Picks the replica of the next `client()`.
+    next_client: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The path of the built server binary (the process backend runs its
@@ -105,7 +113,12 @@ impl TestServer {
         let data_dir = Arc::new(tempfile::tempdir().unwrap());
         let clock = ManualClock::new(chrono::Utc::now());
         let backend = FakeBackend::new(BackendKind::Process);
-        Self::start_on(db, data_dir, clock, backend, options).await
+        let mut first = Self::start_on(db, data_dir, clock, backend, options.clone()).await;
+        for _ in 1..options.replicas {
+            let peer = first.replica(options.clone()).await;
+            first.peers.push(peer);
+        }
+        first
     }
 
     /// Another server (replica) on the same database, clock and backend.
@@ -193,11 +206,30 @@ impl TestServer {
             db,
             data_dir,
             running: Some(running),
+            peers: Vec::new(),
+            next_client: Arc::default(),
         }
     }
 
+    /// A client of this server or, with replicas, of each in turn.
     pub fn client(&self) -> WorkspaceLifecycleClient<Channel> {
-        self.client.clone()
+        let n = self
+            .next_client
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match n % (self.peers.len() + 1) {
+            0 => self.client.clone(),
+            i => self.peers[i - 1].client.clone(),
+        }
+    }
+
+    /// Cycles running in this server and its replicas.
+    pub fn running_cycles(&self) -> usize {
+        self.engine.running_cycles()
+            + self
+                .peers
+                .iter()
+                .map(|p| p.engine.running_cycles())
+                .sum::<usize>()
     }
 
     /// Creates a workspace and waits until it is ONLINE.
@@ -287,6 +319,9 @@ impl TestServer {
     }
 
     pub async fn shutdown(mut self) {
+        for peer in std::mem::take(&mut self.peers) {
+            Box::pin(peer.shutdown()).await;
+        }
         if let Some(running) = self.running.take() {
             running.shutdown().await;
         }
