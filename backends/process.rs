@@ -6,6 +6,7 @@
 //! predecessor left behind. State lives in a directory so several server
 //! processes on one machine (replicas) see and stop each other's instances.
 
+pub mod journal;
 mod procfs;
 mod record;
 
@@ -41,6 +42,9 @@ pub struct ProcessConfig {
     pub agent_command: Vec<String>,
     /// How long a stopped instance gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Where to append the record of every start and stop (see
+    /// [`journal`]); `None` keeps none.
+    pub journal: Option<PathBuf>,
 }
 
 /// Runs each workspace as a child process of this server.
@@ -50,6 +54,7 @@ pub struct ProcessBackend {
     /// Children this process spawned, with the exit status their reaper
     /// task will publish, so `state` can report how an own child ended.
     own: Mutex<HashMap<WorkspaceId, OwnChild>>,
+    journal: Option<journal::Journal>,
 }
 
 impl ProcessBackend {
@@ -58,6 +63,7 @@ impl ProcessBackend {
     pub async fn new(config: ProcessConfig) -> Result<Self, BackendError> {
         tokio::fs::create_dir_all(&config.root).await?;
         let backend = Self {
+            journal: config.journal.clone().map(journal::Journal::new),
             config,
             own: Mutex::new(HashMap::new()),
         };
@@ -91,73 +97,21 @@ impl ProcessBackend {
             if let Some(record) = InstanceRecord::read(&dir).await {
                 if !procfs::is_alive(record.server_pid, None) {
                     tracing::warn!(%workspace, pid = record.pid, "stopping instance left by a dead server");
-                    let _ = self.stop(workspace).await;
+                    let _ = self
+                        .journaled(
+                            "reap",
+                            workspace,
+                            None,
+                            self.stop_recorded(workspace, record),
+                        )
+                        .await;
                 }
             }
         }
     }
 
-    /// Signals the instance's process group and waits until its leader is
-    /// gone: SIGTERM, `stop_grace`, then SIGKILL.
-    async fn terminate(&self, record: &InstanceRecord) {
-        let group = Pid::from_raw(record.pid as i32);
-        if procfs::is_alive(record.pid, Some(record.start_time)) {
-            let _ = killpg(group, Signal::SIGTERM);
-            if !wait_until_dead(record, self.config.stop_grace).await {
-                tracing::warn!(pid = record.pid, "instance ignored SIGTERM; killing");
-            }
-        }
-        // Whatever is left in the group (the leader, or processes it forked)
-        // gets SIGKILL, and we wait until the group is empty.
-        let _ = killpg(group, Signal::SIGKILL);
-        wait_until_dead(record, Duration::from_secs(5)).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while killpg(group, None).is_ok() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// A child of this server process.
-#[derive(Debug)]
-struct OwnChild {
-    pid: u32,
-    exit: watch::Receiver<Option<ExitRecord>>,
-}
-
-/// Polls until the recorded process is gone; true if it went within `limit`.
-async fn wait_until_dead(record: &InstanceRecord, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if !procfs::is_alive(record.pid, Some(record.start_time)) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Resolves a stored file path under `root`, refusing anything that could
-/// escape it (the API validates paths too; this is the last line).
-fn file_target(root: &Path, relative: &str) -> Result<PathBuf, BackendError> {
-    let path = Path::new(relative);
-    if relative.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(BackendError::Rejected(format!(
-            "file path {relative:?} is not a plain relative path"
-        )));
-    }
-    Ok(root.join(path))
-}
-
-#[async_trait]
-impl Backend for ProcessBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Process
-    }
-
-    async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
+    /// Writes the generation's files and spawns its process.
+    async fn launch(&self, launch: &Launch) -> Result<(), BackendError> {
         let workspace_dir = self.workspace_dir(launch.workspace);
         if let Some(existing) = InstanceRecord::read(&workspace_dir).await {
             if existing.generation == launch.generation
@@ -242,11 +196,14 @@ impl Backend for ProcessBackend {
         Ok(())
     }
 
-    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
+    /// Stops the process `record` names — only that one, even if another
+    /// server has recorded a newer instance meanwhile — and forgets it.
+    async fn stop_recorded(
+        &self,
+        workspace: WorkspaceId,
+        record: InstanceRecord,
+    ) -> Result<(), BackendError> {
         let dir = self.workspace_dir(workspace);
-        let Some(record) = InstanceRecord::read(&dir).await else {
-            return Ok(());
-        };
         self.terminate(&record).await;
         if procfs::is_alive(record.pid, Some(record.start_time)) {
             return Err(BackendError::Other(format!(
@@ -260,12 +217,117 @@ impl Backend for ProcessBackend {
                 .join("files"),
         )
         .await;
-        InstanceRecord::remove(&dir).await?;
-        self.own
-            .lock()
-            .expect("process table poisoned")
-            .remove(&workspace);
+        if InstanceRecord::read(&dir)
+            .await
+            .is_some_and(|current| current.pid == record.pid)
+        {
+            InstanceRecord::remove(&dir).await?;
+        }
+        let mut own = self.own.lock().expect("process table poisoned");
+        if own.get(&workspace).is_some_and(|c| c.pid == record.pid) {
+            own.remove(&workspace);
+        }
         Ok(())
+    }
+
+    /// Runs `work` and appends what it was to the journal, if one is kept.
+    async fn journaled(
+        &self,
+        op: &str,
+        workspace: WorkspaceId,
+        launch: Option<&Launch>,
+        work: impl std::future::Future<Output = Result<(), BackendError>>,
+    ) -> Result<(), BackendError> {
+        let begin_us = journal::now_us();
+        let result = work.await;
+        if let Some(journal) = &self.journal {
+            journal.append(&journal::Entry {
+                op: op.to_owned(),
+                workspace,
+                generation: launch.map(|l| l.generation),
+                config_version: launch.map(|l| l.config_version),
+                begin_us,
+                end_us: journal::now_us(),
+                ok: result.is_ok(),
+                server_pid: std::process::id(),
+            });
+        }
+        result
+    }
+
+    /// Signals the instance's process group and waits until its leader is
+    /// gone: SIGTERM, `stop_grace`, then SIGKILL.
+    async fn terminate(&self, record: &InstanceRecord) {
+        let group = Pid::from_raw(record.pid as i32);
+        if procfs::is_alive(record.pid, Some(record.start_time)) {
+            let _ = killpg(group, Signal::SIGTERM);
+            if !wait_until_dead(record, self.config.stop_grace).await {
+                tracing::warn!(pid = record.pid, "instance ignored SIGTERM; killing");
+            }
+        }
+        // Whatever is left in the group (the leader, or processes it forked)
+        // gets SIGKILL, and we wait until the group is empty.
+        let _ = killpg(group, Signal::SIGKILL);
+        wait_until_dead(record, Duration::from_secs(5)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while killpg(group, None).is_ok() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A child of this server process.
+#[derive(Debug)]
+struct OwnChild {
+    pid: u32,
+    exit: watch::Receiver<Option<ExitRecord>>,
+}
+
+/// Polls until the recorded process is gone; true if it went within `limit`.
+async fn wait_until_dead(record: &InstanceRecord, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if !procfs::is_alive(record.pid, Some(record.start_time)) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resolves a stored file path under `root`, refusing anything that could
+/// escape it (the API validates paths too; this is the last line).
+fn file_target(root: &Path, relative: &str) -> Result<PathBuf, BackendError> {
+    let path = Path::new(relative);
+    if relative.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(BackendError::Rejected(format!(
+            "file path {relative:?} is not a plain relative path"
+        )));
+    }
+    Ok(root.join(path))
+}
+
+#[async_trait]
+impl Backend for ProcessBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Process
+    }
+
+    async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
+        self.journaled("start", launch.workspace, Some(launch), self.launch(launch))
+            .await
+    }
+
+    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
+        let work = async {
+            match InstanceRecord::read(&self.workspace_dir(workspace)).await {
+                Some(record) => self.stop_recorded(workspace, record).await,
+                None => Ok(()),
+            }
+        };
+        self.journaled("stop", workspace, None, work).await
     }
 
     async fn delete(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
@@ -310,15 +372,31 @@ impl ProcessBackend {
     /// Stops every instance this server process started; called on graceful
     /// shutdown so no child outlives the server.
     pub async fn stop_own(&self) {
-        let own: Vec<WorkspaceId> = self
+        let own: Vec<(WorkspaceId, u32)> = self
             .own
             .lock()
             .expect("process table poisoned")
-            .keys()
-            .copied()
+            .iter()
+            .map(|(workspace, child)| (*workspace, child.pid))
             .collect();
-        for workspace in own {
-            if let Err(err) = self.stop(workspace).await {
+        for (workspace, pid) in own {
+            // Another server may have replaced our instance since; its
+            // record is not ours to stop.
+            let Some(record) = InstanceRecord::read(&self.workspace_dir(workspace)).await else {
+                continue;
+            };
+            if record.pid != pid || record.server_pid != std::process::id() {
+                continue;
+            }
+            let stopped = self
+                .journaled(
+                    "shutdown",
+                    workspace,
+                    None,
+                    self.stop_recorded(workspace, record),
+                )
+                .await;
+            if let Err(err) = stopped {
                 tracing::warn!(%workspace, %err, "could not stop instance at shutdown");
             }
         }

@@ -235,6 +235,7 @@ async fn main() {
             "agent".into(),
         ],
         stop_grace: Duration::from_secs(5),
+        journal: None,
     })
     .await
     .unwrap();

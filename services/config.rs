@@ -89,6 +89,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WL_DOCKER_NETWORK")]
     pub docker_network: Option<String>,
 
+    /// Append a record of every process-backend start and stop (begin and
+    /// end time, generation, config version, server pid) to this file,
+    /// shared by every server on the machine.
+    #[arg(long, env = "WL_PROCESS_JOURNAL")]
+    pub process_journal: Option<PathBuf>,
+
     /// EC2-compatible endpoint (moto, LocalStack…); default: AWS's, or
     /// the standard chain's AWS_ENDPOINT_URL. Credentials always come from
     /// the standard AWS chain (environment, profile, instance role).

@@ -218,6 +218,7 @@ async fn enabled_backends(
                         root: std::path::absolute(args.data_dir.join("process"))?,
                         agent_command,
                         stop_grace: args.stop_grace,
+                        journal: args.process_journal.clone(),
                     })
                     .await?,
                 );

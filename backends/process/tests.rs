@@ -8,6 +8,7 @@ fn backend_in(dir: &Path, grace: Duration) -> ProcessConfig {
         root: dir.to_path_buf(),
         agent_command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 600".into()],
         stop_grace: grace,
+        journal: None,
     }
 }
 

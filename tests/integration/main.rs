@@ -14,3 +14,4 @@ mod docker_backend;
 mod ec2_backend;
 mod grpcurl;
 mod process_backend;
+mod replicas;
