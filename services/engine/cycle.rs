@@ -20,7 +20,7 @@ use std::{
 };
 
 use futures::{FutureExt, future::BoxFuture};
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 use tracing::Instrument;
 use workspace_backends::{AgentToken, Backend, BackendError, Launch};
@@ -65,6 +65,9 @@ pub struct CycleDeps {
     pub scheduler: SchedulerHandle,
     /// Tracks running cycles so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Cancelled when shutdown stops waiting: running cycles are handed
+    /// to another replica instead of being finished here.
+    pub hand_off: CancellationToken,
     /// The knobs.
     pub settings: CycleSettings,
 }
@@ -133,7 +136,17 @@ impl Service<Gated<Intent, LeaseGuard>> for CycleService {
 /// Runs the guard's cycle, then every follow-up that is due when it ends.
 async fn run(deps: Arc<CycleDeps>, mut guard: LeaseGuard) {
     loop {
-        let finish = execute_guarded(&deps, &guard).await;
+        let finish = tokio::select! {
+            finish = execute_guarded(&deps, &guard) => finish,
+            _ = deps.hand_off.cancelled() => {
+                let workspace = guard.workspace();
+                match guard.hand_off().await {
+                    Ok(_) => tracing::info!(%workspace, "cycle handed off at shutdown"),
+                    Err(err) => tracing::warn!(%workspace, %err, "could not hand the cycle off; its lease will expire"),
+                }
+                return;
+            }
+        };
         let workspace = guard.workspace();
         tracing::info!(outcome = ?finish, "cycle ended");
         let finished = finish_with_retry(guard, finish).await;

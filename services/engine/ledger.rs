@@ -453,6 +453,25 @@ impl Ledger {
         true
     }
 
+    /// Lets the lease run out now, for a holder that is shutting down: the
+    /// cycle stays in flight and the next runner takes it over at once
+    /// rather than after the TTL. False if `cycle` no longer held the gate.
+    pub fn hand_off(
+        &mut self,
+        cycle: CycleId,
+        owner: ReplicaId,
+        epoch: u32,
+        now: Timestamp,
+    ) -> bool {
+        if !self.holds(cycle, owner, epoch) {
+            return false;
+        }
+        if let Some(running) = &mut self.running {
+            running.lease_until = now;
+        }
+        true
+    }
+
     /// Gives the gate up; false (and no change) if `cycle` no longer held it.
     pub fn release(&mut self, cycle: CycleId, owner: ReplicaId, epoch: u32) -> bool {
         if self.holds(cycle, owner, epoch) {

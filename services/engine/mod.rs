@@ -76,6 +76,8 @@ pub struct Engine {
     coalesce: CoalesceLayer<Store, Intent>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Tells running cycles to hand themselves off (see `shutdown`).
+    hand_off: CancellationToken,
     /// Cancelled when the server starts shutting down, so that long-lived
     /// streams (watch, follow) end and the server can drain.
     streams: CancellationToken,
@@ -92,6 +94,7 @@ impl Engine {
         let bus = EventBus::new();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let hand_off = CancellationToken::new();
 
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         tokio::spawn(crate::store::listener::run(
@@ -112,6 +115,7 @@ impl Engine {
             bus: bus.clone(),
             scheduler: scheduler.clone(),
             tasks: tasks.clone(),
+            hand_off: hand_off.clone(),
             settings: config.cycle.clone(),
         });
         let shared = Arc::new(store.clone());
@@ -150,6 +154,7 @@ impl Engine {
             scheduler,
             coalesce,
             tasks,
+            hand_off,
             shutdown,
             streams: CancellationToken::new(),
         }))
@@ -223,7 +228,19 @@ impl Engine {
             .await
             .is_err()
         {
-            tracing::warn!("cycles still running at shutdown; their leases will be taken over");
+            // Hand what is still running to another replica now, rather
+            // than leave it to wait out its lease.
+            tracing::warn!(
+                running = self.tasks.len(),
+                "cycles still running at shutdown; handing them off"
+            );
+            self.hand_off.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), self.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some cycles could not be handed off; their leases will expire");
+            }
         }
     }
 }

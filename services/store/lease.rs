@@ -205,6 +205,26 @@ impl LeaseGuard {
         Ok(renewed)
     }
 
+    /// Hands the cycle to another replica: its lease expires now and this
+    /// guard lets go without ending the cycle. For graceful shutdown.
+    pub async fn hand_off(mut self) -> Result<bool, EngineError> {
+        self.armed = false;
+        let store = &self.store;
+        let now = store.clock().now();
+        let mut conn = store.conn().await?;
+        let tx = conn.transaction().await.map_err(db)?;
+        let mut locked = rows::lock(&tx, self.workspace).await?;
+        let handed =
+            locked
+                .ledger
+                .hand_off(self.claim.cycle, store.replica(), self.claim.takeovers, now);
+        if handed {
+            rows::save(&tx, self.workspace, &locked, store.timing(), now).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(handed)
+    }
+
     /// Announces a phase (only while the cycle holds the gate).
     pub async fn phase(&self, phase: Phase) -> Result<bool, EngineError> {
         let now = self.store.clock().now();

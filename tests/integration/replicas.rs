@@ -53,14 +53,9 @@ impl Replica {
                 "--burst-max-wait",
                 "1s",
             ])
-            .args([
-                "--lease-ttl",
-                "3s",
-                "--sweep-interval",
-                "200ms",
-                "--reconcile-interval",
-                "500ms",
-            ])
+            // Overridable by `extra` (a flag beats the environment).
+            .env("WL_LEASE_TTL", "3s")
+            .args(["--sweep-interval", "200ms", "--reconcile-interval", "500ms"])
             .args([
                 "--heartbeat-interval",
                 "1s",
@@ -504,4 +499,67 @@ async fn postgres_restarted_mid_run_gives_unavailable_then_recovers_losing_nothi
     assert_serial(ws, &ops);
     drop(replica);
     pg.stop().await.ok();
+}
+
+#[tokio::test]
+async fn sigterm_hands_the_running_cycle_to_another_replica_at_once() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let slow = slow_agent(dir.path());
+    // Leases long enough that only a hand-off explains a quick completion.
+    let flags = [
+        "--agent-command",
+        &slow,
+        "--lease-ttl",
+        "60s",
+        "--shutdown-grace",
+        "200ms",
+    ];
+    let mut leaving = Replica::start(&db.url, dir.path(), "leaving", &flags).await;
+    let staying = Replica::start(&db.url, dir.path(), "staying", &flags).await;
+    let mut a = leaving.client().await;
+    let mut b = staying.client().await;
+    let ws = create(&mut b, "sigterm").await;
+    settled(&mut b, ws).await;
+
+    let mut stream = a
+        .restart_workspace(pb::RestartWorkspaceRequest {
+            workspace_id: ws.to_string(),
+            trigger: pb::Trigger::Manual as i32,
+            reason: "during shutdown".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let accepted = stream.message().await.unwrap().unwrap();
+    assert!(
+        matches!(accepted.event, Some(Event::Accepted(_))),
+        "{accepted:?}"
+    );
+    bounded("the leaving replica starts generation 2", async {
+        while !journal_of(dir.path(), ws)
+            .iter()
+            .any(|e| e.op == "start" && e.generation.map(|g| g.0) == Some(2))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let signalled_at = tokio::time::Instant::now();
+    let pid = nix::unistd::Pid::from_raw(leaving.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exit = bounded("the leaving replica exits", leaving.child.wait())
+        .await
+        .unwrap();
+    assert!(exit.success(), "graceful exit: {exit:?}");
+
+    let w = settled(&mut b, ws).await;
+    let took = signalled_at.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "took {took:?}: the lease was waited out, not handed off"
+    );
+    assert!(w.generation >= 2);
+    assert_serial(ws, &journal_of(dir.path(), ws));
+    println!("handed off and completed {took:?} after SIGTERM");
 }
