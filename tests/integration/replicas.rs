@@ -104,6 +104,43 @@ fn slow_agent(dir: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A MANUAL restart sent to `c`, answered `accepted` (so `c`'s replica runs
+/// the cycle); the stream is returned to keep it open.
+async fn restart_accepted(
+    c: &mut WorkspaceLifecycleClient<Channel>,
+    ws: WorkspaceId,
+    reason: &str,
+) -> tonic::Streaming<pb::RestartEvent> {
+    let mut stream = c
+        .restart_workspace(pb::RestartWorkspaceRequest {
+            workspace_id: ws.to_string(),
+            trigger: pb::Trigger::Manual as i32,
+            reason: reason.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let accepted = stream.message().await.unwrap().unwrap();
+    assert!(
+        matches!(accepted.event, Some(Event::Accepted(_))),
+        "{accepted:?}"
+    );
+    stream
+}
+
+/// Waits until the journal shows the backend asked to start `generation`.
+async fn started_generation(dir: &Path, ws: WorkspaceId, generation: u64) {
+    bounded("the backend starts the generation", async {
+        while !journal_of(dir, ws)
+            .iter()
+            .any(|e| e.op == "start" && e.generation.map(|g| g.0) == Some(generation))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// Everything the journal says about one workspace, in order of start.
 fn journal_of(dir: &Path, ws: WorkspaceId) -> Vec<Entry> {
     let mut ops: Vec<Entry> = journal::read(&dir.join("journal"))
@@ -378,20 +415,7 @@ async fn kill_9_of_the_replica_running_a_cycle_is_completed_by_another() {
     settled(&mut b, ws).await;
 
     // A cycle on the victim, and a config change while it runs.
-    let mut stream = a
-        .restart_workspace(pb::RestartWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            trigger: pb::Trigger::Manual as i32,
-            reason: "to be killed".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let accepted = stream.message().await.unwrap().unwrap();
-    assert!(
-        matches!(accepted.event, Some(Event::Accepted(_))),
-        "{accepted:?}"
-    );
+    let _stream = restart_accepted(&mut a, ws, "to be killed").await;
     let secret = a
         .set_secret(pb::SetSecretRequest {
             workspace_id: ws.to_string(),
@@ -402,15 +426,7 @@ async fn kill_9_of_the_replica_running_a_cycle_is_completed_by_another() {
         .unwrap()
         .into_inner();
     // Kill it once the backend has been asked to start the new generation.
-    bounded("the victim starts generation 2", async {
-        while !journal_of(dir.path(), ws)
-            .iter()
-            .any(|e| e.op == "start" && e.generation.map(|g| g.0) == Some(2))
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    started_generation(dir.path(), ws, 2).await;
     let killed_at = tokio::time::Instant::now();
     victim.child.start_kill().unwrap();
     victim.child.wait().await.unwrap();
@@ -522,29 +538,8 @@ async fn sigterm_hands_the_running_cycle_to_another_replica_at_once() {
     let ws = create(&mut b, "sigterm").await;
     settled(&mut b, ws).await;
 
-    let mut stream = a
-        .restart_workspace(pb::RestartWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            trigger: pb::Trigger::Manual as i32,
-            reason: "during shutdown".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let accepted = stream.message().await.unwrap().unwrap();
-    assert!(
-        matches!(accepted.event, Some(Event::Accepted(_))),
-        "{accepted:?}"
-    );
-    bounded("the leaving replica starts generation 2", async {
-        while !journal_of(dir.path(), ws)
-            .iter()
-            .any(|e| e.op == "start" && e.generation.map(|g| g.0) == Some(2))
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let _stream = restart_accepted(&mut a, ws, "during shutdown").await;
+    started_generation(dir.path(), ws, 2).await;
     let signalled_at = tokio::time::Instant::now();
     let pid = nix::unistd::Pid::from_raw(leaving.child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
