@@ -24,6 +24,7 @@ use bollard::{
         UploadToContainerOptions,
     },
 };
+use tracing::Instrument;
 use workspace_agent::env as agent_env;
 
 use crate::{
@@ -92,6 +93,12 @@ struct Found {
     running: bool,
 }
 
+/// A span for one call to the engine, so a cycle's trace shows where
+/// the backend's time went.
+fn docker_span(operation: &'static str) -> tracing::Span {
+    tracing::info_span!("docker", otel.name = operation, otel.kind = "client")
+}
+
 impl DockerBackend {
     /// Connects to the engine (`DOCKER_HOST` or the local socket) and checks
     /// that it answers.
@@ -117,6 +124,7 @@ impl DockerBackend {
                 filters: Some(filters),
                 ..Default::default()
             }))
+            .instrument(docker_span("list containers"))
             .await
             .map_err(|e| backend_error("list containers", e))?;
         Ok(listed
@@ -151,6 +159,7 @@ impl DockerBackend {
                         signal: None,
                     }),
                 )
+                .instrument(docker_span("stop container"))
                 .await
             {
                 Ok(()) => {}
@@ -170,6 +179,7 @@ impl DockerBackend {
                         link: false,
                     }),
                 )
+                .instrument(docker_span("remove container"))
                 .await
             {
                 Ok(()) => return Ok(()),
@@ -266,6 +276,7 @@ impl Backend for DockerBackend {
                 }),
                 body,
             )
+            .instrument(docker_span("create container"))
             .await
             .map_err(|e| backend_error("create container", e))?;
         if !launch.files.is_empty() {
@@ -279,11 +290,13 @@ impl Backend for DockerBackend {
                     }),
                     bollard::body_full(archive.into()),
                 )
+                .instrument(docker_span("upload files"))
                 .await
                 .map_err(|e| backend_error("upload files", e))?;
         }
         self.docker
             .start_container(&name, None::<StartContainerOptions>)
+            .instrument(docker_span("start container"))
             .await
             .map_err(|e| backend_error("start container", e))?;
         Ok(())
@@ -300,6 +313,7 @@ impl Backend for DockerBackend {
         let inspected = match self
             .docker
             .inspect_container(&container_name(workspace), None::<InspectContainerOptions>)
+            .instrument(docker_span("inspect container"))
             .await
         {
             Ok(inspected) => inspected,

@@ -315,11 +315,13 @@ impl Backend for ProcessBackend {
         BackendKind::Process
     }
 
+    #[tracing::instrument(name = "spawn process", skip_all, fields(otel.kind = "client"))]
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
         self.journaled("start", launch.workspace, Some(launch), self.launch(launch))
             .await
     }
 
+    #[tracing::instrument(name = "stop process", skip_all, fields(otel.kind = "client"))]
     async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
         let work = async {
             match InstanceRecord::read(&self.workspace_dir(workspace)).await {

@@ -176,6 +176,12 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "WL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics (`GET /metrics`) on this address (off when
+    /// unset). Traces and OTLP metrics are configured by the standard
+    /// `OTEL_*` variables instead.
+    #[arg(long, env = "WL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl fmt::Debug for ServeArgs {

@@ -13,15 +13,19 @@ async fn main() {
     if let Some(Command::Agent) = cli.command {
         std::process::exit(workspace_agent::main_from_env().await);
     }
-    telemetry::init(cli.serve.log_format);
+    let telemetry = telemetry::init(cli.serve.log_format);
     let running = match server::start(&cli.serve, server::Parts::default()).await {
         Ok(running) => running,
         Err(err) => {
             tracing::error!(%err, "cannot start");
+            telemetry.shutdown(std::time::Duration::from_secs(1)).await;
             std::process::exit(1);
         }
     };
     workspace_agent::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
+    // Flush what the cycles just recorded; a collector that is down costs
+    // at most this long.
+    telemetry.shutdown(std::time::Duration::from_secs(5)).await;
 }

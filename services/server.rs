@@ -29,6 +29,7 @@ use crate::{
         workspace_lifecycle_server::WorkspaceLifecycleServer,
     },
     store::{Store, StoreConfig},
+    telemetry::{caller::CallerContextLayer, prometheus_endpoint},
 };
 
 /// A failure to start serving.
@@ -69,6 +70,8 @@ impl Default for Parts {
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves Prometheus metrics, if asked to.
+    pub metrics_addr: Option<SocketAddr>,
     /// Its engine.
     pub engine: Arc<Engine>,
     process: Option<Arc<ProcessBackend>>,
@@ -178,6 +181,14 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
     .await?;
 
     let stop = CancellationToken::new();
+    let metrics_addr = match args.metrics_listen {
+        Some(addr) => {
+            let bound = prometheus_endpoint::serve(addr, stop.clone()).await?;
+            tracing::info!(addr = %bound, "serving Prometheus metrics on /metrics");
+            Some(bound)
+        }
+        None => None,
+    };
     let served = tokio::spawn(serve(
         listener,
         engine.clone(),
@@ -187,6 +198,7 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
     tracing::info!(%addr, "serving");
     Ok(RunningServer {
         addr,
+        metrics_addr,
         engine,
         process,
         stop,
@@ -280,6 +292,7 @@ pub async fn serve(
         .expect("descriptor sets are valid");
 
     tonic::transport::Server::builder()
+        .layer(CallerContextLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -36,6 +36,7 @@ use super::{
 use crate::{
     domain::{Generation, Goal, Phase},
     store::{Finish, LeaseGuard, Registration, Store, token_hash},
+    telemetry::cycle_trace::CycleTrace,
 };
 
 /// The knobs of a cycle.
@@ -111,9 +112,10 @@ impl Service<Gated<Intent, LeaseGuard>> for CycleService {
 
     fn call(&mut self, gated: Gated<Intent, LeaseGuard>) -> Self::Future {
         let claim = *gated.guard.claim();
+        // For log lines; the exported trace is built by `CycleTrace`.
         let span = tracing::info_span!(
             parent: &gated.request.span,
-            "cycle",
+            "cycle_runner",
             workspace = %gated.guard.workspace(),
             cycle = %claim.cycle,
             generation = claim.generation.0,
@@ -136,9 +138,11 @@ impl Service<Gated<Intent, LeaseGuard>> for CycleService {
 /// Runs the guard's cycle, then every follow-up that is due when it ends.
 async fn run(deps: Arc<CycleDeps>, mut guard: LeaseGuard) {
     loop {
+        let trace = CycleTrace::begin(&deps.store, &guard).await;
         let finish = tokio::select! {
-            finish = execute_guarded(&deps, &guard) => finish,
+            finish = execute_guarded(&deps, &guard, &trace) => finish,
             _ = deps.hand_off.cancelled() => {
+                trace.handed_off();
                 let workspace = guard.workspace();
                 match guard.hand_off().await {
                     Ok(_) => tracing::info!(%workspace, "cycle handed off at shutdown"),
@@ -148,7 +152,7 @@ async fn run(deps: Arc<CycleDeps>, mut guard: LeaseGuard) {
             }
         };
         let workspace = guard.workspace();
-        tracing::info!(outcome = ?finish, "cycle ended");
+        trace.end(&finish);
         let finished = finish_with_retry(guard, finish).await;
         match finished {
             Some(crate::store::Finished {
@@ -192,9 +196,9 @@ async fn finish_with_retry(guard: LeaseGuard, finish: Finish) -> Option<crate::s
 }
 
 /// Runs one cycle under its deadline, its lease renewal and a panic guard.
-async fn execute_guarded(deps: &CycleDeps, guard: &LeaseGuard) -> Finish {
+async fn execute_guarded(deps: &CycleDeps, guard: &LeaseGuard, trace: &CycleTrace) -> Finish {
     let deadline = deps.settings.provision_deadline;
-    let work = AssertUnwindSafe(execute(deps, guard)).catch_unwind();
+    let work = AssertUnwindSafe(execute(deps, guard, trace)).catch_unwind();
     tokio::select! {
         result = tokio::time::timeout(deadline, work) => match result {
             Ok(Ok(Ok(finish))) => finish,
@@ -236,19 +240,29 @@ async fn ensure_held(guard: &LeaseGuard) -> Result<(), CycleError> {
     }
 }
 
-async fn execute(deps: &CycleDeps, guard: &LeaseGuard) -> Result<Finish, CycleError> {
+async fn execute(
+    deps: &CycleDeps,
+    guard: &LeaseGuard,
+    trace: &CycleTrace,
+) -> Result<Finish, CycleError> {
     let claim = *guard.claim();
     let workspace = guard.workspace();
     let backend = deps.backends.get(guard.backend())?;
 
     ensure_held(guard).await?;
     guard.phase(Phase::Stopping).await?;
-    backend.stop(workspace).await?;
+    backend
+        .stop(workspace)
+        .instrument(trace.phase("stop"))
+        .await?;
     match claim.goal {
         Goal::Stop => return Ok(Finish::Stopped),
         Goal::Delete => {
             ensure_held(guard).await?;
-            backend.delete(workspace).await?;
+            backend
+                .delete(workspace)
+                .instrument(trace.phase("delete"))
+                .await?;
             return Ok(Finish::Deleted);
         }
         Goal::Provision => {}
@@ -275,7 +289,10 @@ async fn execute(deps: &CycleDeps, guard: &LeaseGuard) -> Result<Finish, CycleEr
         token,
         service_url: deps.settings.agent_service_url.clone(),
     };
-    let started = backend.start(&launch).await;
+    let started = backend
+        .start(&launch)
+        .instrument(trace.phase("provision"))
+        .await;
     drop(launch);
     if let Err(err) = started {
         stop_after_failure(guard, backend.as_ref()).await;
@@ -289,6 +306,7 @@ async fn execute(deps: &CycleDeps, guard: &LeaseGuard) -> Result<Finish, CycleEr
         registrations,
         claim.generation,
     )
+    .instrument(trace.phase("wait_for_agent"))
     .await
     {
         Ok(registration) => Ok(Finish::Online {

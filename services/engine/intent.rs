@@ -105,8 +105,11 @@ pub struct Intent {
     pub creation: Option<Creation>,
     /// Where the request is in the stack.
     pub stage: Stage,
-    /// The caller's trace context, so the cycle's trace links the request.
+    /// The span the request was made in (its log lines carry it).
     pub span: tracing::Span,
+    /// The caller's W3C trace context: a cycle this request opens joins
+    /// the caller's trace (C16).
+    pub caller: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl Intent {
@@ -126,6 +129,7 @@ impl Intent {
             creation: None,
             stage: Stage::New,
             span: tracing::Span::current(),
+            caller: crate::telemetry::caller::current(),
         }
     }
 

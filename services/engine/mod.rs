@@ -22,6 +22,7 @@ pub mod gate;
 pub mod intent;
 pub mod keyed;
 pub mod ledger;
+pub mod observe;
 pub mod probe;
 mod reconciler;
 pub mod scheduler;
@@ -46,6 +47,7 @@ use self::{
     events::{EventBus, Subscription},
     gate::GateLayer,
     intent::{Admission, Intent, Verdict, Waiting},
+    observe::ObserveLayer,
     probe::ProbeCheck,
     scheduler::SchedulerHandle,
 };
@@ -121,6 +123,7 @@ impl Engine {
         let shared = Arc::new(store.clone());
         let coalesce = CoalesceLayer::new(shared.clone(), clock.clone());
         let stack = ServiceBuilder::new()
+            .layer(ObserveLayer::new(store.clone()))
             .layer(DebounceLayer::new(
                 Arc::new(ProbeCheck::new(store.clone(), backends.clone())),
                 clock.clone(),

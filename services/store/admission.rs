@@ -19,6 +19,7 @@ use crate::{
         intent::{Admission, Change, Creation, Intent, Stage, Verdict, Waiting},
         ledger::{AdmitRequest, Admitted, Refusal},
     },
+    telemetry::cycle_trace::TraceOrigin,
 };
 
 /// Counters and events gathered while a batch is admitted, written once.
@@ -30,7 +31,8 @@ struct Tally {
     absorbed: BTreeMap<(CycleId, Trigger), i64>,
     /// (trigger, handling, cycle, reason) → requests
     handled: BTreeMap<(Trigger, HandlingKey, Option<CycleId>, String), u32>,
-    opened: Vec<CycleId>,
+    /// Cycles opened, with where their traces hang.
+    opened: Vec<(CycleId, TraceOrigin)>,
 }
 
 /// `Handling` as a map key.
@@ -175,7 +177,9 @@ async fn admit_one(
         }
     };
     if opened {
-        tally.opened.push(cycle);
+        tally
+            .opened
+            .push((cycle, TraceOrigin::of(cycle, intent.caller.as_ref())));
     }
     let how = match (ready, opened, waiting) {
         (true, true, _) => HandlingKey::Accepted,
@@ -334,15 +338,28 @@ async fn write_tally(
 ) -> Result<(), EngineError> {
     let id = workspace.as_uuid();
     if !tally.opened.is_empty() {
-        let ids: Vec<uuid::Uuid> = tally.opened.iter().map(CycleId::as_uuid).collect();
+        let ids: Vec<uuid::Uuid> = tally.opened.iter().map(|(c, _)| c.as_uuid()).collect();
+        let traces: Vec<&str> = tally
+            .opened
+            .iter()
+            .map(|(_, o)| o.trace_id.as_str())
+            .collect();
+        let parents: Vec<&str> = tally
+            .opened
+            .iter()
+            .map(|(_, o)| o.parent_span_id.as_str())
+            .collect();
         let insert = tx
             .prepare_cached(
-                "INSERT INTO cycles (id, workspace_id, state, created_at)
-                 SELECT cycle, $2, 'PENDING', $3 FROM unnest($1::uuid[]) AS cycle",
+                "INSERT INTO cycles (id, workspace_id, state, created_at, trace_id, parent_span_id)
+                 SELECT cycle, $2, 'PENDING', $3, trace, parent
+                 FROM unnest($1::uuid[], $4::text[], $5::text[]) AS t (cycle, trace, parent)",
             )
             .await
             .map_err(db)?;
-        tx.execute(&insert, &[&ids, &id, &now]).await.map_err(db)?;
+        tx.execute(&insert, &[&ids, &id, &now, &traces, &parents])
+            .await
+            .map_err(db)?;
     }
     if !tally.absorbed.is_empty() {
         let (mut cycles, mut triggers, mut counts) = (Vec::new(), Vec::new(), Vec::new());
@@ -412,7 +429,7 @@ pub(super) async fn record_stats(
 }
 
 fn tally_events(workspace: WorkspaceId, tally: &Tally, now: Timestamp) -> Vec<Event> {
-    let opened = tally.opened.iter().map(|cycle| Event {
+    let opened = tally.opened.iter().map(|(cycle, _)| Event {
         workspace,
         at: now,
         kind: EventKind::Cycle {

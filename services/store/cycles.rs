@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -45,12 +46,14 @@ pub struct CycleRecord {
     pub takeovers: u32,
     /// The W3C trace id of its trace.
     pub trace_id: String,
+    /// The span its trace hangs under (the opening caller's), if any.
+    pub parent_span_id: String,
     /// Paging position.
     pub seq: i64,
 }
 
 const COLUMNS: &str = "id, seq, workspace_id, state, goal, generation, config_version, outcome,
-    reason, created_at, started_at, ended_at, takeovers, trace_id";
+    reason, created_at, started_at, ended_at, takeovers, trace_id, parent_span_id";
 
 fn record(row: &Row) -> Result<CycleRecord, EngineError> {
     Ok(CycleRecord {
@@ -74,6 +77,7 @@ fn record(row: &Row) -> Result<CycleRecord, EngineError> {
         ended_at: row.get("ended_at"),
         takeovers: row.get::<_, i32>("takeovers") as u32,
         trace_id: row.get("trace_id"),
+        parent_span_id: row.get("parent_span_id"),
     })
 }
 
@@ -110,24 +114,11 @@ impl Store {
         let next = (rows.len() > limit)
             .then(|| records.last().map(|r| r.seq))
             .flatten();
-        let ids: Vec<Uuid> = records.iter().map(|r| r.id.as_uuid()).collect();
-        let index: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        let triggers = conn
-            .prepare_cached(
-                "SELECT cycle_id, trigger, count FROM cycle_triggers WHERE cycle_id = ANY($1)",
-            )
-            .await
-            .map_err(db)?;
-        for row in conn.query(&triggers, &[&ids]).await.map_err(db)? {
-            let trigger: Trigger = parse(row.get::<_, &str>(1))?;
-            records[index[&row.get::<_, Uuid>(0)]]
-                .triggers
-                .insert(trigger, row.get::<_, i64>(2) as u64);
-        }
+        with_triggers(&conn, &mut records).await?;
         Ok((records, next))
     }
 
-    /// One cycle.
+    /// One cycle, with the triggers it absorbed.
     pub async fn cycle(&self, id: CycleId) -> Result<CycleRecord, EngineError> {
         let conn = self.conn().await?;
         let statement = conn
@@ -139,6 +130,65 @@ impl Store {
             .await
             .map_err(db)?
             .ok_or_else(|| EngineError::NotFound(format!("cycle {id}")))?;
-        record(&row)
+        let mut records = vec![record(&row)?];
+        with_triggers(&conn, &mut records).await?;
+        Ok(records.remove(0))
     }
+
+    /// The trace id of `cycle`, if it exists.
+    pub async fn cycle_trace_id(&self, cycle: CycleId) -> Result<Option<String>, EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached("SELECT trace_id FROM cycles WHERE id = $1")
+            .await
+            .map_err(db)?;
+        let row = conn
+            .query_opt(&statement, &[&cycle.as_uuid()])
+            .await
+            .map_err(db)?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// The cycle that answers for `workspace` now — the running one, else
+    /// the newest — and its trace id.
+    pub async fn latest_cycle_trace_id(
+        &self,
+        workspace: WorkspaceId,
+    ) -> Result<Option<(CycleId, String)>, EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "SELECT id, trace_id FROM cycles WHERE workspace_id = $1
+                 ORDER BY (state = 'RUNNING') DESC, seq DESC LIMIT 1",
+            )
+            .await
+            .map_err(db)?;
+        let row = conn
+            .query_opt(&statement, &[&workspace.as_uuid()])
+            .await
+            .map_err(db)?;
+        Ok(row.map(|row| (CycleId::from(row.get::<_, Uuid>(0)), row.get(1))))
+    }
+}
+
+/// Fills in the triggers each of `records` absorbed.
+async fn with_triggers(
+    conn: &impl GenericClient,
+    records: &mut [CycleRecord],
+) -> Result<(), EngineError> {
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id.as_uuid()).collect();
+    let index: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let triggers = conn
+        .prepare_cached(
+            "SELECT cycle_id, trigger, count FROM cycle_triggers WHERE cycle_id = ANY($1)",
+        )
+        .await
+        .map_err(db)?;
+    for row in conn.query(&triggers, &[&ids]).await.map_err(db)? {
+        let trigger: Trigger = parse(row.get::<_, &str>(1))?;
+        records[index[&row.get::<_, Uuid>(0)]]
+            .triggers
+            .insert(trigger, row.get::<_, i64>(2) as u64);
+    }
+    Ok(())
 }

@@ -108,7 +108,8 @@ pub enum Finish {
 }
 
 impl Finish {
-    fn outcome(&self) -> Outcome {
+    /// The outcome recorded for this end.
+    pub fn outcome(&self) -> Outcome {
         match self {
             Self::Online { .. } => Outcome::Succeeded,
             Self::Failed { .. } => Outcome::Failed,

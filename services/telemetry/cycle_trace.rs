@@ -1,0 +1,322 @@
+//! One trace per cycle (C16).
+//!
+//! ```text
+//! cycle                      root (or child of the opening caller's span)
+//! ├── gate_wait              admission → the gate was taken
+//! ├── request                one per request the cycle answered, with an
+//! │                          event: accepted | coalesced | deferred |
+//! │                          debounced | dropped (linked to its caller)
+//! ├── stop / provision /     a tracing span per phase; backend calls
+//! │   wait_for_agent         (Docker, the EC2 SDK) nest under them
+//! └── ...
+//! ```
+//!
+//! The cycle's trace and span ids are fixed when it is admitted (the span
+//! id derives from the cycle id, the trace id is the opening caller's or
+//! the cycle id, stored on the cycle row), so a request admitted on one
+//! replica and a cycle run on another still meet in one trace.
+
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use opentelemetry::{
+    Context, KeyValue, global,
+    trace::{
+        Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags,
+        TraceId, TraceState, Tracer as _,
+    },
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::{
+    SCOPE,
+    ids::{self, cycle_span_id},
+    metrics,
+};
+use crate::{
+    domain::{CycleId, Goal, Trigger, WorkspaceId},
+    engine::intent::Verdict,
+    store::{CycleRecord, Finish, LeaseGuard, Store},
+};
+
+/// The name of a cycle's root span.
+pub const CYCLE_SPAN: &str = "cycle";
+
+/// Where a newly admitted cycle's trace hangs: the opening caller's trace
+/// and span, or a trace of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceOrigin {
+    /// W3C trace id, 32 hex digits.
+    pub trace_id: String,
+    /// The caller's span id (16 hex digits), empty for a root.
+    pub parent_span_id: String,
+}
+
+impl TraceOrigin {
+    /// The origin of `cycle` opened by a request from `caller`.
+    pub fn of(cycle: CycleId, caller: Option<&SpanContext>) -> Self {
+        match caller {
+            Some(caller) if caller.is_valid() => Self {
+                trace_id: caller.trace_id().to_string(),
+                parent_span_id: caller.span_id().to_string(),
+            },
+            _ => Self {
+                trace_id: ids::own_trace_id(cycle).to_string(),
+                parent_span_id: String::new(),
+            },
+        }
+    }
+}
+
+/// The remote context of `cycle`'s root span, given its stored trace id.
+fn cycle_context(cycle: CycleId, trace_id: &str) -> Context {
+    let trace_id = TraceId::from_hex(trace_id).unwrap_or_else(|_| ids::own_trace_id(cycle));
+    Context::new().with_remote_span_context(SpanContext::new(
+        trace_id,
+        cycle_span_id(cycle),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    ))
+}
+
+fn system_time(at: crate::domain::Timestamp) -> SystemTime {
+    at.into()
+}
+
+/// The trace and metrics of one running cycle.
+pub struct CycleTrace {
+    span: Option<global::BoxedSpan>,
+    context: Context,
+    cycle: CycleId,
+    workspace: WorkspaceId,
+    goal: Goal,
+    generation: u64,
+    triggers: Vec<Trigger>,
+    started: Instant,
+}
+
+impl CycleTrace {
+    /// Starts the cycle's root span (backdated to its admission, with the
+    /// gate wait as its first child) and its metrics.
+    pub async fn begin(store: &Store, guard: &LeaseGuard) -> Self {
+        let claim = *guard.claim();
+        let record = match store.cycle(claim.cycle).await {
+            Ok(record) => Some(record),
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the cycle for its trace");
+                None
+            }
+        };
+        let claimed_at = guard.started_at();
+        let waited = record
+            .as_ref()
+            .and_then(|r| (claimed_at - r.created_at).to_std().ok())
+            .unwrap_or_default();
+        metrics::get().cycle_started(waited);
+        let triggers: Vec<Trigger> = record
+            .as_ref()
+            .map(|r| r.triggers.keys().copied().collect())
+            .unwrap_or_default();
+        let mut trace = Self {
+            span: None,
+            context: Context::new(),
+            cycle: claim.cycle,
+            workspace: guard.workspace(),
+            goal: claim.goal,
+            generation: claim.generation.0,
+            triggers,
+            started: Instant::now(),
+        };
+        if super::traces_enabled() {
+            trace.start_span(record.as_ref(), guard, claimed_at);
+        }
+        trace
+    }
+
+    fn start_span(
+        &mut self,
+        record: Option<&CycleRecord>,
+        guard: &LeaseGuard,
+        claimed_at: crate::domain::Timestamp,
+    ) {
+        let tracer = global::tracer(SCOPE);
+        let opened_at = record.map(|r| r.created_at).unwrap_or(claimed_at);
+        let trace_id = record
+            .and_then(|r| TraceId::from_hex(&r.trace_id).ok())
+            .filter(|id| *id != TraceId::INVALID)
+            .unwrap_or_else(|| ids::own_trace_id(self.cycle));
+        let parent = record
+            .and_then(|r| SpanId::from_hex(&r.parent_span_id).ok())
+            .filter(|id| *id != SpanId::INVALID)
+            .map(|span_id| {
+                Context::new().with_remote_span_context(SpanContext::new(
+                    trace_id,
+                    span_id,
+                    TraceFlags::SAMPLED,
+                    true,
+                    TraceState::default(),
+                ))
+            })
+            .unwrap_or_default();
+        let mut attributes = vec![
+            KeyValue::new("workspace.id", self.workspace.to_string()),
+            KeyValue::new("cycle.id", self.cycle.to_string()),
+            KeyValue::new("cycle.goal", self.goal.as_str()),
+            KeyValue::new("cycle.generation", self.generation as i64),
+            KeyValue::new("cycle.takeovers", i64::from(guard.claim().takeovers)),
+        ];
+        if let Some(record) = record {
+            let triggers: Vec<&str> = record.triggers.keys().map(Trigger::as_str).collect();
+            let requests: u64 = record.triggers.values().sum();
+            attributes.push(KeyValue::new("cycle.triggers", triggers.join(",")));
+            attributes.push(KeyValue::new("cycle.requests", requests as i64));
+        }
+        if let Some(snapshot) = guard.snapshot() {
+            attributes.push(KeyValue::new(
+                "config.version",
+                snapshot.config_version.0 as i64,
+            ));
+        }
+        let builder = tracer
+            .span_builder(CYCLE_SPAN)
+            .with_kind(SpanKind::Internal)
+            .with_start_time(system_time(opened_at))
+            .with_attributes(attributes);
+        let span = ids::with_planned(trace_id, cycle_span_id(self.cycle), || {
+            tracer.build_with_context(builder, &parent)
+        });
+        let context = Context::new().with_remote_span_context(span.span_context().clone());
+        let mut gate_wait = tracer
+            .span_builder("gate_wait")
+            .with_start_time(system_time(opened_at))
+            .start_with_context(&tracer, &context);
+        gate_wait.end_with_timestamp(system_time(claimed_at));
+        self.context = context;
+        self.span = Some(span);
+    }
+
+    /// A span for one phase of the cycle, under its root: backend calls
+    /// made inside it nest under it.
+    pub fn phase(&self, name: &'static str) -> tracing::Span {
+        let span = tracing::info_span!("phase", otel.name = name, phase = name);
+        if self.span.is_some() {
+            let _ = span.set_parent(self.context.clone());
+        }
+        span
+    }
+
+    /// The cycle was handed to another replica: it will end the trace.
+    pub fn handed_off(mut self) {
+        if let Some(mut span) = self.span.take() {
+            span.set_attribute(KeyValue::new("cycle.handed_off", true));
+            span.end();
+        }
+        metrics::get().cycle_ended(self.goal, crate::domain::Outcome::Failed, [], self.took());
+    }
+
+    fn took(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Ends the trace with the cycle's outcome, counts it, and logs one line.
+    pub fn end(mut self, finish: &Finish) {
+        let outcome = finish.outcome();
+        let took = self.took();
+        let triggers: Vec<&str> = self.triggers.iter().map(Trigger::as_str).collect();
+        let (config_version, reason) = match finish {
+            Finish::Online { config_version } => (Some(config_version.0), ""),
+            Finish::Failed { reason } => (None, reason.as_str()),
+            Finish::Stopped | Finish::Deleted => (None, ""),
+        };
+        tracing::info!(
+            workspace = %self.workspace,
+            cycle = %self.cycle,
+            generation = self.generation,
+            goal = self.goal.as_str(),
+            triggers = %triggers.join(","),
+            config_version,
+            outcome = outcome.as_str(),
+            reason,
+            duration_ms = took.as_millis() as u64,
+            "cycle ended"
+        );
+        if let Some(mut span) = self.span.take() {
+            span.set_attribute(KeyValue::new("cycle.outcome", outcome.as_str()));
+            if let Some(version) = config_version {
+                span.set_attribute(KeyValue::new("config.version", version as i64));
+            }
+            if let Finish::Failed { reason } = finish {
+                span.set_status(Status::error(reason.clone()));
+            } else {
+                span.set_status(Status::Ok);
+            }
+            span.end();
+        }
+        metrics::get().cycle_ended(self.goal, outcome, self.triggers.iter().copied(), took);
+    }
+}
+
+/// Records how a request was handled as a `request` span in the trace of
+/// the cycle that answers it — the cycle it opened or joined, or for a
+/// dropped request the cycle that made it unnecessary — linked to the
+/// caller's own span. Off the request's path: the caller never waits.
+pub async fn record_request(
+    store: Store,
+    workspace: WorkspaceId,
+    trigger: Trigger,
+    caller: Option<SpanContext>,
+    verdict: Verdict,
+) {
+    let cycle = match &verdict {
+        Verdict::Accepted { cycle, .. } | Verdict::Coalesced { cycle, .. } => Some(*cycle),
+        _ => None,
+    };
+    let found = match cycle {
+        Some(cycle) => store
+            .cycle_trace_id(cycle)
+            .await
+            .map(|t| t.map(|t| (cycle, t))),
+        None => store.latest_cycle_trace_id(workspace).await,
+    };
+    let (cycle, trace_id) = match found {
+        Ok(Some(found)) => found,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::debug!(%err, "no trace for a request");
+            return;
+        }
+    };
+    let tracer = global::tracer(SCOPE);
+    let mut builder = tracer
+        .span_builder("request")
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("workspace.id", workspace.to_string()),
+            KeyValue::new("request.trigger", trigger.as_str()),
+            KeyValue::new("request.handling", metrics::handling(&verdict)),
+        ]);
+    if let Some(caller) = caller {
+        builder = builder.with_links(vec![Link::with_context(caller)]);
+    }
+    let mut span = tracer.build_with_context(builder, &cycle_context(cycle, &trace_id));
+    let mut attributes = vec![
+        KeyValue::new("trigger", trigger.as_str()),
+        KeyValue::new("cycle.id", cycle.to_string()),
+    ];
+    match &verdict {
+        Verdict::Coalesced { not_before, .. } => {
+            attributes.push(KeyValue::new("not_before", not_before.to_rfc3339()));
+        }
+        Verdict::Dropped { reason, until } => {
+            attributes.push(KeyValue::new("reason", reason.describe()));
+            if let Some(until) = until {
+                attributes.push(KeyValue::new("until", until.to_rfc3339()));
+            }
+        }
+        _ => {}
+    }
+    span.add_event(metrics::handling(&verdict), attributes);
+    span.end();
+}
