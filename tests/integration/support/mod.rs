@@ -6,6 +6,7 @@ pub mod counted;
 pub mod db;
 pub mod fake_backend;
 pub mod moto;
+pub mod otlp;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
