@@ -107,6 +107,18 @@ pub struct Intent {
     pub stage: Stage,
     /// The caller's trace context, so the cycle's trace links the request.
     pub span: tracing::Span,
+    /// Who asked, through which RPC: recorded in the audit log with the
+    /// admission (`None` for the service's own requests).
+    pub audit: Option<Audited>,
+}
+
+/// The audit identity of a request made by a caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audited {
+    /// The caller's name (its token's name).
+    pub actor: String,
+    /// The RPC, e.g. `SetSecret`.
+    pub action: &'static str,
 }
 
 impl Intent {
@@ -126,7 +138,17 @@ impl Intent {
             creation: None,
             stage: Stage::New,
             span: tracing::Span::current(),
+            audit: None,
         }
+    }
+
+    /// The same request, made by `actor` through RPC `action`.
+    pub fn by(mut self, actor: impl Into<String>, action: &'static str) -> Self {
+        self.audit = Some(Audited {
+            actor: actor.into(),
+            action,
+        });
+        self
     }
 
     /// A restart with `trigger`.

@@ -15,3 +15,4 @@ mod ec2_backend;
 mod grpcurl;
 mod process_backend;
 mod replicas;
+mod security;
