@@ -729,3 +729,37 @@ async fn known_secret_values_appear_in_no_log_line_error_or_response() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_callers_deadline_is_honoured() {
+    let s = TestServer::start(Options::default()).await;
+    // An uncommitted row holding the name makes CreateWorkspace wait on
+    // Postgres (for up to its 10 s lock timeout).
+    let mut db = s.db.client().await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
+         VALUES ($1, 'held', 'process', '{}', now(), now(), 'PROVISIONING')",
+        &[&uuid::Uuid::new_v4()],
+    )
+    .await
+    .unwrap();
+    let mut request = Request::new(pb::CreateWorkspaceRequest {
+        name: "held".into(),
+        backend: pb::BackendKind::Process as i32,
+        spec: None,
+    });
+    request.set_timeout(std::time::Duration::from_millis(300));
+    let started = tokio::time::Instant::now();
+    let status = crate::support::bounded("the call ends", s.client().create_workspace(request))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    // The server's own deadline handling answers (the client only sends
+    // grpc-timeout), long before the lock would have been given up.
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert!(status.message().contains("Timeout expired"), "{status:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    tx.rollback().await.unwrap();
+    s.shutdown().await;
+}
