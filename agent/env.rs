@@ -6,7 +6,7 @@
 pub const SERVICE_URL: &str = "WL_SERVICE_URL";
 /// The generation's bearer token.
 pub const TOKEN: &str = "WL_AGENT_TOKEN";
-/// The workspace id (informational).
+/// The workspace id (sent with the token, which is valid for it only).
 pub const WORKSPACE_ID: &str = "WL_WORKSPACE_ID";
 /// The generation (informational).
 pub const GENERATION: &str = "WL_GENERATION";

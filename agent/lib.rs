@@ -27,6 +27,8 @@ pub struct AgentConfig {
     pub service_url: String,
     /// The generation's bearer token.
     pub token: String,
+    /// The workspace this agent serves (its token is valid for no other).
+    pub workspace_id: String,
     /// The config version this generation booted with.
     pub config_version: u64,
     /// What the agent reports as its endpoint.
@@ -96,6 +98,7 @@ impl AgentConfig {
         Ok(Self {
             service_url: var(env::SERVICE_URL)?,
             token: var(env::TOKEN)?,
+            workspace_id: var(env::WORKSPACE_ID)?,
             config_version,
             endpoint: std::env::var(env::ENDPOINT)
                 .unwrap_or_else(|_| format!("pid:{}", std::process::id())),
@@ -153,6 +156,7 @@ pub async fn run(
 
     let register = RegisterRequest {
         token: config.token.clone(),
+        workspace_id: config.workspace_id.clone(),
         config_version: config.config_version,
         endpoint: config.endpoint.clone(),
         secret_names: config.secrets_seen(),
@@ -205,6 +209,7 @@ pub async fn run(
         let beat = client
             .heartbeat(HeartbeatRequest {
                 token: config.token.clone(),
+                workspace_id: config.workspace_id.clone(),
             })
             .await;
         match beat {

@@ -63,10 +63,7 @@ async fn measure<B: Backend>(
         .unwrap()
         .into_inner();
     let id = created.id.clone();
-    let get = |mut client: pb::workspace_lifecycle_client::WorkspaceLifecycleClient<
-        tonic::transport::Channel,
-    >,
-               id: String| async move {
+    let get = |mut client: workspace_lifecycle::auth::client::LifecycleClient, id: String| async move {
         client
             .get_workspace(pb::GetWorkspaceRequest { workspace_id: id })
             .await

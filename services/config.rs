@@ -32,6 +32,16 @@ pub enum Command {
     /// Run the workspace agent (what the process backend launches); reads
     /// its configuration from `WL_*` variables.
     Agent,
+    /// Make a new bearer token: prints the token, then the line to add to
+    /// the token file (which holds only its hash).
+    NewToken {
+        /// reader, operator or admin.
+        #[arg(long)]
+        role: crate::auth::Role,
+        /// The name the audit log records for calls with this token.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// How logs are written.
@@ -182,6 +192,50 @@ pub struct ServeArgs {
     /// `OTEL_*` variables instead.
     #[arg(long, env = "WL_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// File of accepted bearer tokens, one `role:name:sha256-hex` per line
+    /// (role: reader, operator or admin; the SHA-256 of the token, never the
+    /// token). Without it and without --auth-tokens, the server creates an
+    /// admin token in <data-dir>/admin-token (mode 0600) on first start.
+    #[arg(long, env = "WL_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Accepted bearer tokens inline, as in --auth-tokens-file, separated
+    /// by commas or newlines.
+    #[arg(long, env = "WL_AUTH_TOKENS", hide_env_values = true)]
+    pub auth_tokens: Option<String>,
+
+    /// File holding the 32-byte key that seals secrets at rest (64 hex
+    /// digits or base64). Without it and without WL_SECRETS_KEY, the server
+    /// creates one in <data-dir>/secrets-key (mode 0600) on first start.
+    /// Every replica on one database needs the same key.
+    #[arg(long, env = "WL_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+
+    /// The secrets key itself (as in --secrets-key-file); prefer the file.
+    #[arg(long, env = "WL_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+
+    /// PEM certificate chain: serve TLS (rustls) with it and --tls-key.
+    #[arg(long, env = "WL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "WL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: with TLS, require a client certificate signed
+    /// by one of them (mTLS).
+    #[arg(long, env = "WL_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Largest request message accepted, in bytes (larger: OUT_OF_RANGE).
+    #[arg(long, env = "WL_MAX_MESSAGE_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most calls one caller (token) may have in flight, server streams
+    /// included; one more is answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WL_MAX_CALLS_PER_CALLER", default_value_t = 64)]
+    pub max_calls_per_caller: usize,
 }
 
 impl fmt::Debug for ServeArgs {
@@ -197,6 +251,14 @@ impl fmt::Debug for ServeArgs {
             .field("backends", &self.backends)
             .field("debounce_window", &self.debounce_window)
             .field("provision_deadline", &self.provision_deadline)
+            .field("auth_tokens_file", &self.auth_tokens_file)
+            .field("secrets_key_file", &self.secrets_key_file)
+            .field(
+                "secrets_key",
+                &self.secrets_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_client_ca", &self.tls_client_ca)
             .finish_non_exhaustive()
     }
 }

@@ -9,13 +9,16 @@
 //!   coalesce, gate and cycle service, keyed by workspace id;
 //! - [`store`]: Postgres, the truth every replica shares;
 //! - [`grpc`]: thin adapters from the wire to the engine;
+//! - [`auth`]: who may call what, and how often;
 //! - [`server`]: assembling and serving it all.
 
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod embedded_pg;
 pub mod engine;
 pub mod grpc;
+pub mod private_file;
 pub mod proto;
 pub mod server;
 pub mod store;

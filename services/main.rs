@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use workspace_lifecycle::{
+    auth,
     config::{Cli, Command},
     server, telemetry,
 };
@@ -10,8 +11,15 @@ use workspace_lifecycle::{
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Some(Command::Agent) = cli.command {
-        std::process::exit(workspace_agent::main_from_env().await);
+    match cli.command {
+        Some(Command::Agent) => std::process::exit(workspace_agent::main_from_env().await),
+        Some(Command::NewToken { role, name }) => {
+            let token = auth::generate_token();
+            println!("token: {token}");
+            println!("token file line: {}", auth::entry(role, &name, &token));
+            return;
+        }
+        Some(Command::Serve) | None => {}
     }
     let telemetry = telemetry::init(cli.serve.log_format);
     let running = match server::start(&cli.serve, server::Parts::default()).await {

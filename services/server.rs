@@ -12,7 +12,10 @@ use workspace_backends::{
     process::{ProcessBackend, ProcessConfig},
 };
 
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
 use crate::{
+    auth::{AuthLayer, Tokens, TokensError, limit::CallerLimitLayer, load_or_create_admin_token},
     config::ServeArgs,
     domain::{BackendKind, ReplicaId},
     embedded_pg::EmbeddedPostgres,
@@ -28,7 +31,7 @@ use crate::{
         self, workspace_agent_server::WorkspaceAgentServer,
         workspace_lifecycle_server::WorkspaceLifecycleServer,
     },
-    store::{Store, StoreConfig},
+    store::{SecretsKey, Store, StoreConfig, sealing::KeyError},
     telemetry::{caller::CallerContextLayer, prometheus_endpoint},
 };
 
@@ -47,6 +50,94 @@ pub enum ServeError {
     /// The listen address could not be bound.
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The bearer tokens could not be read.
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+    /// The secrets key could not be read.
+    #[error(transparent)]
+    SecretsKey(#[from] KeyError),
+    /// The TLS files could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// How calls are guarded: who may call, over what, and how much.
+#[derive(Clone, Debug)]
+pub struct Guarding {
+    /// Accepted bearer tokens.
+    pub tokens: Arc<Tokens>,
+    /// TLS (and mTLS) settings; `None` serves plain HTTP/2.
+    pub tls: Option<ServerTlsConfig>,
+    /// Largest request message.
+    pub max_message_bytes: usize,
+    /// Most calls in flight per caller.
+    pub max_calls_per_caller: usize,
+}
+
+/// The accepted tokens from the flags: the token file and inline entries,
+/// or else the embedded default admin token under the data directory.
+pub fn tokens(args: &ServeArgs) -> Result<Tokens, ServeError> {
+    let mut tokens = Tokens::default();
+    if let Some(path) = &args.auth_tokens_file {
+        tokens = tokens.merge(Tokens::from_file(path)?);
+    }
+    if let Some(inline) = &args.auth_tokens {
+        tokens = tokens.merge(Tokens::parse(inline)?);
+    }
+    if args.auth_tokens_file.is_none() && args.auth_tokens.is_none() {
+        let (path, admin) = load_or_create_admin_token(&args.data_dir)?;
+        tracing::info!(path = %path.display(), "no token file configured; the admin token is in this file");
+        return Ok(admin);
+    }
+    if tokens.is_empty() {
+        tracing::warn!(
+            "the token configuration accepts no token: every call except health and reflection is refused"
+        );
+    }
+    Ok(tokens)
+}
+
+/// The secrets key from the flags, or else the embedded default under the
+/// data directory.
+pub fn secrets_key(args: &ServeArgs) -> Result<SecretsKey, ServeError> {
+    if let Some(text) = &args.secrets_key {
+        return Ok(SecretsKey::from_text(text)?);
+    }
+    if let Some(path) = &args.secrets_key_file {
+        return Ok(SecretsKey::from_file(path)?);
+    }
+    let (path, key) = SecretsKey::load_or_create(&args.data_dir)?;
+    tracing::info!(path = %path.display(), "no secrets key configured; using the key in this file");
+    Ok(key)
+}
+
+/// The TLS settings from the flags (`None`: plain HTTP/2).
+pub fn tls(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    // Two rustls providers are linked (ring for tonic, aws-lc-rs for the AWS
+    // SDK), so rustls cannot pick one itself: choose ring for the process.
+    // An error only says one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &args.tls_client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(config))
+}
+
+/// The guarding the flags ask for.
+pub fn guarding(args: &ServeArgs) -> Result<Guarding, ServeError> {
+    Ok(Guarding {
+        tokens: Arc::new(tokens(args)?),
+        tls: tls(args)?,
+        max_message_bytes: args.max_message_bytes,
+        max_calls_per_caller: args.max_calls_per_caller,
+    })
 }
 
 /// Everything a server needs besides its flags (tests inject their own).
@@ -130,6 +221,8 @@ pub fn timing(args: &ServeArgs) -> Timing {
 /// Starts a server: database (embedded if no URL), migrations, backends,
 /// engine, and gRPC on `args.listen`.
 pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, ServeError> {
+    let guarding = guarding(args)?;
+    let secrets_key = secrets_key(args)?;
     let (url, embedded) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -143,6 +236,7 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
             url,
             max_connections: args.db_connections,
             acquire_timeout: Duration::from_secs(5),
+            secrets_key,
         },
         ReplicaId::new(),
         timing(args),
@@ -192,6 +286,7 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
     let served = tokio::spawn(serve(
         listener,
         engine.clone(),
+        guarding,
         args.heartbeat_interval,
         stop.clone().cancelled_owned(),
     ));
@@ -265,10 +360,12 @@ async fn enabled_backends(
 }
 
 /// Serves the gRPC API, health and reflection on `listener` until
-/// `shutdown` resolves.
+/// `shutdown` resolves, every call through authentication and the
+/// per-caller limit.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
+    guarding: Guarding,
     heartbeat: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -291,17 +388,26 @@ pub async fn serve(
         .build_v1alpha()
         .expect("descriptor sets are valid");
 
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = guarding.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let limit = guarding.max_message_bytes;
+    builder
         .layer(CallerContextLayer)
+        .layer(AuthLayer::new(guarding.tokens))
+        .layer(CallerLimitLayer::new(guarding.max_calls_per_caller))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WorkspaceLifecycleServer::new(LifecycleService::new(
-            engine.clone(),
-        )))
-        .add_service(WorkspaceAgentServer::new(AgentService::new(
-            engine, heartbeat,
-        )))
+        .add_service(
+            WorkspaceLifecycleServer::new(LifecycleService::new(engine.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            WorkspaceAgentServer::new(AgentService::new(engine, heartbeat))
+                .max_decoding_message_size(limit),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

@@ -14,9 +14,9 @@ use hdrhistogram::Histogram;
 use tokio_postgres::NoTls;
 use workspace_backends::{Backend, BackendError, BackendKind, InstanceState, Launch, WorkspaceId};
 use workspace_lifecycle::{
+    auth::client::{LifecycleClient, lifecycle_client},
     config::ServeArgs,
     embedded_pg::EmbeddedPostgres,
-    proto::workspace_lifecycle_client::WorkspaceLifecycleClient,
     server::{self, Parts, RunningServer},
 };
 
@@ -70,15 +70,22 @@ pub fn args(url: &str, data_dir: &std::path::Path) -> ServeArgs {
 pub struct Bench {
     pub running: RunningServer,
     pub addr: SocketAddr,
-    pub client: WorkspaceLifecycleClient<tonic::transport::Channel>,
+    /// A client with the server's admin token.
+    pub client: LifecycleClient,
 }
 
 pub async fn serve(args: &ServeArgs, parts: Parts) -> Bench {
     let running = server::start(args, parts).await.expect("server starts");
     let addr = running.addr;
-    let client = WorkspaceLifecycleClient::connect(format!("http://{addr}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    // No token file is configured: the server made its admin token under
+    // the data directory.
+    let token = std::fs::read_to_string(args.data_dir.join("admin-token")).unwrap();
+    let client = lifecycle_client(channel, token.trim()).unwrap();
     Bench {
         running,
         addr,

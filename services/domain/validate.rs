@@ -221,6 +221,52 @@ mod tests {
         }
 
         #[test]
+        fn accepted_paths_stay_under_their_root(
+            segments in proptest::collection::vec(
+                prop_oneof!["\\.\\.", "\\.", "", "[a-z]{1,4}", "\\PC{1,4}"],
+                1..6,
+            ),
+            absolute in any::<bool>(),
+        ) {
+            let path = format!("{}{}", if absolute { "/" } else { "" }, segments.join("/"));
+            if file_path(&path).is_ok() {
+                // Joined under a root, the path resolves below it.
+                let root = std::path::Path::new("/root-dir");
+                let mut depth = 0usize;
+                for part in root.join(&path).strip_prefix(root).unwrap().components() {
+                    match part {
+                        std::path::Component::Normal(_) => depth += 1,
+                        other => prop_assert!(false, "{path:?} has {other:?}"),
+                    }
+                }
+                prop_assert!(depth >= 1);
+                prop_assert!(!path.contains('\0') && !path.starts_with('/'));
+            }
+        }
+
+        #[test]
+        fn any_text_is_checked_without_panicking(text in "\\PC{0,80}") {
+            let _ = workspace_name(&text);
+            let _ = file_path(&text);
+            let _ = env_name("secret", &text);
+            let _ = secret_value(&text);
+            if workspace_name(&text).is_ok() {
+                prop_assert!(text.is_ascii() && !text.is_empty());
+            }
+        }
+
+        #[test]
+        fn workspace_ids_are_uuids_and_round_trip(text in "\\PC{0,40}", bytes in any::<[u8; 16]>()) {
+            use crate::domain::WorkspaceId;
+            if let Ok(id) = text.parse::<WorkspaceId>() {
+                prop_assert!(uuid::Uuid::parse_str(&text).is_ok());
+                prop_assert_eq!(id.to_string().parse::<WorkspaceId>().unwrap(), id);
+            }
+            let uuid = uuid::Uuid::from_bytes(bytes).to_string();
+            prop_assert!(uuid.parse::<WorkspaceId>().is_ok());
+        }
+
+        #[test]
         fn accepted_env_names_are_portable(name in "[A-Za-z0-9_=.$-]{0,10}") {
             if env_name("secret", &name).is_ok() {
                 prop_assert!(!name.contains('='));

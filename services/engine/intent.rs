@@ -110,6 +110,18 @@ pub struct Intent {
     /// The caller's W3C trace context: a cycle this request opens joins
     /// the caller's trace (C16).
     pub caller: Option<opentelemetry::trace::SpanContext>,
+    /// Who asked, through which RPC: recorded in the audit log with the
+    /// admission (`None` for the service's own requests).
+    pub audit: Option<Audited>,
+}
+
+/// The audit identity of a request made by a caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audited {
+    /// The caller's name (its token's name).
+    pub actor: String,
+    /// The RPC, e.g. `SetSecret`.
+    pub action: &'static str,
 }
 
 impl Intent {
@@ -130,7 +142,17 @@ impl Intent {
             stage: Stage::New,
             span: tracing::Span::current(),
             caller: crate::telemetry::caller::current(),
+            audit: None,
         }
+    }
+
+    /// The same request, made by `actor` through RPC `action`.
+    pub fn by(mut self, actor: impl Into<String>, action: &'static str) -> Self {
+        self.audit = Some(Audited {
+            actor: actor.into(),
+            action,
+        });
+        self
     }
 
     /// A restart with `trigger`.

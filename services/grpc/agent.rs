@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::ConfigVersion,
+    domain::{ConfigVersion, WorkspaceId},
     engine::Engine,
     proto::{self as pb, workspace_agent_server::WorkspaceAgent},
     store::AgentReport,
@@ -34,11 +34,16 @@ impl AgentService {
     }
 }
 
-fn check_token(token: &str) -> Result<(), Status> {
+/// The workspace an agent call names, once its token looks like one. Every
+/// refusal is `UNAUTHENTICATED`: an agent learns nothing about other
+/// workspaces from the answer.
+fn check_token(token: &str, workspace: &str) -> Result<WorkspaceId, Status> {
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(Status::unauthenticated("an agent token is required"));
     }
-    Ok(())
+    workspace
+        .parse()
+        .map_err(|_| Status::unauthenticated("the agent token is not valid for this workspace"))
 }
 
 #[tonic::async_trait]
@@ -48,7 +53,7 @@ impl WorkspaceAgent for AgentService {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let request = request.into_inner();
-        check_token(&request.token)?;
+        let workspace = check_token(&request.token, &request.workspace_id)?;
         if request.endpoint.len() > 1024
             || request.secret_names.len() > MAX_REPORTED
             || request.file_paths.len() > MAX_REPORTED
@@ -64,7 +69,7 @@ impl WorkspaceAgent for AgentService {
         let (workspace, generation) = self
             .engine
             .store()
-            .register_agent(&request.token, &report)
+            .register_agent(workspace, &request.token, &report)
             .await?;
         tracing::info!(%workspace, generation = generation.0, "agent registered");
         Ok(Response::new(pb::RegisterResponse {
@@ -79,8 +84,11 @@ impl WorkspaceAgent for AgentService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let request = request.into_inner();
-        check_token(&request.token)?;
-        self.engine.store().heartbeat(&request.token).await?;
+        let workspace = check_token(&request.token, &request.workspace_id)?;
+        self.engine
+            .store()
+            .heartbeat(workspace, &request.token)
+            .await?;
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
 }

@@ -9,6 +9,7 @@ use super::{
     follow::{self, RestartStream, WatchStream},
 };
 use crate::{
+    auth::Caller,
     domain::{Secret, Trigger, WorkspaceId, validate},
     engine::{
         Engine,
@@ -46,10 +47,11 @@ impl LifecycleService {
         &self,
         workspace: WorkspaceId,
         change: Change,
+        by: (String, &'static str),
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
         let admission = self
             .engine
-            .submit(Intent::change(workspace, change))
+            .submit(Intent::change(workspace, change).by(by.0, by.1))
             .await?;
         Ok(Response::new(config_change_response(admission)))
     }
@@ -85,6 +87,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::CreateWorkspaceRequest>,
     ) -> Result<Response<pb::Workspace>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         validate::workspace_name(&request.name)?;
         let backend = convert::backend_kind(request.backend)?;
@@ -102,7 +105,7 @@ impl WorkspaceLifecycle for LifecycleService {
             spec,
         };
         self.engine
-            .submit(Intent::create(workspace, creation))
+            .submit(Intent::create(workspace, creation).by(caller, "CreateWorkspace"))
             .await?;
         let record = self.engine.store().workspace(workspace).await?;
         Ok(Response::new(convert::workspace(&record)))
@@ -141,12 +144,15 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::RestartWorkspaceRequest>,
     ) -> Result<Response<RestartStream>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         let trigger = convert::restart_trigger(request.trigger)?;
         validate::reason("reason", &request.reason)?;
-        self.cycle_request(Intent::restart(workspace, trigger, request.reason))
-            .await
+        self.cycle_request(
+            Intent::restart(workspace, trigger, request.reason).by(caller, "RestartWorkspace"),
+        )
+        .await
     }
 
     type StopWorkspaceStream = RestartStream;
@@ -155,15 +161,14 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::StopWorkspaceRequest>,
     ) -> Result<Response<RestartStream>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::reason("reason", &request.reason)?;
-        self.cycle_request(Intent::new(
-            workspace,
-            Ask::Stop,
-            Trigger::Manual,
-            request.reason,
-        ))
+        self.cycle_request(
+            Intent::new(workspace, Ask::Stop, Trigger::Manual, request.reason)
+                .by(caller, "StopWorkspace"),
+        )
         .await
     }
 
@@ -173,15 +178,14 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::DeleteWorkspaceRequest>,
     ) -> Result<Response<RestartStream>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::reason("reason", &request.reason)?;
-        self.cycle_request(Intent::new(
-            workspace,
-            Ask::Delete,
-            Trigger::Manual,
-            request.reason,
-        ))
+        self.cycle_request(
+            Intent::new(workspace, Ask::Delete, Trigger::Manual, request.reason)
+                .by(caller, "DeleteWorkspace"),
+        )
         .await
     }
 
@@ -189,6 +193,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::SetSecretRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::env_name("secret", &request.name)?;
@@ -199,6 +204,7 @@ impl WorkspaceLifecycle for LifecycleService {
                 name: request.name,
                 value: Secret::new(request.value),
             },
+            (caller, "SetSecret"),
         )
         .await
     }
@@ -207,17 +213,23 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::env_name("secret", &request.name)?;
-        self.change(workspace, Change::DeleteSecret { name: request.name })
-            .await
+        self.change(
+            workspace,
+            Change::DeleteSecret { name: request.name },
+            (caller, "DeleteSecret"),
+        )
+        .await
     }
 
     async fn write_file(
         &self,
         request: Request<pb::WriteFileRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::file_path(&request.path)?;
@@ -228,6 +240,7 @@ impl WorkspaceLifecycle for LifecycleService {
                 path: request.path,
                 content: request.content,
             },
+            (caller, "WriteFile"),
         )
         .await
     }
@@ -237,16 +250,16 @@ impl WorkspaceLifecycle for LifecycleService {
         request: Request<pb::ReportUnreachableRequest>,
     ) -> Result<Response<pb::ReportUnreachableResponse>, Status> {
         use pb::report_unreachable_response::Outcome;
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::reason("detail", &request.detail)?;
         let admission = self
             .engine
-            .submit(Intent::restart(
-                workspace,
-                Trigger::HealthProbe,
-                request.detail,
-            ))
+            .submit(
+                Intent::restart(workspace, Trigger::HealthProbe, request.detail)
+                    .by(caller, "ReportUnreachable"),
+            )
             .await?;
         let response = match admission.verdict {
             Verdict::Accepted { cycle, .. } => pb::ReportUnreachableResponse {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 
-use super::{Store, db, notify, rows};
+use super::{Store, audit, db, notify, rows};
 use crate::{
     domain::{CycleId, CycleState, Generation, Timestamp, Trigger, WorkspaceId, validate},
     engine::{
@@ -106,6 +106,7 @@ impl Admit<Intent> for Store {
         }
 
         write_tally(&tx, workspace, &tally, now).await?;
+        audit::record(&tx, workspace, batch, &results, now).await?;
         rows::save(&tx, workspace, &locked, self.timing(), now).await?;
         let events = tally_events(workspace, &tally, now);
         notify::publish(&tx, &events).await?;
@@ -136,7 +137,7 @@ async fn admit_one(
         return Err(refused(Refusal::Deleted));
     }
     if let Some(change) = &intent.change {
-        apply_change(tx, workspace, change, now).await?;
+        apply_change(tx, workspace, change, store.sealer(), now).await?;
         locked.config_version.0 += 1;
     }
     let config_version = Some(locked.config_version);
@@ -254,6 +255,7 @@ async fn apply_change(
     tx: &impl GenericClient,
     workspace: WorkspaceId,
     change: &Change,
+    sealer: &super::Sealer,
     now: Timestamp,
 ) -> Result<(), EngineError> {
     let id = workspace.as_uuid();
@@ -274,14 +276,19 @@ async fn apply_change(
             }
             let upsert = tx
                 .prepare_cached(
-                    "INSERT INTO secrets (workspace_id, name, value, updated_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (workspace_id, name) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
+                    "INSERT INTO secrets (workspace_id, name, value, nonce, updated_at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (workspace_id, name) DO UPDATE
+                     SET value = EXCLUDED.value, nonce = EXCLUDED.nonce, updated_at = EXCLUDED.updated_at",
                 )
                 .await
                 .map_err(db)?;
-            tx.execute(&upsert, &[&id, name, &value.expose().as_bytes(), &now])
-                .await
-                .map_err(db)?;
+            let sealed = sealer.seal(workspace, name, value)?;
+            tx.execute(
+                &upsert,
+                &[&id, name, &sealed.ciphertext, &sealed.nonce, &now],
+            )
+            .await
+            .map_err(db)?;
         }
         Change::DeleteSecret { name } => {
             let delete = tx

@@ -1,6 +1,7 @@
 //! Agents: per-generation tokens, registration and heartbeats. A token is
 //! stored only as its SHA-256, and it is accepted only while its generation
-//! is the workspace's current one and it was not revoked (C12).
+//! is the workspace's current one and it was not revoked (C12), and only
+//! for the workspace it was issued for.
 
 use deadpool_postgres::GenericClient as _;
 use sha2::{Digest, Sha256};
@@ -46,6 +47,7 @@ impl Store {
     /// the current, unrevoked generation of a live workspace.
     pub async fn register_agent(
         &self,
+        workspace: WorkspaceId,
         token: &str,
         report: &AgentReport,
     ) -> Result<(WorkspaceId, Generation), EngineError> {
@@ -59,6 +61,7 @@ impl Store {
                  FROM workspaces w
                  WHERE g.token_hash = $1 AND g.revoked_at IS NULL AND w.id = g.workspace_id
                    AND w.generation = g.generation AND w.desired <> 'deleted'
+                   AND g.workspace_id = $7
                  RETURNING g.workspace_id, g.generation",
             )
             .await
@@ -73,6 +76,7 @@ impl Store {
                     &report.endpoint,
                     &report.secret_names,
                     &report.file_paths,
+                    &workspace.as_uuid(),
                 ],
             )
             .await
@@ -98,7 +102,11 @@ impl Store {
     }
 
     /// Records a heartbeat, under the same rule as registration.
-    pub async fn heartbeat(&self, token: &str) -> Result<(WorkspaceId, Generation), EngineError> {
+    pub async fn heartbeat(
+        &self,
+        workspace: WorkspaceId,
+        token: &str,
+    ) -> Result<(WorkspaceId, Generation), EngineError> {
         let now = self.clock().now();
         let conn = self.conn().await?;
         let statement = conn
@@ -107,12 +115,16 @@ impl Store {
                  FROM workspaces w
                  WHERE g.token_hash = $1 AND g.revoked_at IS NULL AND w.id = g.workspace_id
                    AND w.generation = g.generation AND w.desired <> 'deleted'
+                   AND g.workspace_id = $3
                  RETURNING g.workspace_id, g.generation",
             )
             .await
             .map_err(db)?;
         let row = conn
-            .query_opt(&statement, &[&token_hash(token), &now])
+            .query_opt(
+                &statement,
+                &[&token_hash(token), &now, &workspace.as_uuid()],
+            )
             .await
             .map_err(db)?
             .ok_or_else(refused)?;

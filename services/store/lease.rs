@@ -474,7 +474,7 @@ async fn start_claimed(
         let spec: WorkspaceSpec = serde_json::from_value(row.get("spec"))
             .map_err(|e| EngineError::Internal(format!("stored spec: {e}")))?;
         let config_version = ConfigVersion(row.get::<_, i64>("config_version") as u64);
-        Some(read_config(tx, workspace, backend, spec, config_version).await?)
+        Some(read_config(tx, store.sealer(), workspace, backend, spec, config_version).await?)
     } else {
         None
     };
@@ -544,6 +544,7 @@ async fn start_claimed(
 
 async fn read_config(
     tx: &impl GenericClient,
+    sealer: &super::Sealer,
     workspace: WorkspaceId,
     backend: BackendKind,
     spec: WorkspaceSpec,
@@ -551,22 +552,23 @@ async fn read_config(
 ) -> Result<ConfigSnapshot, EngineError> {
     let id = workspace.as_uuid();
     let secrets = tx
-        .prepare_cached("SELECT name, value FROM secrets WHERE workspace_id = $1")
+        .prepare_cached("SELECT name, value, nonce FROM secrets WHERE workspace_id = $1")
         .await
         .map_err(db)?;
+    // The one place secret values are opened: the cycle hands them to the
+    // backend that starts the instance.
     let secrets = tx
         .query(&secrets, &[&id])
         .await
         .map_err(db)?
         .into_iter()
         .map(|row| {
-            let value: Vec<u8> = row.get(1);
-            (
-                row.get::<_, String>(0),
-                Secret::new(String::from_utf8_lossy(&value).into_owned()),
-            )
+            let name: String = row.get(0);
+            let nonce: Option<&[u8]> = row.get(2);
+            let value = sealer.open(workspace, &name, nonce.unwrap_or_default(), row.get(1))?;
+            Ok((name, value))
         })
-        .collect();
+        .collect::<Result<_, EngineError>>()?;
     let files = tx
         .prepare_cached("SELECT path, content FROM files WHERE workspace_id = $1")
         .await

@@ -12,12 +12,14 @@
 
 mod admission;
 mod agents;
+mod audit;
 mod cycles;
 mod error;
 mod lease;
 pub mod listener;
 mod notify;
 mod rows;
+pub mod sealing;
 mod workspaces;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
@@ -28,10 +30,11 @@ use tokio_postgres::NoTls;
 pub use agents::{AgentReport, Registration, token_hash};
 pub use cycles::CycleRecord;
 pub use lease::{ConfigSnapshot, Finish, Finished, LeaseGuard};
+pub use sealing::{Sealer, SecretsKey};
 pub use workspaces::{AgentRecord, Peek, Serving, TriggerCounts, WorkspaceRecord};
 
 use crate::{
-    domain::ReplicaId,
+    domain::{self, ReplicaId},
     engine::{EngineError, clock::SharedClock, ledger::Timing},
 };
 pub(crate) use error::db;
@@ -49,6 +52,8 @@ pub struct StoreConfig {
     pub max_connections: usize,
     /// How long a request waits for a free connection before `UNAVAILABLE`.
     pub acquire_timeout: Duration,
+    /// The key secret values are sealed with at rest.
+    pub secrets_key: SecretsKey,
 }
 
 /// The shared handle on Postgres.
@@ -59,6 +64,7 @@ pub struct Store {
     replica: ReplicaId,
     timing: Timing,
     clock: SharedClock,
+    sealer: Sealer,
 }
 
 impl std::fmt::Debug for Store {
@@ -107,6 +113,7 @@ impl Store {
             replica,
             timing,
             clock,
+            sealer: Sealer::new(&config.secrets_key),
         };
         drop(store.conn().await?);
         Ok(store)
@@ -128,7 +135,42 @@ impl Store {
             .await
             .map_err(db)?;
         result.map_err(|e| EngineError::Internal(format!("migrations: {e}")))?;
+        self.seal_legacy_secrets().await
+    }
+
+    /// Seals secrets written before they were sealed at rest (rows without
+    /// a nonce hold plain text), so none stays readable in Postgres.
+    async fn seal_legacy_secrets(&self) -> Result<(), EngineError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db)?;
+        let rows = tx
+            .query(
+                "SELECT workspace_id, name, value FROM secrets WHERE nonce IS NULL FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        for row in &rows {
+            let (id, name): (uuid::Uuid, String) = (row.get(0), row.get(1));
+            let plain = domain::Secret::new(String::from_utf8_lossy(row.get::<_, &[u8]>(2)));
+            let sealed = self.sealer.seal(id.into(), &name, &plain)?;
+            tx.execute(
+                "UPDATE secrets SET value = $3, nonce = $4 WHERE workspace_id = $1 AND name = $2",
+                &[&id, &name, &sealed.ciphertext, &sealed.nonce],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        if !rows.is_empty() {
+            tracing::info!(count = rows.len(), "sealed secrets stored before sealing");
+        }
         Ok(())
+    }
+
+    /// Seals and opens secret values.
+    pub(crate) fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// A pooled connection, or `UNAVAILABLE` if none comes in time.

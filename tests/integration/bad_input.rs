@@ -2,9 +2,9 @@
 //! the exact code and that every table is byte-for-byte what it was.
 
 use tonic::Code;
-use workspace_lifecycle::proto::{
-    self as pb, workspace_agent_client::WorkspaceAgentClient,
-    workspace_lifecycle_client::WorkspaceLifecycleClient,
+use workspace_lifecycle::{
+    auth::client::LifecycleClient,
+    proto::{self as pb, workspace_agent_client::WorkspaceAgentClient},
 };
 
 use crate::support::{Options, TestServer, collect, last};
@@ -21,6 +21,7 @@ async fn fingerprint(s: &TestServer) -> Vec<(String, i64, String)> {
         "cycle_triggers",
         "generations",
         "trigger_stats",
+        "audit_log",
     ] {
         let row = client
             .query_one(
@@ -37,7 +38,7 @@ async fn fingerprint(s: &TestServer) -> Vec<(String, i64, String)> {
     out
 }
 
-type Client = WorkspaceLifecycleClient<tonic::transport::Channel>;
+type Client = LifecycleClient;
 /// The workspaces the cases aim at.
 #[derive(Clone)]
 struct Ids {
@@ -405,6 +406,33 @@ async fn every_bad_request_is_refused_precisely_and_changes_nothing() {
                 path: "big".into(),
                 content: vec![0; 1024 * 1024 + 1]
             })),
+        case!(
+            "write file: dot segment",
+            Code::InvalidArgument,
+            |c, ids| c.write_file(pb::WriteFileRequest {
+                workspace_id: ids.live,
+                path: "a/./b".into(),
+                content: vec![1]
+            })
+        ),
+        case!(
+            "write file: backslash traversal",
+            Code::InvalidArgument,
+            |c, ids| c.write_file(pb::WriteFileRequest {
+                workspace_id: ids.live,
+                path: "a\\..\\..\\b".into(),
+                content: vec![1]
+            })
+        ),
+        case!(
+            "write file: message over the server's size limit",
+            Code::OutOfRange,
+            |c, ids| c.write_file(pb::WriteFileRequest {
+                workspace_id: ids.live,
+                path: "huge".into(),
+                content: vec![0; 3 * 1024 * 1024]
+            })
+        ),
         case!("write file: unknown workspace", Code::NotFound, |c, ids| c
             .write_file(pb::WriteFileRequest {
                 workspace_id: ids.unknown,
@@ -487,21 +515,25 @@ async fn every_bad_request_is_refused_precisely_and_changes_nothing() {
         .unwrap();
     let before = fingerprint(&s).await;
     for token in ["", "wla_0000", &"x".repeat(300)] {
-        let err = agent
-            .register(pb::RegisterRequest {
-                token: token.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::Unauthenticated, "{token:?}");
-        let err = agent
-            .heartbeat(pb::HeartbeatRequest {
-                token: token.into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::Unauthenticated);
+        for workspace_id in ["", "not-a-uuid", ids.live.as_str()] {
+            let err = agent
+                .register(pb::RegisterRequest {
+                    token: token.into(),
+                    workspace_id: workspace_id.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated, "{token:?}");
+            let err = agent
+                .heartbeat(pb::HeartbeatRequest {
+                    token: token.into(),
+                    workspace_id: workspace_id.into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated);
+        }
     }
     assert_eq!(fingerprint(&s).await, before);
     s.shutdown().await;

@@ -574,6 +574,7 @@ async fn c10_online_only_after_a_fresh_registration_of_the_cycles_own_generation
     let refused = agent
         .register(pb::RegisterRequest {
             token: old_token.clone(),
+            workspace_id: ws.to_string(),
             config_version: 1,
             ..Default::default()
         })
@@ -589,6 +590,7 @@ async fn c10_online_only_after_a_fresh_registration_of_the_cycles_own_generation
     agent
         .register(pb::RegisterRequest {
             token: new.token,
+            workspace_id: ws.to_string(),
             config_version: new.config_version.0,
             ..Default::default()
         })
@@ -683,7 +685,10 @@ async fn c12_a_stale_cycles_failure_never_touches_the_newer_generation(replicas:
         .unwrap();
     for token in [gen1_token, s.backend.starts(ws)[1].token.clone()] {
         let err = agent
-            .heartbeat(pb::HeartbeatRequest { token })
+            .heartbeat(pb::HeartbeatRequest {
+                token,
+                workspace_id: ws.to_string(),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);

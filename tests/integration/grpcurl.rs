@@ -15,8 +15,20 @@ fn grpcurl_binary() -> String {
 /// Runs `grpcurl -plaintext <flags> <addr> <rest>`; returns (success,
 /// stdout + stderr).
 async fn grpcurl(addr: &str, flags: &[&str], rest: &[&str]) -> (bool, String) {
+    let mut args = vec!["-plaintext"];
+    args.extend(flags);
+    args.push(addr);
+    args.extend(rest);
+    run(&args).await
+}
+
+/// The walkthrough's authorization header.
+const AUTH: &str = "authorization: Bearer test-admin-token";
+
+/// Runs grpcurl with exactly `args`; returns (success, stdout + stderr).
+async fn run(args: &[&str]) -> (bool, String) {
     let mut command = tokio::process::Command::new(grpcurl_binary());
-    command.arg("-plaintext").args(flags).arg(addr).args(rest);
+    command.args(args);
     let output = tokio::time::timeout(Duration::from_secs(60), command.output())
         .await
         .expect("grpcurl finished")
@@ -69,9 +81,20 @@ async fn the_readme_walkthrough_works_with_grpcurl() {
     let (ok, health) = grpcurl(&addr, &[], &["grpc.health.v1.Health/Check"]).await;
     assert!(ok && health.contains("SERVING"), "{health}");
 
+    // Without a token, or with a wrong one: refused.
+    for flags in [&[][..], &["-H", "authorization: Bearer wrong"][..]] {
+        let (ok, refused) = grpcurl(&addr, flags, &[&format!("{svc}/ListWorkspaces")]).await;
+        assert!(!ok && refused.contains("Unauthenticated"), "{refused}");
+    }
+
     let (ok, created) = grpcurl(
         &addr,
-        &["-d", r#"{"name": "demo", "backend": "PROCESS"}"#],
+        &[
+            "-H",
+            AUTH,
+            "-d",
+            r#"{"name": "demo", "backend": "PROCESS"}"#,
+        ],
         &[&format!("{svc}/CreateWorkspace")],
     )
     .await;
@@ -82,13 +105,22 @@ async fn the_readme_walkthrough_works_with_grpcurl() {
         .await;
 
     let body = format!(r#"{{"workspace_id": "{id}", "name": "API_KEY", "value": "sk-demo"}}"#);
-    let (ok, set) = grpcurl(&addr, &["-d", &body], &[&format!("{svc}/SetSecret")]).await;
+    let (ok, set) = grpcurl(
+        &addr,
+        &["-H", AUTH, "-d", &body],
+        &[&format!("{svc}/SetSecret")],
+    )
+    .await;
     assert!(ok && set.contains("configVersion"), "{set}");
     assert!(!set.contains("sk-demo"));
 
     let body = format!(r#"{{"workspace_id": "{id}", "trigger": "MANUAL", "reason": "readme"}}"#);
-    let (ok, restarted) =
-        grpcurl(&addr, &["-d", &body], &[&format!("{svc}/RestartWorkspace")]).await;
+    let (ok, restarted) = grpcurl(
+        &addr,
+        &["-H", AUTH, "-d", &body],
+        &[&format!("{svc}/RestartWorkspace")],
+    )
+    .await;
     assert!(ok, "{restarted}");
     for expected in [
         "\"accepted\"",
@@ -107,19 +139,179 @@ async fn the_readme_walkthrough_works_with_grpcurl() {
     let body = format!(r#"{{"workspace_id": "{id}"}}"#);
     let (_, watched) = grpcurl(
         &addr,
-        &["-max-time", "2", "-d", &body],
+        &["-H", AUTH, "-max-time", "2", "-d", &body],
         &[&format!("{svc}/WatchWorkspace")],
     )
     .await;
     assert!(watched.contains("\"snapshot\""), "{watched}");
 
-    let (ok, got) = grpcurl(&addr, &["-d", &body], &[&format!("{svc}/GetWorkspace")]).await;
+    let (ok, got) = grpcurl(
+        &addr,
+        &["-H", AUTH, "-d", &body],
+        &[&format!("{svc}/GetWorkspace")],
+    )
+    .await;
     assert!(
         ok && got.contains("API_KEY") && !got.contains("sk-demo"),
         "{got}"
     );
 
-    let (ok, deleted) = grpcurl(&addr, &["-d", &body], &[&format!("{svc}/DeleteWorkspace")]).await;
+    let (ok, deleted) = grpcurl(
+        &addr,
+        &["-H", AUTH, "-d", &body],
+        &[&format!("{svc}/DeleteWorkspace")],
+    )
+    .await;
     assert!(ok && deleted.contains("\"deleted\""), "{deleted}");
+    s.shutdown().await;
+}
+
+/// Test PKI made in the test: a CA, a server certificate for 127.0.0.1 and
+/// localhost, a client certificate, and a client certificate of another CA.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let ca = |cn: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, cn);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>,
+                    names: Vec<String>,
+                    usage: ExtendedKeyUsagePurpose,
+                    base: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, base);
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, issuer).unwrap();
+            write(&format!("{base}.pem"), cert.pem());
+            write(&format!("{base}.key"), key.serialize_pem());
+        };
+        let trusted = ca("wl test ca");
+        write("ca.pem", trusted.pem());
+        leaf(
+            &trusted,
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            "server",
+        );
+        leaf(
+            &trusted,
+            vec!["client".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            "client",
+        );
+        let stranger = ca("another ca");
+        leaf(
+            &stranger,
+            vec!["stranger".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            "stranger",
+        );
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+}
+
+async fn tls_server(pki: &Pki, mutual: bool) -> TestServer {
+    let (cert, key, ca) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    TestServer::start(Options {
+        configure: Some(std::sync::Arc::new(move |args| {
+            args.tls_cert = Some(cert.clone().into());
+            args.tls_key = Some(key.clone().into());
+            args.tls_client_ca = mutual.then(|| ca.clone().into());
+        })),
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tls_and_mtls_work_end_to_end_with_grpcurl() {
+    let pki = Pki::new();
+    let list = "workspace.lifecycle.v1.WorkspaceLifecycle/ListWorkspaces";
+    let ca = pki.path("ca.pem");
+    let (client_cert, client_key) = (pki.path("client.pem"), pki.path("client.key"));
+    let (stranger_cert, stranger_key) = (pki.path("stranger.pem"), pki.path("stranger.key"));
+
+    // TLS: the CA verifies the server; the token still decides access.
+    let s = tls_server(&pki, false).await;
+    let addr = s.addr.to_string();
+    let (ok, out) = run(&["-cacert", &ca, "-H", AUTH, &addr, list]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["-cacert", &ca, &addr, list]).await;
+    assert!(!ok && out.contains("Unauthenticated"), "{out}");
+    let (ok, out) = run(&["-plaintext", "-H", AUTH, &addr, list]).await;
+    assert!(!ok, "plain text accepted by a TLS server: {out}");
+    let (ok, out) = run(&["-H", AUTH, &addr, list]).await;
+    assert!(!ok, "an unknown CA was trusted: {out}");
+    s.shutdown().await;
+
+    // mTLS: a client certificate from the configured CA is required.
+    let s = tls_server(&pki, true).await;
+    let addr = s.addr.to_string();
+    let (ok, out) = run(&[
+        "-cacert",
+        &ca,
+        "-cert",
+        &client_cert,
+        "-key",
+        &client_key,
+        "-H",
+        AUTH,
+        &addr,
+        list,
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = run(&[
+        "-cacert",
+        &ca,
+        "-cert",
+        &client_cert,
+        "-key",
+        &client_key,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ])
+    .await;
+    assert!(ok && out.contains("SERVING"), "{out}");
+    let (ok, out) = run(&["-cacert", &ca, "-H", AUTH, &addr, list]).await;
+    assert!(!ok, "no client certificate, yet accepted: {out}");
+    let (ok, out) = run(&[
+        "-cacert",
+        &ca,
+        "-cert",
+        &stranger_cert,
+        "-key",
+        &stranger_key,
+        "-H",
+        AUTH,
+        &addr,
+        list,
+    ])
+    .await;
+    assert!(
+        !ok,
+        "a client certificate of another CA was accepted: {out}"
+    );
     s.shutdown().await;
 }

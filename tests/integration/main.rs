@@ -15,4 +15,5 @@ mod ec2_backend;
 mod grpcurl;
 mod process_backend;
 mod replicas;
+mod security;
 mod telemetry;

@@ -14,9 +14,9 @@ use std::{
 
 use futures::future::join_all;
 use tokio::process::Child;
-use tonic::transport::Channel;
 use workspace_backends::process::journal::{self, Entry};
 use workspace_lifecycle::{
+    auth::client::{LifecycleClient, lifecycle_client},
     domain::WorkspaceId,
     embedded_pg::EmbeddedPostgres,
     proto::{
@@ -30,6 +30,7 @@ use crate::support::{TestDb, bounded, server_binary};
 struct Replica {
     child: Child,
     addr: String,
+    dir: std::path::PathBuf,
 }
 
 impl Replica {
@@ -74,6 +75,7 @@ impl Replica {
         let replica = Self {
             child,
             addr: format!("http://{addr}"),
+            dir: dir.to_path_buf(),
         };
         bounded("the replica serves", async {
             while WorkspaceLifecycleClient::connect(replica.addr.clone())
@@ -87,10 +89,16 @@ impl Replica {
         replica
     }
 
-    async fn client(&self) -> WorkspaceLifecycleClient<Channel> {
-        WorkspaceLifecycleClient::connect(self.addr.clone())
-            .await
+    /// A client with the admin token the replicas share (the embedded
+    /// default under their common data directory).
+    async fn client(&self) -> LifecycleClient {
+        let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
             .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let token = std::fs::read_to_string(self.dir.join("admin-token")).unwrap();
+        lifecycle_client(channel, token.trim()).unwrap()
     }
 }
 
@@ -107,7 +115,7 @@ fn slow_agent(dir: &Path) -> String {
 /// A MANUAL restart sent to `c`, answered `accepted` (so `c`'s replica runs
 /// the cycle); the stream is returned to keep it open.
 async fn restart_accepted(
-    c: &mut WorkspaceLifecycleClient<Channel>,
+    c: &mut LifecycleClient,
     ws: WorkspaceId,
     reason: &str,
 ) -> tonic::Streaming<pb::RestartEvent> {
@@ -186,7 +194,7 @@ fn covering_cycle(ops: &[Entry], sent_us: u64) -> Option<(u64, u64)> {
         .map(|pair| (pair[0].begin_us, pair[1].config_version.unwrap().0))
 }
 
-async fn settled(c: &mut WorkspaceLifecycleClient<Channel>, ws: WorkspaceId) -> pb::Workspace {
+async fn settled(c: &mut LifecycleClient, ws: WorkspaceId) -> pb::Workspace {
     bounded("the workspace settles", async {
         loop {
             let w = c
@@ -211,7 +219,7 @@ async fn settled(c: &mut WorkspaceLifecycleClient<Channel>, ws: WorkspaceId) -> 
     .await
 }
 
-async fn create(c: &mut WorkspaceLifecycleClient<Channel>, name: &str) -> WorkspaceId {
+async fn create(c: &mut LifecycleClient, name: &str) -> WorkspaceId {
     let created = c
         .create_workspace(pb::CreateWorkspaceRequest {
             name: name.into(),
@@ -249,7 +257,7 @@ impl Rng {
 /// Sends one random request to a random replica; returns it if acknowledged.
 async fn one_request(
     rng: &mut Rng,
-    clients: &[WorkspaceLifecycleClient<Channel>],
+    clients: &[LifecycleClient],
     workspaces: &[WorkspaceId],
     n: usize,
 ) -> Option<Acked> {

@@ -13,10 +13,13 @@ use std::{
 
 use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
 use tokio::process::Child;
-use tonic::{Request, transport::Channel};
-use workspace_lifecycle::proto::{
-    self as pb, report_unreachable_response::Outcome, restart_event::Event,
-    workspace_lifecycle_client::WorkspaceLifecycleClient,
+use tonic::Request;
+use workspace_lifecycle::{
+    auth::client::{LifecycleClient, lifecycle_client},
+    proto::{
+        self as pb, report_unreachable_response::Outcome, restart_event::Event,
+        workspace_lifecycle_client::WorkspaceLifecycleClient,
+    },
 };
 
 use crate::support::{
@@ -45,6 +48,7 @@ struct Server {
     addr: String,
     metrics: String,
     log: PathBuf,
+    dir: PathBuf,
 }
 
 impl Server {
@@ -74,6 +78,7 @@ impl Server {
             addr: format!("http://127.0.0.1:{port}"),
             metrics: format!("127.0.0.1:{metrics_port}"),
             log,
+            dir: dir.to_owned(),
         };
         bounded("the server serves", async {
             while WorkspaceLifecycleClient::connect(server.addr.clone())
@@ -87,10 +92,15 @@ impl Server {
         server
     }
 
-    async fn client(&self) -> WorkspaceLifecycleClient<Channel> {
-        WorkspaceLifecycleClient::connect(self.addr.clone())
-            .await
+    /// A client with the admin token the server generated.
+    async fn client(&self) -> LifecycleClient {
+        let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
             .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let token = std::fs::read_to_string(self.dir.join("admin-token")).unwrap();
+        lifecycle_client(channel, token.trim()).unwrap()
     }
 
     /// `GET /metrics`, by hand over a TCP stream (HTTP/1.0, one request).
@@ -162,7 +172,7 @@ fn traced<T>(message: T, traceparent: &str) -> Request<T> {
     request
 }
 
-async fn create(c: &mut WorkspaceLifecycleClient<Channel>, name: &str, command: &[&str]) -> String {
+async fn create(c: &mut LifecycleClient, name: &str, command: &[&str]) -> String {
     c.create_workspace(pb::CreateWorkspaceRequest {
         name: name.into(),
         backend: pb::BackendKind::Process as i32,
@@ -178,11 +188,7 @@ async fn create(c: &mut WorkspaceLifecycleClient<Channel>, name: &str, command: 
 }
 
 /// Waits until `ws` is in `status` with no cycle running or pending.
-async fn settled(
-    c: &mut WorkspaceLifecycleClient<Channel>,
-    ws: &str,
-    status: pb::WorkspaceStatus,
-) -> pb::Workspace {
+async fn settled(c: &mut LifecycleClient, ws: &str, status: pb::WorkspaceStatus) -> pb::Workspace {
     bounded("the workspace settles", async {
         loop {
             let w = c
@@ -205,7 +211,7 @@ async fn settled(
 }
 
 async fn first_event(
-    c: &mut WorkspaceLifecycleClient<Channel>,
+    c: &mut LifecycleClient,
     ws: &str,
     traceparent: &str,
 ) -> (Event, tonic::Streaming<pb::RestartEvent>) {
@@ -330,7 +336,7 @@ async fn every_cycle_is_one_trace_with_phases_events_and_the_callers_context() {
         }
     })
     .await;
-    let probe = |c: &mut WorkspaceLifecycleClient<Channel>| {
+    let probe = |c: &mut LifecycleClient| {
         let mut c = c.clone();
         let ws = ws.clone();
         async move {

@@ -281,6 +281,7 @@ impl Backend for FakeBackend {
             let url = launch.service_url.clone();
             let request = RegisterRequest {
                 token: launch.token.expose().to_owned(),
+                workspace_id: launch.workspace.to_string(),
                 config_version: launch.config_version.0,
                 endpoint: "fake".into(),
                 secret_names: launch.secrets.keys().cloned().collect(),

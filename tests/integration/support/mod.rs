@@ -11,17 +11,23 @@ pub mod otlp;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use tonic::{Streaming, transport::Channel};
+use tonic::Streaming;
 use workspace_backends::{
     Backend, BackendKind,
     docker::{DockerBackend, DockerConfig},
 };
 use workspace_lifecycle::{
+    auth::{
+        Role,
+        client::{LifecycleClient, lifecycle_client},
+        entry,
+    },
     config::ServeArgs,
     domain::WorkspaceId,
     engine::{Engine, clock::ManualClock},
     proto::{self as pb, workspace_lifecycle_client::WorkspaceLifecycleClient},
     server::{self, Parts, RunningServer},
+    store::SecretsKey,
 };
 
 pub use db::TestDb;
@@ -48,7 +54,33 @@ pub struct Options {
     /// Servers on the same database, clock and backend; `client()` spreads
     /// calls over all of them.
     pub replicas: usize,
+    /// Most calls in flight per caller (tests storm with one token).
+    pub max_calls_per_caller: usize,
+    /// Last word on the server's flags (TLS tests set certificates).
+    pub configure: Option<Configure>,
 }
+
+/// A last change to a test server's flags.
+pub type Configure = Arc<dyn Fn(&mut ServeArgs) + Send + Sync>;
+
+/// The bearer tokens every test server accepts, one per role.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+pub const READER_TOKEN: &str = "test-reader-token";
+
+/// The token-file entries for the test tokens.
+pub fn test_token_entries() -> String {
+    [
+        entry(Role::Admin, "test-admin", ADMIN_TOKEN),
+        entry(Role::Operator, "test-operator", OPERATOR_TOKEN),
+        entry(Role::Reader, "test-reader", READER_TOKEN),
+    ]
+    .join("\n")
+}
+
+/// The secrets key of every test server (tests read the secrets table).
+pub const SECRETS_KEY_HEX: &str =
+    "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 
 impl Default for Options {
     fn default() -> Self {
@@ -63,6 +95,8 @@ impl Default for Options {
             wall_clock: false,
             given: None,
             replicas: 1,
+            max_calls_per_caller: 10_000,
+            configure: None,
         }
     }
 }
@@ -86,7 +120,8 @@ pub const AGENT_IMAGE: &str = "workspace-agent:latest";
 pub struct TestServer {
     pub addr: SocketAddr,
     pub engine: Arc<Engine>,
-    pub client: WorkspaceLifecycleClient<Channel>,
+    /// A client with the admin token.
+    pub client: LifecycleClient,
     pub backend: Arc<FakeBackend>,
     /// The counted Docker backend, when the test runs on Docker.
     pub docker: Option<Arc<counted::Counted<DockerBackend>>>,
@@ -156,6 +191,9 @@ impl TestServer {
         args.shutdown_grace = Duration::from_secs(5);
         args.heartbeat_interval = Duration::from_secs(1);
         args.db_connections = 16;
+        args.auth_tokens = Some(test_token_entries());
+        args.secrets_key = Some(SECRETS_KEY_HEX.into());
+        args.max_calls_per_caller = options.max_calls_per_caller;
         let mut parts = Parts::default();
         if !options.wall_clock {
             parts.clock = Arc::new(clock.clone());
@@ -191,11 +229,16 @@ impl TestServer {
             kind = given.kind();
             parts.backends = vec![given.clone()];
         }
+        if let Some(configure) = &options.configure {
+            configure(&mut args);
+        }
         let running = server::start(&args, parts).await.expect("server starts");
         let addr = running.addr;
-        let client = WorkspaceLifecycleClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        // Lazy: a TLS server is driven by grpcurl, not this client.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let client = lifecycle_client(channel, ADMIN_TOKEN).unwrap();
         Self {
             addr,
             engine: running.engine.clone(),
@@ -212,8 +255,32 @@ impl TestServer {
         }
     }
 
+    /// A client of this server sending `token`.
+    pub async fn client_with(&self, token: &str) -> LifecycleClient {
+        lifecycle_client(self.channel().await, token).unwrap()
+    }
+
+    /// A client of this server that sends no token.
+    pub async fn anonymous_client(&self) -> WorkspaceLifecycleClient<tonic::transport::Channel> {
+        WorkspaceLifecycleClient::new(self.channel().await)
+    }
+
+    /// A fresh connection to this server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// The secrets key the test servers seal with.
+    pub fn secrets_key() -> SecretsKey {
+        SecretsKey::from_text(SECRETS_KEY_HEX).unwrap()
+    }
+
     /// A client of this server or, with replicas, of each in turn.
-    pub fn client(&self) -> WorkspaceLifecycleClient<Channel> {
+    pub fn client(&self) -> LifecycleClient {
         let n = self
             .next_client
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

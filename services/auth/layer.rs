@@ -1,0 +1,179 @@
+//! The authentication layer: one place every gRPC call passes through, in
+//! front of every service, so no handler can forget to check.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::{Either, Ready, ready};
+use tonic::{Status, body::Body, codegen::http};
+use tower::{Layer, Service};
+
+use super::{Access, Caller, Tokens, access};
+
+/// Checks the bearer token of every call against [`access`] and puts the
+/// [`Caller`] in the request's extensions.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    tokens: Arc<Tokens>,
+}
+
+impl AuthLayer {
+    /// Accepts `tokens`.
+    pub fn new(tokens: Arc<Tokens>) -> Self {
+        Self { tokens }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around the server's routes.
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    tokens: Arc<Tokens>,
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer<B>(request: &http::Request<B>) -> Result<&str, Status> {
+    let missing =
+        || Status::unauthenticated("a bearer token is required (authorization: Bearer …)");
+    let value = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .ok_or_else(missing)?
+        .to_str()
+        .map_err(|_| missing())?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(missing());
+    }
+    Ok(token.trim())
+}
+
+/// Who may make `request`: `Ok(None)` for public and agent calls.
+fn authorize<B>(tokens: &Tokens, request: &http::Request<B>) -> Result<Option<Caller>, Status> {
+    let path = request.uri().path();
+    let required = match access(path) {
+        Access::Public | Access::Agent => return Ok(None),
+        Access::Role(role) => role,
+    };
+    let caller = tokens
+        .verify(bearer(request)?)
+        .ok_or_else(|| Status::unauthenticated("the bearer token is not valid"))?;
+    if caller.role < required {
+        return Err(Status::permission_denied(format!(
+            "{path} requires the {required} role; {:?} has {}",
+            caller.name, caller.role
+        )));
+    }
+    Ok(Some(caller))
+}
+
+impl<S> Service<http::Request<Body>> for AuthService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<http::Response<Body>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        match authorize(&self.tokens, &request) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                Either::Left(self.inner.call(request))
+            }
+            Err(status) => {
+                tracing::debug!(path = request.uri().path(), code = ?status.code(), "call refused");
+                Either::Right(ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    fn request(path: &str, auth: Option<&str>) -> http::Request<()> {
+        let mut builder = http::Request::builder().uri(path);
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn table_of_callers() {
+        let tokens = Tokens::default()
+            .with_token("ro", Role::Reader, "t-reader")
+            .with_token("ops", Role::Operator, "t-operator")
+            .with_token("root", Role::Admin, "t-admin");
+        let get = "/workspace.lifecycle.v1.WorkspaceLifecycle/GetWorkspace";
+        let restart = "/workspace.lifecycle.v1.WorkspaceLifecycle/RestartWorkspace";
+        let create = "/workspace.lifecycle.v1.WorkspaceLifecycle/CreateWorkspace";
+        let health = "/grpc.health.v1.Health/Check";
+        use tonic::Code::{PermissionDenied, Unauthenticated};
+        type Expected = Result<Option<&'static str>, tonic::Code>;
+        let cases: [(&str, Option<&str>, Expected); 14] = [
+            (get, None, Err(Unauthenticated)),
+            (get, Some("Bearer"), Err(Unauthenticated)),
+            (get, Some("Basic t-admin"), Err(Unauthenticated)),
+            (get, Some("Bearer wrong"), Err(Unauthenticated)),
+            (get, Some("Bearer t-reader"), Ok(Some("ro"))),
+            (get, Some("bearer t-admin"), Ok(Some("root"))),
+            (restart, Some("Bearer t-reader"), Err(PermissionDenied)),
+            (restart, Some("Bearer t-operator"), Ok(Some("ops"))),
+            (create, Some("Bearer t-operator"), Err(PermissionDenied)),
+            (create, Some("Bearer t-admin"), Ok(Some("root"))),
+            (create, None, Err(Unauthenticated)),
+            (health, None, Ok(None)),
+            (
+                "/workspace.lifecycle.v1.WorkspaceAgent/Register",
+                None,
+                Ok(None),
+            ),
+            (
+                "/unknown.Service/Call",
+                Some("Bearer t-operator"),
+                Err(PermissionDenied),
+            ),
+        ];
+        for (path, auth, expected) in cases {
+            let got = authorize(&tokens, &request(path, auth))
+                .map(|c| c.map(|c| c.name))
+                .map_err(|s| s.code());
+            let expected = expected.map(|c| c.map(str::to_owned));
+            assert_eq!(got, expected, "{path} with {auth:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_never_echo_the_token() {
+        let tokens = Tokens::default().with_token("ro", Role::Reader, "t-reader");
+        let path = "/workspace.lifecycle.v1.WorkspaceLifecycle/SetSecret";
+        for auth in ["Bearer sk-very-secret", "Bearer t-reader"] {
+            let status = authorize(&tokens, &request(path, Some(auth))).unwrap_err();
+            let token = auth.split_once(' ').unwrap().1;
+            assert!(!status.message().contains(token), "{}", status.message());
+        }
+    }
+}
