@@ -100,6 +100,29 @@ async fn main() {
     println!("    {}", added(&keyed_many, &bare_many));
     println!("    live lanes after: {}", keyed.coalesce.live_lanes());
 
+    // The same on a single-threaded runtime: the admission task the
+    // coalesce layer spawns then runs on the caller's thread, so what is
+    // left is the middleware's own work without cross-thread wake-ups.
+    let (bare_st, keyed_st) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let bare = stack::bare();
+            let keyed = stack::keyed();
+            let bare_st = run(&bare, n, stack::key).await;
+            let keyed_st = run(&keyed.svc, n, stack::key).await;
+            (bare_st, keyed_st)
+        })
+    })
+    .join()
+    .unwrap();
+    println!("  single-threaded runtime, distinct keys:");
+    println!("  bare                             {}", bare_st.line());
+    println!("  keyed stack                      {}", keyed_st.line());
+    println!("    {}", added(&keyed_st, &bare_st));
+
     // A million keys resident: requests parked in admission, lanes held.
     const RESIDENT: u64 = 1_000_000;
     let began = Instant::now();

@@ -54,6 +54,12 @@ pub struct Parking {
 }
 
 impl Parking {
+    /// From now on, [`PARK`] requests wait again.
+    pub fn park(&self) {
+        self.release.send_replace(false);
+        self.parked.store(true, Ordering::SeqCst);
+    }
+
     pub fn release(&self) {
         self.parked.store(false, Ordering::SeqCst);
         self.release.send_replace(true);
