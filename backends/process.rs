@@ -270,8 +270,10 @@ impl ProcessBackend {
         let _ = killpg(group, Signal::SIGKILL);
         wait_until_dead(record, Duration::from_secs(5)).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut pause = Duration::from_millis(1);
         while killpg(group, None).is_ok() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 }
@@ -284,8 +286,12 @@ struct OwnChild {
 }
 
 /// Polls until the recorded process is gone; true if it went within `limit`.
+/// The poll starts at 1 ms and doubles up to 20 ms: an agent usually exits
+/// within a few milliseconds of SIGTERM, and a flat 20 ms poll made that
+/// wait most of a cycle's control-plane time (see BENCHMARKS.md).
 async fn wait_until_dead(record: &InstanceRecord, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
     loop {
         if !procfs::is_alive(record.pid, Some(record.start_time)) {
             return true;
@@ -293,7 +299,8 @@ async fn wait_until_dead(record: &InstanceRecord, limit: Duration) -> bool {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 

@@ -84,7 +84,20 @@ async fn measure<B: Backend>(
         histogram(),
         histogram(),
     );
+    // The control plane's share, hop by hop (wall clock; the server runs in
+    // this process, so its timestamps and ours share one clock).
+    let (mut to_started, mut to_stop, mut between, mut to_ended, mut to_caller) = (
+        histogram(),
+        histogram(),
+        histogram(),
+        histogram(),
+        histogram(),
+    );
+    let gap = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        (to - from).to_std().unwrap_or_default()
+    };
     for _ in 0..cycles {
+        let asked = chrono::Utc::now();
         let began = tokio::time::Instant::now();
         let mut stream = client
             .restart_workspace(pb::RestartWorkspaceRequest {
@@ -96,11 +109,17 @@ async fn measure<B: Backend>(
             .unwrap()
             .into_inner();
         let mut online = false;
+        let mut cycle_id = String::new();
+        let mut told = chrono::Utc::now();
         while let Some(event) = stream.next().await {
-            online |= matches!(
-                event.unwrap().event,
-                Some(pb::restart_event::Event::Online(_))
-            );
+            match event.unwrap().event {
+                Some(pb::restart_event::Event::Online(_)) => {
+                    told = chrono::Utc::now();
+                    online = true;
+                }
+                Some(pb::restart_event::Event::Accepted(accepted)) => cycle_id = accepted.cycle_id,
+                _ => {}
+            }
         }
         let took = began.elapsed();
         assert!(online, "a cycle failed during the benchmark");
@@ -115,6 +134,31 @@ async fn measure<B: Backend>(
         record(&mut start, start_call.took);
         record(&mut boot, booted);
         record(&mut overhead, took.saturating_sub(backend_time + booted));
+        let cycle = client
+            .list_cycles(pb::ListCyclesRequest {
+                workspace_id: id.clone(),
+                page_size: 1000,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .cycles
+            .into_iter()
+            .find(|c| c.id == cycle_id);
+        if let Some(cycle) = cycle {
+            let started = ts(cycle.started_at.as_ref().unwrap());
+            let ended = ts(cycle.ended_at.as_ref().unwrap());
+            let stop_began =
+                stop_call.ended - chrono::Duration::from_std(stop_call.took).unwrap_or_default();
+            let start_began =
+                start_call.ended - chrono::Duration::from_std(start_call.took).unwrap_or_default();
+            record(&mut to_started, gap(asked, started));
+            record(&mut to_stop, gap(started, stop_began));
+            record(&mut between, gap(stop_call.ended, start_began));
+            record(&mut to_ended, gap(registered, ended));
+            record(&mut to_caller, gap(ended, told));
+        }
     }
     let share = overhead.value_at_quantile(0.5) as f64
         / (stop.value_at_quantile(0.5) + start.value_at_quantile(0.5)).max(1) as f64;
@@ -128,6 +172,12 @@ async fn measure<B: Backend>(
         "  control plane / backend stop+start at p50: {:.1}%",
         share * 100.0
     );
+    println!("  control plane, hop by hop:");
+    println!("    request → cycle started   {}", summary(&to_started));
+    println!("    cycle started → stop      {}", summary(&to_stop));
+    println!("    stop done → start called  {}", summary(&between));
+    println!("    registered → cycle ended  {}", summary(&to_ended));
+    println!("    cycle ended → caller told {}", summary(&to_caller));
     let _ = client
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: id,

@@ -11,6 +11,8 @@ use std::{
 
 use async_trait::async_trait;
 use hdrhistogram::Histogram;
+pub mod stack;
+
 use tokio_postgres::NoTls;
 use workspace_backends::{Backend, BackendError, BackendKind, InstanceState, Launch, WorkspaceId};
 use workspace_lifecycle::{
@@ -199,4 +201,106 @@ pub fn machine() -> String {
         .map(|kb| kb / 1024 / 1024)
         .unwrap_or(0);
     format!("{cpus} cores, {model}, {mem_gib} GiB")
+}
+
+/// A backend that counts its Start calls per workspace (the contracts count
+/// cycles that way) and, while armed, holds every Start until released — so
+/// a storm's requests all arrive while the cycle it interrupts is in flight.
+pub struct Held<B> {
+    pub inner: B,
+    starts: Mutex<std::collections::HashMap<WorkspaceId, usize>>,
+    armed: std::sync::atomic::AtomicBool,
+    holding: std::sync::atomic::AtomicUsize,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl<B> Held<B> {
+    pub fn new(inner: B) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            starts: Mutex::default(),
+            armed: Default::default(),
+            holding: Default::default(),
+            release: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// From now on, Starts wait for [`Held::release`].
+    pub fn arm(&self) {
+        self.release.send_replace(false);
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Lets every held Start (and later ones) through.
+    pub fn release(&self) {
+        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.release.send_replace(true);
+    }
+
+    /// How many Starts are waiting now.
+    pub fn holding(&self) -> usize {
+        self.holding.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Start calls for `workspace` so far.
+    pub fn starts(&self, workspace: WorkspaceId) -> usize {
+        self.starts
+            .lock()
+            .unwrap()
+            .get(&workspace)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Start calls so far, all workspaces.
+    pub fn total_starts(&self) -> usize {
+        self.starts.lock().unwrap().values().sum()
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Backend for Held<B> {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+    async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
+        *self
+            .starts
+            .lock()
+            .unwrap()
+            .entry(launch.workspace)
+            .or_default() += 1;
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.holding.fetch_add(1, SeqCst);
+            let mut released = self.release.subscribe();
+            let _ = released.wait_for(|r| *r).await;
+            self.holding.fetch_sub(1, SeqCst);
+        }
+        self.inner.start(launch).await
+    }
+    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
+        self.inner.stop(workspace).await
+    }
+    async fn delete(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
+        self.inner.delete(workspace).await
+    }
+    async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
+        self.inner.state(workspace).await
+    }
+}
+
+/// Resident memory of this process, in bytes (from /proc/self/statm).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
