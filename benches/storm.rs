@@ -33,15 +33,14 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use support::{Held, histogram, record, summary};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use workspace_backends::{
     WorkspaceId,
     process::{ProcessBackend, ProcessConfig},
 };
 use workspace_lifecycle::{
-    proto::{
-        self as pb, restart_event::Event, workspace_lifecycle_client::WorkspaceLifecycleClient,
-    },
+    auth::client::{LifecycleClient, lifecycle_client},
+    proto::{self as pb, restart_event::Event},
     server::{self, Parts, RunningServer},
 };
 
@@ -52,7 +51,7 @@ const CLIENTS: usize = 256;
 /// so that a deferred config cycle would show within the run).
 const WINDOW: Duration = Duration::from_secs(10);
 
-type Client = WorkspaceLifecycleClient<Channel>;
+type Client = LifecycleClient;
 
 /// The trigger of storm call `i` (deterministic mix).
 fn trigger(i: usize) -> pb::Trigger {
@@ -250,6 +249,10 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
     let mut args = support::args(&url, dir.path());
     args.debounce_window = WINDOW;
     args.shutdown_grace = Duration::from_secs(5);
+    // All 256 clients use the one generated admin token: let that caller
+    // have every client's call in flight (the per-caller limit is not what
+    // this measures).
+    args.max_calls_per_caller = 4 * CLIENTS;
     let mut servers: Vec<RunningServer> = Vec::new();
     for _ in 0..replicas {
         servers.push(
@@ -264,6 +267,9 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
             .expect("server starts"),
         );
     }
+    // The replicas share a data directory, so the first one's generated
+    // admin token serves them all.
+    let token = std::fs::read_to_string(dir.path().join("admin-token")).expect("admin token");
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let addr = servers[i % replicas].addr;
@@ -272,7 +278,7 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
             .connect()
             .await
             .unwrap();
-        clients.push(Client::new(channel));
+        clients.push(lifecycle_client(channel, token.trim()).unwrap());
     }
 
     // 200 workspaces, ONLINE (generation 1).
