@@ -5,46 +5,31 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     path::Path,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures::future::join_all;
-use tokio::process::Child;
 use workspace_backends::process::journal::{self, Entry};
 use workspace_lifecycle::{
-    auth::client::{LifecycleClient, lifecycle_client},
+    auth::client::LifecycleClient,
     domain::WorkspaceId,
     embedded_pg::EmbeddedPostgres,
-    proto::{
-        self as pb, restart_event::Event, workspace_lifecycle_client::WorkspaceLifecycleClient,
-    },
+    proto::{self as pb, restart_event::Event},
 };
 
-use crate::support::{TestDb, bounded, server_binary};
+use crate::support::{
+    TestDb, bounded,
+    server_process::{ServerProcess, slow_agent},
+};
 
-/// One `workspace-lifecycle` server process.
-struct Replica {
-    child: Child,
-    addr: String,
-    dir: std::path::PathBuf,
-}
-
-impl Replica {
-    async fn start(database_url: &str, dir: &Path, name: &str, extra: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = tokio::process::Command::new(server_binary())
-            .args(["--listen", &addr, "--database-url", database_url])
-            .args(["--data-dir", &dir.to_string_lossy()])
+/// One replica: the server process with the storm's timings (`extra`
+/// flags override them).
+async fn replica(database_url: &str, dir: &Path, name: &str, extra: &[&str]) -> ServerProcess {
+    ServerProcess::start(dir, name, |command| {
+        command
+            .args(["--database-url", database_url])
             .args(["--process-journal", &dir.join("journal").to_string_lossy()])
             .args([
                 "--debounce-window",
@@ -66,50 +51,9 @@ impl Replica {
                 "30s",
             ])
             .args(["--db-connections", "8"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the server binary runs");
-        let replica = Self {
-            child,
-            addr: format!("http://{addr}"),
-            dir: dir.to_path_buf(),
-        };
-        bounded("the replica serves", async {
-            while WorkspaceLifecycleClient::connect(replica.addr.clone())
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
-        replica
-    }
-
-    /// A client with the admin token the replicas share (the embedded
-    /// default under their common data directory).
-    async fn client(&self) -> LifecycleClient {
-        let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let token = std::fs::read_to_string(self.dir.join("admin-token")).unwrap();
-        lifecycle_client(channel, token.trim()).unwrap()
-    }
-}
-
-/// An agent that takes 2 s to boot, so a cycle is surely in flight while
-/// the test does something to it.
-fn slow_agent(dir: &Path) -> String {
-    let path = dir.join("slow-agent");
-    let script = format!("#!/bin/sh\nsleep 2\nexec {} agent\n", server_binary());
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path.to_string_lossy().into_owned()
+            .args(extra);
+    })
+    .await
 }
 
 /// A MANUAL restart sent to `c`, answered `accepted` (so `c`'s replica runs
@@ -332,9 +276,9 @@ async fn a_storm_over_three_replica_processes_never_overlaps_and_loses_nothing()
     let dir = tempfile::tempdir().unwrap();
     let mut replicas = Vec::new();
     for i in 0..3 {
-        replicas.push(Replica::start(&db.url, dir.path(), &format!("replica-{i}"), &[]).await);
+        replicas.push(replica(&db.url, dir.path(), &format!("replica-{i}"), &[]).await);
     }
-    let clients: Vec<_> = join_all(replicas.iter().map(Replica::client)).await;
+    let clients: Vec<_> = join_all(replicas.iter().map(ServerProcess::client)).await;
     let mut c = clients[0].clone();
     let mut workspaces = Vec::new();
     for i in 0..3 {
@@ -415,8 +359,8 @@ async fn kill_9_of_the_replica_running_a_cycle_is_completed_by_another() {
     // when its replica dies.
     let slow = slow_agent(dir.path());
     let agent = ["--agent-command", slow.as_str()];
-    let mut victim = Replica::start(&db.url, dir.path(), "victim", &agent).await;
-    let survivor = Replica::start(&db.url, dir.path(), "survivor", &agent).await;
+    let mut victim = replica(&db.url, dir.path(), "victim", &agent).await;
+    let survivor = replica(&db.url, dir.path(), "survivor", &agent).await;
     let mut a = victim.client().await;
     let mut b = survivor.client().await;
     let ws = create(&mut b, "kill-9").await;
@@ -463,7 +407,7 @@ async fn postgres_restarted_mid_run_gives_unavailable_then_recovers_losing_nothi
         .await
         .expect("a private Postgres");
     let slow = slow_agent(dir.path());
-    let replica = Replica::start(
+    let replica = replica(
         &pg.url(),
         dir.path(),
         "replica",
@@ -539,8 +483,8 @@ async fn sigterm_hands_the_running_cycle_to_another_replica_at_once() {
         "--shutdown-grace",
         "200ms",
     ];
-    let mut leaving = Replica::start(&db.url, dir.path(), "leaving", &flags).await;
-    let staying = Replica::start(&db.url, dir.path(), "staying", &flags).await;
+    let mut leaving = replica(&db.url, dir.path(), "leaving", &flags).await;
+    let staying = replica(&db.url, dir.path(), "staying", &flags).await;
     let mut a = leaving.client().await;
     let mut b = staying.client().await;
     let ws = create(&mut b, "sigterm").await;

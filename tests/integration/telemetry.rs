@@ -6,26 +6,21 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
 use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
-use tokio::process::Child;
 use tonic::Request;
 use workspace_lifecycle::{
-    auth::client::{LifecycleClient, lifecycle_client},
-    proto::{
-        self as pb, report_unreachable_response::Outcome, restart_event::Event,
-        workspace_lifecycle_client::WorkspaceLifecycleClient,
-    },
+    auth::client::LifecycleClient,
+    proto::{self as pb, report_unreachable_response::Outcome, restart_event::Event},
 };
 
 use crate::support::{
     TestDb, bounded,
     otlp::{Collector, attr, hex},
-    server_binary,
+    server_process::{ServerProcess, free_port, slow_agent},
 };
 
 /// Known secret values, searched for in everything the service emits.
@@ -34,73 +29,33 @@ const SECRETS: [(&str, &str); 2] = [
     ("DB_PASSWORD", "hunter2-Zz8-NEVER-LOGGED"),
 ];
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One server process with telemetry configured by the environment.
 struct Server {
-    child: Child,
-    addr: String,
+    process: ServerProcess,
     metrics: String,
-    log: PathBuf,
-    dir: PathBuf,
 }
 
 impl Server {
     async fn start(db: &TestDb, dir: &Path, otel: &[(&str, &str)]) -> Self {
-        let (port, metrics_port) = (free_port(), free_port());
-        let log = dir.join("server.log");
-        let out = std::fs::File::create(&log).unwrap();
+        let metrics = format!("127.0.0.1:{}", free_port());
         let agent = slow_agent(dir);
-        let child = tokio::process::Command::new(server_binary())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--database-url", &db.url])
-            .args(["--data-dir", &dir.to_string_lossy()])
-            .args(["--log-format", "json", "--agent-command", &agent])
-            .args(["--debounce-window", "5s", "--provision-deadline", "20s"])
-            .args(["--sweep-interval", "100ms", "--reconcile-interval", "1h"])
-            .args(["--heartbeat-interval", "1s", "--stop-grace", "2s"])
-            .env("OTEL_SERVICE_NAME", "wl-telemetry-test")
-            .envs(otel.iter().copied())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the server binary runs");
-        let server = Self {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
-            metrics: format!("127.0.0.1:{metrics_port}"),
-            log,
-            dir: dir.to_owned(),
-        };
-        bounded("the server serves", async {
-            while WorkspaceLifecycleClient::connect(server.addr.clone())
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let process = ServerProcess::start(dir, "server", |command| {
+            command
+                .args(["--metrics-listen", &metrics])
+                .args(["--database-url", &db.url])
+                .args(["--log-format", "json", "--agent-command", &agent])
+                .args(["--debounce-window", "5s", "--provision-deadline", "20s"])
+                .args(["--sweep-interval", "100ms", "--reconcile-interval", "1h"])
+                .args(["--heartbeat-interval", "1s", "--stop-grace", "2s"])
+                .env("OTEL_SERVICE_NAME", "wl-telemetry-test")
+                .envs(otel.iter().copied());
         })
         .await;
-        server
+        Self { process, metrics }
     }
 
-    /// A client with the admin token the server generated.
     async fn client(&self) -> LifecycleClient {
-        let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let token = std::fs::read_to_string(self.dir.join("admin-token")).unwrap();
-        lifecycle_client(channel, token.trim()).unwrap()
+        self.process.client().await
     }
 
     /// `GET /metrics`, by hand over a TCP stream (HTTP/1.0, one request).
@@ -117,40 +72,30 @@ impl Server {
         text
     }
 
-    /// SIGTERM, then wait for the process to exit.
+    /// SIGTERM, then wait for the process to exit; returns its log.
     async fn terminate(mut self) -> String {
-        let pid = self.child.id().unwrap() as i32;
+        let pid = self.process.child.id().unwrap() as i32;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        let status = bounded("the server exits", self.child.wait())
+        let status = bounded("the server exits", self.process.child.wait())
             .await
             .unwrap();
         assert!(status.success(), "{status:?}");
-        std::fs::read_to_string(&self.log).unwrap()
+        std::fs::read_to_string(&self.process.log).unwrap()
     }
 
     fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id().unwrap())).unwrap();
+        let pid = self.process.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
-}
-
-/// An agent that boots in 2 s, so a cycle is surely in flight while the
-/// test sends more requests.
-fn slow_agent(dir: &Path) -> String {
-    let path = dir.join("slow-agent");
-    let script = format!("#!/bin/sh\nsleep 2\nexec {} agent\n", server_binary());
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path.to_string_lossy().into_owned()
 }
 
 /// A caller's W3C context: (trace id, span id, traceparent header).
