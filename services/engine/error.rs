@@ -37,6 +37,6 @@ pub enum EngineError {
 
 impl From<crate::domain::validate::Invalid> for EngineError {
     fn from(err: crate::domain::validate::Invalid) -> Self {
-        Self::Invalid(err.0)
+        Self::Invalid(err.message)
     }
 }

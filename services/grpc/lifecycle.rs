@@ -196,7 +196,7 @@ impl WorkspaceLifecycle for LifecycleService {
         let caller = Caller::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
-        validate::env_name("secret", &request.name)?;
+        validate::env_name("name", &request.name)?;
         validate::secret_value(&request.value)?;
         self.change(
             workspace,
@@ -216,7 +216,7 @@ impl WorkspaceLifecycle for LifecycleService {
         let caller = Caller::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
-        validate::env_name("secret", &request.name)?;
+        validate::secret_name_to_delete(&request.name)?;
         self.change(
             workspace,
             Change::DeleteSecret { name: request.name },

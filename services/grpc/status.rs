@@ -36,6 +36,6 @@ pub fn invalid(msg: impl Into<String>) -> Status {
 
 impl From<Invalid> for Status {
     fn from(err: Invalid) -> Self {
-        invalid(err.0)
+        invalid(err.message)
     }
 }
