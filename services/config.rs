@@ -236,6 +236,51 @@ pub struct ServeArgs {
     /// included; one more is answered RESOURCE_EXHAUSTED.
     #[arg(long, env = "WL_MAX_CALLS_PER_CALLER", default_value_t = 64)]
     pub max_calls_per_caller: usize,
+
+    /// Most public calls (health, reflection) in flight, from everyone
+    /// together; one more is answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WL_MAX_PUBLIC_CALLS", default_value_t = 256)]
+    pub max_public_calls: usize,
+
+    /// Most agent calls (Register, Heartbeat) in flight, from everyone
+    /// together — anyone can make them, so they are kept well below the
+    /// database pool; one more is answered RESOURCE_EXHAUSTED (agents
+    /// retry).
+    #[arg(long, env = "WL_MAX_AGENT_CALLS", default_value_t = 16)]
+    pub max_agent_calls: usize,
+
+    /// Most TCP connections open at once (lowered to fit the open-file
+    /// limit); one more is closed at once.
+    #[arg(long, env = "WL_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Most concurrent calls (HTTP/2 streams) on one connection; a stream
+    /// beyond it is refused.
+    #[arg(long, env = "WL_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
+    pub max_concurrent_streams: u32,
+
+    /// A connection that has made no call this long after it was accepted
+    /// (TLS handshake and HTTP/2 preface included) is closed.
+    #[arg(long, env = "WL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
+
+    /// A connection without an open call for this long is closed.
+    #[arg(long, env = "WL_IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub idle_timeout: Duration,
+
+    /// How often the server pings each connection (HTTP/2 PING).
+    #[arg(long, env = "WL_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub keepalive_interval: Duration,
+
+    /// A connection whose ping is not answered within this is closed.
+    #[arg(long, env = "WL_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub keepalive_timeout: Duration,
+
+    /// How often refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are
+    /// written to the audit log, one row per (method, code, caller or
+    /// peer) with a count.
+    #[arg(long, env = "WL_AUDIT_FLUSH_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub audit_flush_interval: Duration,
 }
 
 impl fmt::Debug for ServeArgs {

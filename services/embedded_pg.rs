@@ -3,10 +3,21 @@
 //! a loopback port, reused on later starts. Postgres refuses to run as
 //! root, so as root the cluster belongs to the `postgres` user.
 //!
+//! Nobody but this service may connect: every connection, TCP or socket,
+//! needs the password the first start generates ([`access`]). The handle
+//! the server keeps ([`Owned`]) stops a cluster this process started on
+//! every way out of the process short of `SIGKILL`.
+//!
 //! (Crates that embed Postgres download binaries at build time; this one
 //! uses the server binaries installed on the machine.)
 
+mod access;
+mod owned;
+
+pub use owned::Owned;
+
 use std::{
+    ffi::OsString,
     net::TcpListener,
     path::{Path, PathBuf},
     process::Stdio,
@@ -25,21 +36,33 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, EmbeddedError> {
 }
 
 /// A running local Postgres cluster.
-#[derive(Debug)]
 pub struct EmbeddedPostgres {
     bin: PathBuf,
     pgdata: PathBuf,
     port: u16,
+    password: String,
     owner: Option<nix::unistd::User>,
     /// This process started the cluster (rather than finding it running).
     started_here: bool,
+}
+
+impl std::fmt::Debug for EmbeddedPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedPostgres")
+            .field("pgdata", &self.pgdata)
+            .field("port", &self.port)
+            .field("started_here", &self.started_here)
+            .finish_non_exhaustive()
+    }
 }
 
 const DATABASE: &str = "workspaces";
 
 impl EmbeddedPostgres {
     /// Initialises (once) and starts (if not running) the cluster under
-    /// `root`, and makes sure the service's database exists.
+    /// `root`, and makes sure the service's database exists. A cluster an
+    /// older version initialised with `trust` is moved to password
+    /// authentication first.
     pub async fn ensure(root: &Path) -> Result<Self, EmbeddedError> {
         let bin = find_bin_dir().await?;
         let owner = if nix::unistd::Uid::effective().is_root() {
@@ -78,7 +101,8 @@ impl EmbeddedPostgres {
         };
         let mut this = Self {
             bin,
-            port: load_or_pick_port(&root).await?,
+            port: load_or_pick_port(&root)?,
+            password: access::load_or_create_password(&root)?,
             pgdata,
             owner,
             started_here: false,
@@ -86,19 +110,39 @@ impl EmbeddedPostgres {
         if !this.pgdata.join("PG_VERSION").exists() {
             this.init().await?;
         }
-        if !this.running().await {
+        let running = this.running().await;
+        if !access::hba_is_ours(&this.pgdata) {
+            this.upgrade_from_trust(running).await?;
+        }
+        if !running {
             this.start().await?;
             this.started_here = true;
         }
-        this.create_database().await?;
+        if let Err(err) = this.create_database().await {
+            if this.started_here {
+                let _ = this.stop().await;
+            }
+            return Err(err);
+        }
         Ok(this)
     }
 
-    /// The URL of the service's database.
+    /// The URL of the service's database (it carries the password: never
+    /// log it).
     pub fn url(&self) -> String {
+        self.url_of(DATABASE)
+    }
+
+    /// The URL of the maintenance database `postgres` (tests create their
+    /// databases through it).
+    pub fn admin_url(&self) -> String {
+        self.url_of("postgres")
+    }
+
+    fn url_of(&self, dbname: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname={DATABASE}",
-            self.port
+            "host=127.0.0.1 port={} user=postgres password={} dbname={dbname}",
+            self.port, self.password
         )
     }
 
@@ -107,17 +151,29 @@ impl EmbeddedPostgres {
         self.port
     }
 
+    /// The program and arguments that run `program` of the server binaries
+    /// as the cluster's owner.
+    fn argv(&self, program: &str) -> Vec<OsString> {
+        let path = self.bin.join(program).into_os_string();
+        match &self.owner {
+            Some(user) => vec![
+                "runuser".into(),
+                "-u".into(),
+                user.name.clone().into(),
+                "--".into(),
+                path,
+            ],
+            None => vec![path],
+        }
+    }
+
     fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        let mut command = match &self.owner {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.arg("-u").arg(&user.name).arg("--").arg(path);
-                c
-            }
-            None => Command::new(path),
-        };
-        command.stdin(Stdio::null()).kill_on_drop(true);
+        let argv = self.argv(program);
+        let mut command = Command::new(&argv[0]);
+        command
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
         command
     }
 
@@ -146,22 +202,32 @@ impl EmbeddedPostgres {
                 .flatten()
             {
                 if dir.ends_with("pg") || dir.starts_with(&user.dir) {
-                    std::os::unix::fs::chown(dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-                        .map_err(|e| EmbeddedError(format!("chown {}: {e}", dir.display())))?;
+                    self.chown(dir)?;
                 }
             }
         }
+        // The superuser's password reaches initdb through a file only the
+        // cluster's owner can read, removed right after.
+        let pwfile = access::PasswordFile::write(self)?;
         let mut initdb = self.command("initdb");
-        initdb.arg("-D").arg(&self.pgdata).args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--no-instructions",
-        ]);
-        self.run("initdb", initdb).await
+        initdb
+            .arg("-D")
+            .arg(&self.pgdata)
+            .args(["--auth=scram-sha-256", "-U", "postgres", "-E", "UTF8"])
+            .arg(format!("--pwfile={}", pwfile.path().display()))
+            .arg("--no-instructions");
+        self.run("initdb", initdb).await?;
+        drop(pwfile);
+        access::write_hba(&self.pgdata)
+    }
+
+    /// Gives `path` to the cluster's owner (as root).
+    fn chown(&self, path: &Path) -> Result<(), EmbeddedError> {
+        if let Some(user) = &self.owner {
+            std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .map_err(|e| EmbeddedError(format!("chown {}: {e}", path.display())))?;
+        }
+        Ok(())
     }
 
     async fn running(&self) -> bool {
@@ -178,7 +244,7 @@ impl EmbeddedPostgres {
             .arg(&self.pgdata)
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c password_encryption=scram-sha-256",
                 self.port,
                 self.pgdata.display()
             ))
@@ -188,17 +254,22 @@ impl EmbeddedPostgres {
         self.run("pg_ctl start", start).await
     }
 
+    async fn connect(
+        &self,
+        dbname: &str,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), EmbeddedError> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url_of(dbname), tokio_postgres::NoTls)
+                .await
+                .map_err(|e| EmbeddedError(format!("connect: {e}")))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((client, driver))
+    }
+
     async fn create_database(&self) -> Result<(), EmbeddedError> {
-        let (client, connection) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres",
-                self.port
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .map_err(|e| EmbeddedError(format!("connect: {e}")))?;
-        let driver = tokio::spawn(connection);
+        let (client, driver) = self.connect("postgres").await?;
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
             .await
@@ -225,13 +296,47 @@ impl EmbeddedPostgres {
         self.started_here
     }
 
+    fn stop_args(&self) -> Vec<OsString> {
+        let mut argv = self.argv("pg_ctl");
+        argv.extend([
+            "-D".into(),
+            self.pgdata.clone().into_os_string(),
+            "-m".into(),
+            "fast".into(),
+            "-w".into(),
+            "-t".into(),
+            "30".into(),
+            "stop".into(),
+        ]);
+        argv
+    }
+
     /// Stops the cluster (fast shutdown).
     pub async fn stop(&self) -> Result<(), EmbeddedError> {
-        let mut stop = self.command("pg_ctl");
-        stop.arg("-D")
-            .arg(&self.pgdata)
-            .args(["-m", "fast", "-w", "stop"]);
+        let argv = self.stop_args();
+        let mut stop = Command::new(&argv[0]);
+        stop.args(&argv[1..])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
         self.run("pg_ctl stop", stop).await
+    }
+
+    /// Stops the cluster from a context that cannot wait asynchronously (a
+    /// destructor on the way out of the process).
+    fn stop_blocking(&self) -> Result<(), EmbeddedError> {
+        let argv = self.stop_args();
+        let output = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| EmbeddedError(format!("pg_ctl stop: {e}")))?;
+        if !output.status.success() {
+            return fail(format!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -282,19 +387,15 @@ async fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
 }
 
 /// The cluster's port, kept in `<root>/pg.port` so restarts reuse it.
-async fn load_or_pick_port(root: &Path) -> Result<u16, EmbeddedError> {
-    let file = root.join("pg.port");
-    if let Ok(raw) = tokio::fs::read_to_string(&file).await {
-        if let Ok(port) = raw.trim().parse() {
-            return Ok(port);
-        }
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| EmbeddedError(format!("pick a port: {e}")))?
-        .port();
-    tokio::fs::write(&file, port.to_string())
-        .await
-        .map_err(|e| EmbeddedError(e.to_string()))?;
-    Ok(port)
+fn load_or_pick_port(root: &Path) -> Result<u16, EmbeddedError> {
+    let raw = crate::private_file::read_or_create(&root.join("pg.port"), || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port().to_string())
+            .unwrap_or_default()
+    })
+    .map_err(|e| EmbeddedError(format!("pg.port: {e}")))?;
+    raw.trim()
+        .parse()
+        .map_err(|_| EmbeddedError(format!("pg.port holds no port: {raw:?}")))
 }

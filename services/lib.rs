@@ -10,6 +10,7 @@
 //! - [`store`]: Postgres, the truth every replica shares;
 //! - [`grpc`]: thin adapters from the wire to the engine;
 //! - [`auth`]: who may call what, and how often;
+//! - [`transport`]: which connections the server holds, and how long;
 //! - [`server`]: assembling and serving it all.
 
 pub mod auth;
@@ -23,3 +24,4 @@ pub mod proto;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod transport;

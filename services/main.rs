@@ -1,5 +1,13 @@
 //! The `workspace-lifecycle` binary: `serve` (the default) runs the control
 //! plane; `agent` runs the workspace agent the process backend launches.
+//!
+//! Every way out of `serve` — a startup error, SIGTERM or SIGINT during
+//! startup or after, a panic unwinding `main` — stops the embedded
+//! Postgres this process started: the server holds it through
+//! `embedded_pg::Owned`, which stops it when dropped, and no path here
+//! leaves through `exit` while it is still held.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 use workspace_lifecycle::{
@@ -9,7 +17,7 @@ use workspace_lifecycle::{
 };
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Agent) => std::process::exit(workspace_agent::main_from_env().await),
@@ -17,23 +25,37 @@ async fn main() {
             let token = auth::generate_token();
             println!("token: {token}");
             println!("token file line: {}", auth::entry(role, &name, &token));
-            return;
+            return ExitCode::SUCCESS;
         }
         Some(Command::Serve) | None => {}
     }
     let telemetry = telemetry::init(cli.serve.log_format);
-    let running = match server::start(&cli.serve, server::Parts::default()).await {
+    server::raise_fd_limit();
+    let signal = workspace_agent::shutdown_signal();
+    tokio::pin!(signal);
+    // A signal during startup drops the half-started server, which stops
+    // what it started (the embedded Postgres included).
+    let started = tokio::select! {
+        started = server::start(&cli.serve, server::Parts::default()) => started,
+        () = &mut signal => {
+            tracing::info!("signalled during startup; stopping");
+            telemetry.shutdown(std::time::Duration::from_secs(1)).await;
+            return ExitCode::SUCCESS;
+        }
+    };
+    let running = match started {
         Ok(running) => running,
         Err(err) => {
             tracing::error!(%err, "cannot start");
             telemetry.shutdown(std::time::Duration::from_secs(1)).await;
-            std::process::exit(1);
+            return ExitCode::FAILURE;
         }
     };
-    workspace_agent::shutdown_signal().await;
+    signal.await;
     tracing::info!("shutting down");
     running.shutdown().await;
     // Flush what the cycles just recorded; a collector that is down costs
     // at most this long.
     telemetry.shutdown(std::time::Duration::from_secs(5)).await;
+    ExitCode::SUCCESS
 }

@@ -1,10 +1,12 @@
 //! Assembling and serving the control plane: database, backends, engine,
-//! gRPC services, health and reflection, graceful shutdown.
+//! gRPC services, health and reflection, graceful shutdown — and the
+//! limits every connection and call is served under (`transport`,
+//! `auth::limit`), so no peer, authenticated or not, can take the server
+//! from the others.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use workspace_backends::{
     docker::{DockerBackend, DockerConfig},
@@ -15,10 +17,13 @@ use workspace_backends::{
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
-    auth::{AuthLayer, Tokens, TokensError, limit::CallerLimitLayer, load_or_create_admin_token},
+    auth::{
+        AuthLayer, Tokens, TokensError, limit::CallerLimitLayer, load_or_create_admin_token,
+        refusals::Refusals,
+    },
     config::ServeArgs,
     domain::{BackendKind, ReplicaId},
-    embedded_pg::EmbeddedPostgres,
+    embedded_pg::{self, EmbeddedPostgres},
     engine::{
         Engine, EngineConfig, EngineError,
         backends::Backends,
@@ -33,7 +38,10 @@ use crate::{
     },
     store::{SecretsKey, Store, StoreConfig, sealing::KeyError},
     telemetry::{caller::CallerContextLayer, prometheus_endpoint},
+    transport::{self, TrackCallsLayer},
 };
+
+pub use crate::transport::raise_fd_limit;
 
 /// A failure to start serving.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +80,14 @@ pub struct Guarding {
     pub max_message_bytes: usize,
     /// Most calls in flight per caller.
     pub max_calls_per_caller: usize,
+    /// Most public calls in flight, from everyone together.
+    pub max_public_calls: usize,
+    /// Most agent calls in flight, from everyone together.
+    pub max_agent_calls: usize,
+    /// Connections, streams and timeouts.
+    pub transport: transport::Limits,
+    /// Where refused calls are counted for the audit log.
+    pub refusals: Arc<Refusals>,
 }
 
 /// The accepted tokens from the flags: the token file and inline entries,
@@ -137,6 +153,17 @@ pub fn guarding(args: &ServeArgs) -> Result<Guarding, ServeError> {
         tls: tls(args)?,
         max_message_bytes: args.max_message_bytes,
         max_calls_per_caller: args.max_calls_per_caller,
+        max_public_calls: args.max_public_calls,
+        max_agent_calls: args.max_agent_calls,
+        transport: transport::Limits {
+            max_connections: transport::effective_max_connections(args.max_connections),
+            max_concurrent_streams: args.max_concurrent_streams,
+            handshake_timeout: args.handshake_timeout,
+            idle_timeout: args.idle_timeout,
+            keepalive_interval: args.keepalive_interval,
+            keepalive_timeout: args.keepalive_timeout,
+        },
+        refusals: Refusals::new(),
     })
 }
 
@@ -169,7 +196,9 @@ pub struct RunningServer {
     stop: CancellationToken,
     served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     shutdown_grace: Duration,
-    embedded: Option<EmbeddedPostgres>,
+    /// The refused-call counter's flusher (ends after a last flush).
+    audit: tokio::task::JoinHandle<()>,
+    embedded: Option<embedded_pg::Owned>,
 }
 
 impl RunningServer {
@@ -190,10 +219,11 @@ impl RunningServer {
         if let Some(process) = &self.process {
             process.stop_own().await;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.audit).await;
         drop(self.engine);
         // Stop the embedded Postgres if this server started it (one that was
         // already running belongs to someone else).
-        if let Some(pg) = self.embedded.filter(EmbeddedPostgres::started_here) {
+        if let Some(pg) = self.embedded {
             if let Err(err) = pg.stop().await {
                 tracing::warn!(%err, "could not stop the embedded Postgres");
             }
@@ -219,16 +249,22 @@ pub fn timing(args: &ServeArgs) -> Timing {
 }
 
 /// Starts a server: database (embedded if no URL), migrations, backends,
-/// engine, and gRPC on `args.listen`.
+/// engine, and gRPC on `args.listen`. The port is bound first, so a port
+/// in use fails before anything is started; an embedded Postgres started
+/// here is stopped again on any later failure (dropping
+/// [`embedded_pg::Owned`] stops it), and so when this future is dropped
+/// half-way (a signal during startup).
 pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, ServeError> {
     let guarding = guarding(args)?;
     let secrets_key = secrets_key(args)?;
+    let listener = TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
     let (url, embedded) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
             let pg = EmbeddedPostgres::ensure(&args.data_dir).await?;
             tracing::info!(port = pg.port(), "using the embedded Postgres");
-            (pg.url(), Some(pg))
+            (pg.url(), Some(embedded_pg::Owned::new(pg)))
         }
     };
     let store = Store::connect(
@@ -245,8 +281,6 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
     .await?;
     store.migrate().await?;
 
-    let listener = TcpListener::bind(args.listen).await?;
-    let addr = listener.local_addr()?;
     let agent_url = args
         .agent_url
         .clone()
@@ -283,6 +317,11 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         }
         None => None,
     };
+    let audit = tokio::spawn(guarding.refusals.clone().flush_every(
+        engine.store().clone(),
+        args.audit_flush_interval,
+        stop.clone(),
+    ));
     let served = tokio::spawn(serve(
         listener,
         engine.clone(),
@@ -299,6 +338,7 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         stop,
         served,
         shutdown_grace: args.shutdown_grace,
+        audit,
         embedded,
     })
 }
@@ -359,25 +399,10 @@ async fn enabled_backends(
     Ok((backends, process))
 }
 
-/// The accepted connections, with Nagle's algorithm off. tonic's own
-/// `tcp_nodelay` setting does not apply to an incoming stream; without it
-/// a stream's next small event (e.g. `online` right after a phase event)
-/// waited for the client's delayed ACK, ~30–40 ms (BENCHMARKS.md, cycle
-/// overhead).
-fn incoming(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
-}
-
 /// Serves the gRPC API, health and reflection on `listener` until
-/// `shutdown` resolves, every call through authentication and the
-/// per-caller limit.
+/// `shutdown` resolves: connections under `guarding.transport`, every call
+/// through authentication (refusals counted for the audit log) and the
+/// in-flight limits.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
@@ -408,11 +433,20 @@ pub async fn serve(
     if let Some(tls) = guarding.tls {
         builder = builder.tls_config(tls)?;
     }
+    let limits = guarding.transport;
+    builder = builder
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout));
     let limit = guarding.max_message_bytes;
     builder
+        .layer(TrackCallsLayer)
         .layer(CallerContextLayer)
-        .layer(AuthLayer::new(guarding.tokens))
-        .layer(CallerLimitLayer::new(guarding.max_calls_per_caller))
+        .layer(AuthLayer::new(guarding.tokens).recording(guarding.refusals))
+        .layer(
+            CallerLimitLayer::new(guarding.max_calls_per_caller)
+                .anonymous(guarding.max_public_calls, guarding.max_agent_calls),
+        )
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -424,6 +458,6 @@ pub async fn serve(
             WorkspaceAgentServer::new(AgentService::new(engine, heartbeat))
                 .max_decoding_message_size(limit),
         )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(transport::incoming(listener, limits), shutdown)
         .await
 }

@@ -1,5 +1,6 @@
 //! The authentication layer: one place every gRPC call passes through, in
-//! front of every service, so no handler can forget to check.
+//! front of every service, so no handler can forget to check. Every call it
+//! refuses is counted for the audit log ([`super::refusals`]).
 
 use std::{
     sync::Arc,
@@ -10,19 +11,33 @@ use futures::future::{Either, Ready, ready};
 use tonic::{Status, body::Body, codegen::http};
 use tower::{Layer, Service};
 
-use super::{Access, Caller, Tokens, access};
+use super::{
+    Access, Caller, Tokens, access,
+    refusals::{Refusals, Who},
+};
+use crate::transport::ConnInfo;
 
 /// Checks the bearer token of every call against [`access`] and puts the
 /// [`Caller`] in the request's extensions.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     tokens: Arc<Tokens>,
+    refusals: Option<Arc<Refusals>>,
 }
 
 impl AuthLayer {
     /// Accepts `tokens`.
     pub fn new(tokens: Arc<Tokens>) -> Self {
-        Self { tokens }
+        Self {
+            tokens,
+            refusals: None,
+        }
+    }
+
+    /// Counts every refused call in `refusals`.
+    pub fn recording(mut self, refusals: Arc<Refusals>) -> Self {
+        self.refusals = Some(refusals);
+        self
     }
 }
 
@@ -33,6 +48,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             tokens: self.tokens.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -42,6 +58,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     tokens: Arc<Tokens>,
+    refusals: Option<Arc<Refusals>>,
 }
 
 /// The token of an `authorization: Bearer <token>` header.
@@ -61,21 +78,29 @@ fn bearer<B>(request: &http::Request<B>) -> Result<&str, Status> {
     Ok(token.trim())
 }
 
+/// A refused call: the status, and the caller if its token was valid.
+type Refused = (Status, Option<String>);
+
 /// Who may make `request`: `Ok(None)` for public and agent calls.
-fn authorize<B>(tokens: &Tokens, request: &http::Request<B>) -> Result<Option<Caller>, Status> {
+fn authorize<B>(tokens: &Tokens, request: &http::Request<B>) -> Result<Option<Caller>, Refused> {
     let path = request.uri().path();
     let required = match access(path) {
         Access::Public | Access::Agent => return Ok(None),
         Access::Role(role) => role,
     };
-    let caller = tokens
-        .verify(bearer(request)?)
-        .ok_or_else(|| Status::unauthenticated("the bearer token is not valid"))?;
+    let token = bearer(request).map_err(|status| (status, None))?;
+    let caller = tokens.verify(token).ok_or_else(|| {
+        (
+            Status::unauthenticated("the bearer token is not valid"),
+            None,
+        )
+    })?;
     if caller.role < required {
-        return Err(Status::permission_denied(format!(
+        let status = Status::permission_denied(format!(
             "{path} requires the {required} role; {:?} has {}",
             caller.name, caller.role
-        )));
+        ));
+        return Err((status, Some(caller.name)));
     }
     Ok(Some(caller))
 }
@@ -100,8 +125,21 @@ where
                 }
                 Either::Left(self.inner.call(request))
             }
-            Err(status) => {
-                tracing::debug!(path = request.uri().path(), code = ?status.code(), "call refused");
+            Err((status, caller)) => {
+                let path = request.uri().path();
+                tracing::debug!(path, code = ?status.code(), "call refused");
+                if let Some(refusals) = &self.refusals {
+                    let who = match caller {
+                        Some(name) => Who::Caller(name),
+                        None => Who::Peer(
+                            request
+                                .extensions()
+                                .get::<ConnInfo>()
+                                .map(|info| info.peer.ip()),
+                        ),
+                    };
+                    refusals.record(path, status.code(), who);
+                }
                 Either::Right(ready(Ok(status.into_http())))
             }
         }
@@ -160,7 +198,7 @@ mod tests {
         for (path, auth, expected) in cases {
             let got = authorize(&tokens, &request(path, auth))
                 .map(|c| c.map(|c| c.name))
-                .map_err(|s| s.code());
+                .map_err(|(s, _)| s.code());
             let expected = expected.map(|c| c.map(str::to_owned));
             assert_eq!(got, expected, "{path} with {auth:?}");
         }
@@ -171,7 +209,7 @@ mod tests {
         let tokens = Tokens::default().with_token("ro", Role::Reader, "t-reader");
         let path = "/workspace.lifecycle.v1.WorkspaceLifecycle/SetSecret";
         for auth in ["Bearer sk-very-secret", "Bearer t-reader"] {
-            let status = authorize(&tokens, &request(path, Some(auth))).unwrap_err();
+            let (status, _) = authorize(&tokens, &request(path, Some(auth))).unwrap_err();
             let token = auth.split_once(' ').unwrap().1;
             assert!(!status.message().contains(token), "{}", status.message());
         }

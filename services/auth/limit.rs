@@ -1,9 +1,19 @@
-//! Per-caller concurrency: each authenticated caller may have at most
-//! `limit` calls in flight (a server stream counts until it ends); one more
-//! is answered `RESOURCE_EXHAUSTED` at once instead of queueing, so one
-//! noisy client cannot take every connection and task from the others.
-//! Callers are the names of the token table, a bounded set, so the map of
-//! semaphores needs no eviction.
+//! In-flight limits, so that no one can take every connection, task and
+//! database connection from the others:
+//!
+//! - each authenticated caller may have at most `per_caller` calls in
+//!   flight (a server stream counts until it ends); callers are the names
+//!   of the token table, a bounded set, so the map needs no eviction;
+//! - calls without a caller share two pools: public calls (health,
+//!   reflection) one, agent calls (whose credential is only checked by the
+//!   store, so anyone can make them) the other — a flood of either cannot
+//!   take the database from authenticated callers, and held health streams
+//!   cannot keep agents from registering. An agent call is unary and quick,
+//!   so it also gets [`AGENT_CALL_DEADLINE`]: a caller trickling a request
+//!   body holds its place no longer than that.
+//!
+//! One more call than a limit allows is answered `RESOURCE_EXHAUSTED` at
+//! once instead of queueing.
 
 use std::{
     collections::HashMap,
@@ -11,29 +21,46 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, body::Body, codegen::http};
 use tower::{Layer, Service};
 
-use super::Caller;
+use super::{Access, Caller, access};
 
-/// Limits the calls each [`Caller`] has in flight. Calls without a caller
-/// (public and agent calls) pass untouched.
+/// Longest an agent call (Register, Heartbeat) may take, body included.
+pub const AGENT_CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Limits the calls each [`Caller`] has in flight, and the calls without
+/// one (public and agent calls) in two shared pools.
 #[derive(Clone, Debug)]
 pub struct CallerLimitLayer {
     limit: usize,
     callers: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    public: Option<Arc<Semaphore>>,
+    agent: Option<Arc<Semaphore>>,
 }
 
 impl CallerLimitLayer {
-    /// At most `limit` calls in flight per caller.
+    /// At most `limit` calls in flight per caller; calls without a caller
+    /// are not limited until [`Self::anonymous`] says how.
     pub fn new(limit: usize) -> Self {
         Self {
             limit,
             callers: Arc::default(),
+            public: None,
+            agent: None,
         }
+    }
+
+    /// At most `public` public calls and `agent` agent calls in flight,
+    /// whoever makes them.
+    pub fn anonymous(mut self, public: usize, agent: usize) -> Self {
+        self.public = Some(Arc::new(Semaphore::new(public)));
+        self.agent = Some(Arc::new(Semaphore::new(agent)));
+        self
     }
 
     fn permit(&self, caller: &str) -> Option<OwnedSemaphorePermit> {
@@ -83,19 +110,51 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let Some(caller) = request.extensions().get::<Caller>().cloned() else {
-            return Box::pin(self.inner.call(request));
+        let refuse = |message: String| -> Self::Future {
+            Box::pin(std::future::ready(Ok(
+                Status::resource_exhausted(message).into_http()
+            )))
         };
-        let Some(permit) = self.layer.permit(&caller.name) else {
-            let status = Status::resource_exhausted(format!(
-                "{:?} already has {} calls in flight; retry later",
-                caller.name, self.layer.limit
-            ));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+        let (permit, deadline) = match request.extensions().get::<Caller>() {
+            Some(caller) => match self.layer.permit(&caller.name) {
+                Some(permit) => (permit, None),
+                None => {
+                    return refuse(format!(
+                        "{:?} already has {} calls in flight; retry later",
+                        caller.name, self.layer.limit
+                    ));
+                }
+            },
+            None => {
+                let (pool, deadline, what) = match access(request.uri().path()) {
+                    Access::Agent => (&self.layer.agent, Some(AGENT_CALL_DEADLINE), "agent"),
+                    _ => (&self.layer.public, None, "public"),
+                };
+                let Some(pool) = pool else {
+                    return Box::pin(self.inner.call(request));
+                };
+                match pool.clone().try_acquire_owned() {
+                    Ok(permit) => (permit, deadline),
+                    Err(_) => {
+                        return refuse(format!("too many {what} calls in flight; retry later"));
+                    }
+                }
+            }
         };
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = response.await?;
+            let response = match deadline {
+                None => response.await?,
+                Some(deadline) => match tokio::time::timeout(deadline, response).await {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        return Ok(Status::deadline_exceeded(format!(
+                            "agent calls must complete within {deadline:?}"
+                        ))
+                        .into_http());
+                    }
+                },
+            };
             Ok(response.map(|body| {
                 Body::new(Permitted {
                     inner: body,
@@ -212,5 +271,60 @@ mod tests {
         send.send_response(http::Response::new(Body::empty()));
         assert_eq!(code(&again.await.unwrap()), None);
         drop(second);
+    }
+
+    /// A response whose body is still open (an empty one ends at once, and
+    /// its permit with it).
+    fn reply() -> http::Response<Body> {
+        http::Response::new(Body::new(http_body_util::Full::new(
+            tonic::codegen::Bytes::from_static(b"x"),
+        )))
+    }
+
+    fn anonymous(path: &str) -> http::Request<Body> {
+        let mut request = http::Request::new(Body::empty());
+        *request.uri_mut() = path.parse().unwrap();
+        request
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn anonymous_calls_share_two_pools_and_agent_calls_have_a_deadline() {
+        let (service, mut handle) = mock::spawn_layer::<http::Request<Body>, http::Response<Body>, _>(
+            CallerLimitLayer::new(10).anonymous(1, 1),
+        );
+        let mut service = service.into_inner();
+        handle.allow(100);
+        let health = "/grpc.health.v1.Health/Watch";
+        let register = "/workspace.lifecycle.v1.WorkspaceAgent/Register";
+
+        // One public call in flight: the next public call is refused, an
+        // agent call and an authenticated call are not.
+        let held = service.ready().await.unwrap().call(anonymous(health));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(reply());
+        let held = held.await.unwrap();
+        let refused = service.ready().await.unwrap().call(anonymous(health));
+        assert_eq!(code(&refused.await.unwrap()).as_deref(), Some("8"));
+        let agent = tokio::spawn(service.ready().await.unwrap().call(anonymous(register)));
+        let (_, agent_reply) = handle.next_request().await.unwrap();
+        let refused = service.ready().await.unwrap().call(anonymous(register));
+        assert_eq!(code(&refused.await.unwrap()).as_deref(), Some("8"));
+        let authenticated = service.ready().await.unwrap().call(request(Some("a")));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(reply());
+        assert_eq!(code(&authenticated.await.unwrap()), None);
+
+        // The agent call that never completes is cut at its deadline
+        // (DEADLINE_EXCEEDED, 4) and frees its place.
+        let start = tokio::time::Instant::now();
+        let timed_out = agent.await.unwrap().unwrap();
+        assert_eq!(start.elapsed(), AGENT_CALL_DEADLINE);
+        assert_eq!(code(&timed_out).as_deref(), Some("4"));
+        drop(agent_reply);
+        let again = service.ready().await.unwrap().call(anonymous(register));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(reply());
+        assert_eq!(code(&again.await.unwrap()), None);
+        drop(held);
     }
 }

@@ -10,6 +10,7 @@
 pub mod client;
 mod layer;
 pub mod limit;
+pub mod refusals;
 mod tokens;
 
 pub use layer::{AuthLayer, AuthService};

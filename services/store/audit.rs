@@ -74,3 +74,48 @@ pub(super) async fn record(
     .map_err(db)?;
     Ok(())
 }
+
+/// Refused calls of one (method, code, who) over one flush interval of the
+/// refusal counter (`auth::refusals`): one audit row with the count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedRow {
+    /// The token's name, or "anonymous" without a valid token.
+    pub actor: String,
+    /// The method refused (as mutation rows name it).
+    pub action: String,
+    /// `UNAUTHENTICATED` or `PERMISSION_DENIED`.
+    pub code: String,
+    /// The peer's IP address, for anonymous callers.
+    pub peer: Option<String>,
+    /// How many calls were refused.
+    pub count: i64,
+}
+
+impl super::Store {
+    /// Appends one audit row per refused-call count, in one statement. The
+    /// rows name no workspace (the request was never read) and are stamped
+    /// with the database's time.
+    pub async fn append_refused(&self, rows: &[RefusedRow]) -> Result<(), EngineError> {
+        let conn = self.conn().await?;
+        let (mut actors, mut actions, mut codes, mut peers, mut counts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            actors.push(row.actor.as_str());
+            actions.push(row.action.as_str());
+            codes.push(row.code.as_str());
+            peers.push(row.peer.as_deref());
+            counts.push(row.count);
+        }
+        conn.execute(
+            "INSERT INTO audit_log (at, actor, action, workspace_id, detail)
+             SELECT now(), actor, action, NULL,
+                    jsonb_strip_nulls(jsonb_build_object('refused', code, 'count', n, 'peer', peer))
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
+                  AS t(actor, action, code, peer, n)",
+            &[&actors, &actions, &codes, &peers, &counts],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+}

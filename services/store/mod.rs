@@ -28,6 +28,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres::NoTls;
 
 pub use agents::{AgentReport, Registration, token_hash};
+pub use audit::RefusedRow;
 pub use cycles::CycleRecord;
 pub use lease::{ConfigSnapshot, Finish, Finished, LeaseGuard};
 pub use sealing::{Sealer, SecretsKey};

@@ -1,0 +1,94 @@
+//! Tells each connection when a call opens and ends, so its idle clock
+//! ([`super::conn`]) runs only while it has none. A call ends when its
+//! response body ends or is dropped (a server stream counts until it
+//! ends).
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures::future::BoxFuture;
+use tonic::{body::Body, codegen::http};
+use tower::{Layer, Service};
+
+use super::conn::{CallGuard, ConnInfo};
+
+/// Counts every call on its connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackCallsLayer;
+
+impl<S> Layer<S> for TrackCallsLayer {
+    type Service = TrackCalls<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TrackCalls { inner }
+    }
+}
+
+/// The service [`TrackCallsLayer`] wraps.
+#[derive(Clone, Debug)]
+pub struct TrackCalls<S> {
+    inner: S,
+}
+
+impl<S> Service<http::Request<Body>> for TrackCalls<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let guard = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|info| info.activity.begin());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(match guard {
+                Some(guard) => response.map(|inner| {
+                    Body::new(Tracked {
+                        inner,
+                        _guard: guard,
+                    })
+                }),
+                None => response,
+            })
+        })
+    }
+}
+
+/// A response body that keeps its call open until it ends or is dropped.
+struct Tracked {
+    inner: Body,
+    _guard: CallGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
