@@ -249,16 +249,14 @@ pub fn timing(args: &ServeArgs) -> Timing {
 }
 
 /// Starts a server: database (embedded if no URL), migrations, backends,
-/// engine, and gRPC on `args.listen`. The port is bound first, so a port
-/// in use fails before anything is started; an embedded Postgres started
-/// here is stopped again on any later failure (dropping
-/// [`embedded_pg::Owned`] stops it), and so when this future is dropped
+/// engine, and gRPC on `args.listen` (bound last, so a caller that can
+/// connect is served). An embedded Postgres started here is stopped again
+/// on any later failure — a port in use included — since dropping
+/// [`embedded_pg::Owned`] stops it, and so when this future is dropped
 /// half-way (a signal during startup).
 pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, ServeError> {
     let guarding = guarding(args)?;
     let secrets_key = secrets_key(args)?;
-    let listener = TcpListener::bind(args.listen).await?;
-    let addr = listener.local_addr()?;
     let (url, embedded) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -281,6 +279,8 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
     .await?;
     store.migrate().await?;
 
+    let listener = TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
     let agent_url = args
         .agent_url
         .clone()

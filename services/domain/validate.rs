@@ -198,14 +198,24 @@ pub fn env_name(field: &str, name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// The name of a secret to delete: any name a secret may have had, so one
-/// stored before [`env_name`] tightened (an `LD_PRELOAD` planted by an
-/// older version, say) can still be removed.
+/// The name of a secret to delete: any name an earlier version accepted
+/// (`[A-Za-z_][A-Za-z0-9_]*`, at most 128 bytes), so one stored before
+/// [`env_name`] tightened — an `LD_PRELOAD` planted by an older version,
+/// say — can still be removed.
 pub fn secret_name_to_delete(name: &str) -> Result<(), Invalid> {
-    if name.is_empty() || name.len() > MAX_SECRET_NAME_LEN || name.contains('\0') {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    if !first_ok
+        || name.len() > MAX_SECRET_NAME_LEN
+        || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return invalid(
             "name",
-            format!("a secret name is 1–{MAX_SECRET_NAME_LEN} bytes without NUL"),
+            format!(
+                "secret names match [A-Za-z_][A-Za-z0-9_]* and are at most {MAX_SECRET_NAME_LEN} bytes"
+            ),
         );
     }
     Ok(())

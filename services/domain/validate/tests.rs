@@ -145,6 +145,20 @@ fn environment_names_are_an_allow_list() {
 }
 
 #[test]
+fn a_hook_stored_by_an_older_version_can_still_be_deleted() {
+    for name in ["LD_PRELOAD", "api_key", "_x"] {
+        assert!(secret_name_to_delete(name).is_ok(), "{name}");
+    }
+    for bad in ["", "no pe", "1A", "A=B"] {
+        assert_eq!(
+            secret_name_to_delete(bad).unwrap_err().field,
+            "name",
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
 fn a_spec_env_name_is_checked_like_a_secret_name() {
     let mut spec = WorkspaceSpec::default();
     spec.env.insert("API_URL".into(), "x".into());

@@ -1,0 +1,9 @@
+//! The attack suite: one file per road from a local user, an operator or a
+//! network peer to more than it may have. Each test fails on a server
+//! without the guard it names.
+
+mod audit;
+mod connections;
+mod env_names;
+mod paths;
+mod postgres;

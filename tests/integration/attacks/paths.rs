@@ -1,0 +1,78 @@
+//! Road: a path the backends cannot carry — a segment over the
+//! filesystem's 255 bytes, shell metacharacters that reach a user-data
+//! script, a leading '-' that a tool reads as an option — is accepted and
+//! every later cycle of the workspace fails. Guard: `validate::file_path`,
+//! the portable filename characters and 255-byte segments. Each is refused
+//! with INVALID_ARGUMENT and nothing changes.
+
+use tonic::Code;
+use workspace_lifecycle::proto as pb;
+
+use crate::support::{Options, TestServer};
+
+async fn files(s: &TestServer) -> (i64, i64) {
+    let row =
+        s.db.client()
+            .await
+            .query_one(
+                "SELECT (SELECT count(*) FROM files),
+                    (SELECT coalesce(sum(config_version), 0)::int8 FROM workspaces)",
+                &[],
+            )
+            .await
+            .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn paths_the_backends_cannot_carry_are_refused_and_change_nothing() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("paths").await;
+    let long_segment = "s".repeat(256);
+    let long_nested = format!("dir/{long_segment}");
+    let cases = [
+        long_segment.as_str(),
+        long_nested.as_str(),
+        "a b",
+        "x$(reboot)",
+        "x`id`",
+        "a;b",
+        "'quoted'",
+        "a\nb",
+        "a\"b",
+        "a|b",
+        "a>b",
+        "a*",
+        "~root",
+        "é.txt",
+        "a\u{202e}txt.exe",
+        "-rf",
+        "dir/--help",
+        "a:b",
+    ];
+    let before = files(&s).await;
+    for path in cases {
+        let status = s
+            .client()
+            .write_file(pb::WriteFileRequest {
+                workspace_id: ws.to_string(),
+                path: path.into(),
+                content: b"x".to_vec(),
+            })
+            .await
+            .expect_err(path);
+        assert_eq!(status.code(), Code::InvalidArgument, "{path:?}: {status:?}");
+    }
+    assert_eq!(files(&s).await, before, "a refused path changed something");
+
+    // The longest segment a filesystem takes is fine.
+    s.client()
+        .write_file(pb::WriteFileRequest {
+            workspace_id: ws.to_string(),
+            path: format!("dir/{}", "s".repeat(255)),
+            content: b"x".to_vec(),
+        })
+        .await
+        .expect("a 255-byte segment is accepted");
+    s.shutdown().await;
+}
