@@ -4,8 +4,9 @@
 //! Every way out of `serve` — a startup error, SIGTERM or SIGINT during
 //! startup or after, a panic unwinding `main` — stops the embedded
 //! Postgres this process started: the server holds it through
-//! `embedded_pg::Owned`, which stops it when dropped, and no path here
-//! leaves through `exit` while it is still held.
+//! `embedded_pg::Owned`, which stops it when dropped, a signal during
+//! startup waits for startup to end and then shuts down, and no path here
+//! leaves through `exit` while the cluster is still held.
 
 use std::process::ExitCode;
 
@@ -33,14 +34,19 @@ async fn main() -> ExitCode {
     server::raise_fd_limit();
     let signal = workspace_agent::shutdown_signal();
     tokio::pin!(signal);
-    // A signal during startup drops the half-started server, which stops
-    // what it started (the embedded Postgres included).
-    let started = tokio::select! {
-        started = server::start(&cli.serve, server::Parts::default()) => started,
-        () = &mut signal => {
-            tracing::info!("signalled during startup; stopping");
-            telemetry.shutdown(std::time::Duration::from_secs(1)).await;
-            return ExitCode::SUCCESS;
+    // A signal during startup lets startup finish (or fail) and then stops
+    // at once: cancelling it half-way could orphan a Postgres whose
+    // `pg_ctl start` was under way.
+    let start = server::start(&cli.serve, server::Parts::default());
+    tokio::pin!(start);
+    let mut signalled = false;
+    let started = loop {
+        tokio::select! {
+            started = &mut start => break started,
+            () = &mut signal, if !signalled => {
+                tracing::info!("signalled during startup; stopping once started");
+                signalled = true;
+            }
         }
     };
     let running = match started {
@@ -51,7 +57,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    signal.await;
+    if !signalled {
+        signal.await;
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     // Flush what the cycles just recorded; a collector that is down costs

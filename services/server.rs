@@ -253,7 +253,7 @@ pub fn timing(args: &ServeArgs) -> Timing {
 /// connect is served). An embedded Postgres started here is stopped again
 /// on any later failure — a port in use included — since dropping
 /// [`embedded_pg::Owned`] stops it, and so when this future is dropped
-/// half-way (a signal during startup).
+/// half-way.
 pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, ServeError> {
     let guarding = guarding(args)?;
     let secrets_key = secrets_key(args)?;

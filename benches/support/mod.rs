@@ -34,10 +34,7 @@ pub async fn admin_url() -> String {
     let pg = EmbeddedPostgres::ensure(&root)
         .await
         .expect("a local Postgres");
-    format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        pg.port()
-    )
+    pg.admin_url()
 }
 
 /// A fresh database; returns its URL.

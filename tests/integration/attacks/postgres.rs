@@ -166,3 +166,48 @@ async fn a_server_that_cannot_start_leaves_no_postgres_running() {
     .await;
     assert!(probe, "the embedded Postgres outlived a failed start");
 }
+
+#[tokio::test]
+async fn a_signal_during_startup_leaves_no_postgres_running() {
+    let dir = data_dir();
+    let log = dir.path().join("signalled.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(server_binary())
+        .args([
+            "--listen",
+            &listen,
+            "--data-dir",
+            &dir.path().to_string_lossy(),
+        ])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Interrupt while the cluster is being initialised or started.
+    bounded("the cluster is being set up", async {
+        while !dir.path().join("pg").exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = bounded("the server exits on SIGINT", child.wait())
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(text.contains("signalled during startup"), "{text}");
+    let port = port(dir.path());
+    let password = std::fs::read_to_string(dir.path().join("pg-password")).unwrap();
+    let url = format!(
+        "host=127.0.0.1 port={port} user=postgres dbname=postgres password={}",
+        password.trim()
+    );
+    assert!(
+        connects(&url).await.is_err(),
+        "the embedded Postgres outlived an interrupted start: {text}"
+    );
+}

@@ -27,10 +27,7 @@ fn admin_url() -> &'static str {
                 let pg = EmbeddedPostgres::ensure(&root)
                     .await
                     .expect("no TEST_DATABASE_URL and no local Postgres could be started");
-                format!(
-                    "host=127.0.0.1 port={} user=postgres dbname=postgres",
-                    pg.port()
-                )
+                pg.admin_url()
             })
         })
         .join()
