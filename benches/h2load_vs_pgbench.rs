@@ -27,16 +27,16 @@
 
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use support::{
     cpu::Meter,
     load::{self, H2load, grpc_frame, median},
-    pg,
-    server_process::ServerProcess,
+    perf, pg,
+    server_process::{self, ServerProcess},
 };
 use tokio_postgres::NoTls;
-use workspace_lifecycle::{auth::client::LifecycleClient, proto as pb};
+use workspace_lifecycle::proto as pb;
 
 const CONCURRENCY: usize = 32;
 const RUN_LIMIT: Duration = Duration::from_secs(600);
@@ -46,93 +46,6 @@ fn env_num(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Sum of the workspaces' config versions, and each one.
-async fn versions(client: &LifecycleClient, ids: &[String]) -> Vec<u64> {
-    let mut out = Vec::new();
-    for id in ids {
-        let w = client
-            .clone()
-            .get_workspace(pb::GetWorkspaceRequest {
-                workspace_id: id.clone(),
-            })
-            .await
-            .expect("GetWorkspace")
-            .into_inner();
-        out.push(w.config_version);
-    }
-    out
-}
-
-async fn wait_online(client: &LifecycleClient, ids: &[String]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    for id in ids {
-        loop {
-            let w = client
-                .clone()
-                .get_workspace(pb::GetWorkspaceRequest {
-                    workspace_id: id.clone(),
-                })
-                .await
-                .expect("GetWorkspace")
-                .into_inner();
-            if w.status == pb::WorkspaceStatus::Online as i32 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "workspace {id} not ONLINE within 120 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// `perf record` of `pids` until dropped (SIGINT, then wait).
-async fn perf_start(dir: &Path, name: &str, pids: &[u32]) -> tokio::process::Child {
-    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-    let child = tokio::process::Command::new("perf")
-        .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-q"])
-        .arg("-o")
-        .arg(dir.join(format!("{name}.data")))
-        .args(["-p", &pids.join(",")])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("perf runs (apt-get install linux-perf)");
-    // Let it attach before the load starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    child
-}
-
-async fn perf_stop(mut child: tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(120), child.wait()).await;
-}
-
-/// "4.02 statements, 1.00 write transactions per call" between two
-/// counter readings
-/// (they include the benchmark's own few reads and the servers' background
-/// work during the run).
-fn postgres_per_call(
-    before: (Option<i64>, i64),
-    after: (Option<i64>, i64),
-    calls: usize,
-) -> String {
-    let statements = match (before.0, after.0) {
-        (Some(b), Some(a)) => format!("{:.2}", (a - b) as f64 / calls as f64),
-        _ => "?".to_owned(),
-    };
-    format!(
-        "Postgres {statements} statements, {:.2} write transactions per call",
-        (after.1 - before.1) as f64 / calls as f64
-    )
 }
 
 struct Shape {
@@ -169,7 +82,7 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
             .into_inner();
         ids.push(w.id);
     }
-    wait_online(&client, &ids).await;
+    server_process::wait_online(&client, &ids).await;
 
     // One request body per workspace.
     let bodies: Vec<_> = ids
@@ -255,7 +168,7 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
             format!("round {round}")
         };
         // The service.
-        let before = versions(&client, &ids).await;
+        let before = server_process::versions(&client, &ids).await;
         let pg_before = pg::counters(&db).await;
         let loads: Vec<H2load<'_>> = drivers
             .iter()
@@ -271,19 +184,19 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
             })
             .collect();
         let perf = match &perf_dir {
-            Some(d) if round > 0 => {
-                Some(perf_start(d, &format!("perf-{workspaces}w-{replicas}r-{round}"), &pids).await)
-            }
+            Some(d) if round > 0 => Some(
+                perf::start(d, &format!("perf-{workspaces}w-{replicas}r-{round}"), &pids).await,
+            ),
             _ => None,
         };
         let meter = Meter::start(cluster.postmaster, &pids);
         let run = load::h2load_all(&loads, RUN_LIMIT).await;
         let cpu = meter.stop();
         if let Some(perf) = perf {
-            perf_stop(perf).await;
+            perf::stop(perf).await;
         }
-        let per_call = postgres_per_call(pg_before, pg::counters(&db).await, requests);
-        let after = versions(&client, &ids).await;
+        let per_call = pg::per_call(pg_before, pg::counters(&db).await, requests);
+        let after = server_process::versions(&client, &ids).await;
         let moved: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
         let mut bad = run.errors.clone();
         if moved != requests as u64 {
@@ -327,7 +240,7 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
         )
         .await;
         let pg_cpu = meter.stop();
-        let pg_per_call = postgres_per_call(pg_before, pg::counters(&db).await, requests);
+        let pg_per_call = pg::per_call(pg_before, pg::counters(&db).await, requests);
         let updated = bare_total().await - sum_before;
         bad.extend(pg_run.errors.iter().cloned());
         if pg_run.outcome != requests || updated != requests as i64 {

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 pub mod cpu;
 pub mod load;
 pub mod memory;
+pub mod perf;
 pub mod pg;
 pub mod server_process;
 pub mod stack;

@@ -190,6 +190,21 @@ pub async fn counters(client: &tokio_postgres::Client) -> (Option<i64>, i64) {
     (statements, xids)
 }
 
+/// "4.02 statements, 1.00 write transactions per call" between two
+/// counter readings
+/// (they include the benchmark's own few reads and the servers' background
+/// work during the run).
+pub fn per_call(before: (Option<i64>, i64), after: (Option<i64>, i64), calls: usize) -> String {
+    let statements = match (before.0, after.0) {
+        (Some(b), Some(a)) => format!("{:.2}", (a - b) as f64 / calls as f64),
+        _ => "?".to_owned(),
+    };
+    format!(
+        "Postgres {statements} statements, {:.2} write transactions per call",
+        (after.1 - before.1) as f64 / calls as f64
+    )
+}
+
 /// `$WL_PG_BIN` or the newest `/usr/lib/postgresql/*/bin`.
 fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WL_PG_BIN") {

@@ -9,7 +9,10 @@ use std::{
 };
 
 use tokio::process::{Child, Command};
-use workspace_lifecycle::auth::client::{LifecycleClient, lifecycle_client};
+use workspace_lifecycle::{
+    auth::client::{LifecycleClient, lifecycle_client},
+    proto as pb,
+};
 
 /// The server binary this benchmark was built with.
 pub fn binary() -> &'static str {
@@ -117,6 +120,48 @@ impl ServerProcess {
             .is_err()
         {
             let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// Each workspace's config version now.
+pub async fn versions(client: &LifecycleClient, ids: &[String]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for id in ids {
+        let w = client
+            .clone()
+            .get_workspace(pb::GetWorkspaceRequest {
+                workspace_id: id.clone(),
+            })
+            .await
+            .expect("GetWorkspace")
+            .into_inner();
+        out.push(w.config_version);
+    }
+    out
+}
+
+/// Waits (at most 120 s) until every workspace is ONLINE.
+pub async fn wait_online(client: &LifecycleClient, ids: &[String]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for id in ids {
+        loop {
+            let w = client
+                .clone()
+                .get_workspace(pb::GetWorkspaceRequest {
+                    workspace_id: id.clone(),
+                })
+                .await
+                .expect("GetWorkspace")
+                .into_inner();
+            if w.status == pb::WorkspaceStatus::Online as i32 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "workspace {id} not ONLINE within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
