@@ -40,7 +40,7 @@ async fn measure<B: Backend>(
     kind: pb::BackendKind,
     cycles: usize,
 ) {
-    let admin = support::admin_url().await;
+    let admin = support::admin_url(40).await;
     let url = support::fresh_database(&admin).await;
     let dir = tempfile::tempdir().unwrap();
     let args = support::args(&url, dir.path());

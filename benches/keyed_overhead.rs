@@ -11,6 +11,11 @@
 
 mod support;
 
+/// The server binary's allocator (services/main.rs): the stack allocates
+/// per request, so the overhead is measured as the server would pay it.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::Duration;
 
 use hdrhistogram::Histogram;

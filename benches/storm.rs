@@ -21,6 +21,11 @@
 
 mod support;
 
+/// The server binary's allocator (services/main.rs), so the in-process
+/// servers allocate as the binary does.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::{
     sync::{
         Arc,
@@ -47,6 +52,8 @@ use workspace_lifecycle::{
 const WORKSPACES: usize = 200;
 const CALLS: usize = 20_000;
 const CLIENTS: usize = 256;
+/// Each replica's Postgres pool (the server's default).
+const DB_CONNECTIONS: usize = 32;
 /// The debounce window the servers run with (shorter than the 60 s default
 /// so that a deferred config cycle would show within the run).
 const WINDOW: Duration = Duration::from_secs(10);
@@ -241,10 +248,16 @@ struct Figures {
     worst: f64,
     over: usize,
     ttfe: Histogram<u64>,
+    postgres_cores: Option<f64>,
+    busy_cores: f64,
 }
 
-async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str) -> Figures {
-    let url = support::fresh_database(admin).await;
+async fn storm(
+    replicas: usize,
+    backend: Arc<Held<ProcessBackend>>,
+    cluster: &support::pg::Cluster,
+) -> Figures {
+    let url = support::fresh_database(&cluster.admin).await;
     let dir = tempfile::tempdir().unwrap();
     let mut args = support::args(&url, dir.path());
     args.debounce_window = WINDOW;
@@ -253,6 +266,7 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
     // have every client's call in flight (the per-caller limit is not what
     // this measures).
     args.max_calls_per_caller = 4 * CLIENTS;
+    args.db_connections = DB_CONNECTIONS;
     let mut servers: Vec<RunningServer> = Vec::new();
     for _ in 0..replicas {
         servers.push(
@@ -336,6 +350,8 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
             .collect(),
     );
     let commits_before = commits(&url).await;
+    // The servers run in this process (with the clients).
+    let meter = support::cpu::Meter::start(cluster.postmaster, &[std::process::id()]);
     let began = Instant::now();
     let tasks: Vec<_> = clients
         .iter()
@@ -370,6 +386,7 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
         task.await.unwrap();
     }
     let storm_took = began.elapsed();
+    let cpu = meter.stop();
     let storm_commits = commits(&url).await - commits_before;
     backend.release();
 
@@ -455,6 +472,10 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
         "  bare single-row UPDATE/s   {bare_per_s:>8.0}  ({CALLS} UPDATEs, {CLIENTS} connections, same Postgres)"
     );
     println!(
+        "  CPU during the storm       {}",
+        cpu.line("servers+clients (this process)")
+    );
+    println!(
         "  intents / bare UPDATE      {:.2}",
         acks_per_s / bare_per_s
     );
@@ -479,6 +500,8 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
         worst,
         over,
         ttfe,
+        postgres_cores: cpu.postgres,
+        busy_cores: cpu.busy,
     }
 }
 
@@ -491,7 +514,11 @@ async fn main() {
         .collect();
     println!("# storm — {}", support::command("storm"));
     println!("# machine: {}", support::machine());
-    let admin = support::admin_url().await;
+    // Each replica's pool and listener, the bare UPDATE's connections
+    // (opened while the replicas still run), the settle/commit probes.
+    let most = replicas.iter().copied().max().unwrap_or(1);
+    let cluster = support::pg::cluster(most * (DB_CONNECTIONS + 2) + CLIENTS).await;
+    println!("# {}", cluster.describe());
     let dir = tempfile::tempdir().unwrap();
     let backend = Held::new(
         ProcessBackend::new(ProcessConfig {
@@ -508,24 +535,41 @@ async fn main() {
     );
     let mut all = Vec::new();
     for n in replicas {
-        all.push(storm(n, backend.clone(), &admin).await);
+        all.push(storm(n, backend.clone(), &cluster).await);
     }
     println!(
-        "\nstorm summary (replicas: cycles/minimum, ttfe p50/p99, errors, intents/s vs bare UPDATE/s)"
+        "\nstorm summary (replicas: cycles/minimum, time to first event p50/p99/max, errors, \
+         intents/s vs bare UPDATE/s, Postgres CPU)"
     );
+    let mut failed = false;
     for f in &all {
+        let ratio = f.observed as f64 / f.minimum.max(1) as f64;
+        let p99 = f.ttfe.value_at_quantile(0.99) as f64 / 1000.0;
         println!(
-            "  {}: {:.2} (worst {:.2}, {} off), {:.2}/{:.2} ms, {} errors, {:.0}/s vs {:.0}/s = {:.2}",
+            "  {}: {:.2} (worst {:.2}, {} off), {:.2}/{:.2}/{:.2} ms (p99 target < 100 ms: {}), {} errors, \
+             {:.0}/s vs {:.0}/s = {:.2}, Postgres {} of {:.2} busy cores",
             f.replicas,
-            f.observed as f64 / f.minimum.max(1) as f64,
+            ratio,
             f.worst,
             f.over,
             f.ttfe.value_at_quantile(0.5) as f64 / 1000.0,
-            f.ttfe.value_at_quantile(0.99) as f64 / 1000.0,
+            p99,
+            f.ttfe.max() as f64 / 1000.0,
+            if p99 < 100.0 { "met" } else { "missed" },
             f.errors,
             f.acks_per_s,
             f.bare_per_s,
-            f.acks_per_s / f.bare_per_s
+            f.acks_per_s / f.bare_per_s,
+            f.postgres_cores
+                .map_or_else(|| "?".to_owned(), |c| format!("{c:.2}")),
+            f.busy_cores,
         );
+        // A storm fails when a call failed or a workspace ran other than
+        // the minimum number of cycles (C2/C7).
+        failed |= f.errors > 0 || f.observed != f.minimum || f.over > 0;
+    }
+    if failed {
+        eprintln!("storm: FAILED (errors, or cycles off the C2-C7 minimum)");
+        std::process::exit(1);
     }
 }

@@ -17,6 +17,14 @@ use workspace_lifecycle::{
     server, telemetry,
 };
 
+/// jemalloc with background purge threads rather than glibc's malloc:
+/// memory freed after a crowd of requests (a million resident workspace ids,
+/// say) goes back to the OS within seconds instead of staying in malloc's
+/// free lists — measured in BENCHMARKS.md (memory) against glibc and
+/// mimalloc.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

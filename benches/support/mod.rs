@@ -11,6 +11,12 @@ use std::{
 
 use async_trait::async_trait;
 use hdrhistogram::Histogram;
+pub mod cpu;
+pub mod load;
+pub mod memory;
+pub mod perf;
+pub mod pg;
+pub mod server_process;
 pub mod stack;
 
 use tokio_postgres::NoTls;
@@ -18,23 +24,15 @@ use workspace_backends::{Backend, BackendError, BackendKind, InstanceState, Laun
 use workspace_lifecycle::{
     auth::client::{LifecycleClient, lifecycle_client},
     config::ServeArgs,
-    embedded_pg::EmbeddedPostgres,
     server::{self, Parts, RunningServer},
 };
 
-/// A maintenance URL: `BENCH_DATABASE_URL`, `TEST_DATABASE_URL`, or a
-/// cluster the benchmarks start under target/.
-pub async fn admin_url() -> String {
-    if let Ok(url) =
-        std::env::var("BENCH_DATABASE_URL").or_else(|_| std::env::var("TEST_DATABASE_URL"))
-    {
-        return url;
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-pg");
-    let pg = EmbeddedPostgres::ensure(&root)
-        .await
-        .expect("a local Postgres");
-    pg.admin_url()
+/// A maintenance URL of a Postgres that allows `connections` more
+/// connections than the benchmark's own few (see [`pg`]).
+pub async fn admin_url(connections: usize) -> String {
+    let cluster = pg::cluster(connections).await;
+    println!("# {}", cluster.describe());
+    cluster.admin
 }
 
 /// A fresh database; returns its URL.
