@@ -35,7 +35,7 @@ use support::{Held, histogram, record, summary};
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 use workspace_backends::{
-    WorkspaceId,
+    Backend, Halt, WorkspaceId,
     process::{ProcessBackend, ProcessConfig},
 };
 use workspace_lifecycle::{
@@ -468,7 +468,11 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
     for server in servers {
         server.shutdown().await;
     }
-    backend.inner.stop_own().await;
+    // Shutdown never touches an instance; the agents are stopped here.
+    for instance in backend.inner.inventory().await.unwrap_or_default() {
+        let through = instance.generation.unwrap_or_default();
+        let _ = backend.inner.stop(instance.workspace, through, Halt::Force).await;
+    }
     Figures {
         replicas,
         errors,
@@ -492,7 +496,7 @@ async fn main() {
     println!("# storm — {}", support::command("storm"));
     println!("# machine: {}", support::machine());
     let admin = support::admin_url().await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::agent_reachable_tempdir();
     let backend = Held::new(
         ProcessBackend::new(ProcessConfig {
             root: dir.path().to_path_buf(),
@@ -501,7 +505,7 @@ async fn main() {
                 "agent".into(),
             ],
             stop_grace: Duration::from_secs(5),
-            journal: None,
+            ..ProcessConfig::default()
         })
         .await
         .unwrap(),

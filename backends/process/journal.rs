@@ -1,5 +1,7 @@
-//! An append-only record of what the process backend did — every start and
-//! stop with its begin and end time and the server that did it — shared by
+//! An append-only record of what the process backend did — every call that
+//! changes an instance (start, stop, delete, and the reap of a dead
+//! server's orphans) with its begin and end time and the server that made
+//! it — shared by
 //! all server processes on the machine. It is the backend's own account, so
 //! an operator (or a test) can judge the control plane by what actually
 //! happened to the workspaces rather than by what the service believes:
@@ -18,12 +20,19 @@ use crate::{ConfigVersion, Generation, WorkspaceId};
 /// One backend operation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
-    /// `start`, `stop`, or `reap`/`shutdown` for stops outside a cycle.
+    /// `start`, `stop`, `delete`, or `reap` (a dead server's orphan,
+    /// stopped when a server starts).
     pub op: String,
     /// The workspace.
     pub workspace: WorkspaceId,
     /// The generation started (starts only).
     pub generation: Option<Generation>,
+    /// The newest generation a stop, delete or reap may touch.
+    #[serde(default)]
+    pub through: Option<Generation>,
+    /// How hard a stop, delete or reap was: `graceful` or `force`.
+    #[serde(default)]
+    pub halt: Option<String>,
     /// The config version the start carried (starts only).
     pub config_version: Option<ConfigVersion>,
     /// Wall-clock microseconds since the Unix epoch when the call began.

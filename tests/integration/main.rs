@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod attacks;
 mod bad_input;
 mod contracts;
 mod docker_backend;

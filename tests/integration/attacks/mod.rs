@@ -1,0 +1,3 @@
+//! Attacks on the service, each shown to fail by its effect.
+
+mod user_data;
