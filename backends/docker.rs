@@ -10,6 +10,8 @@
 //! secrets are its environment, so the agent boots with the complete config
 //! of its generation.
 
+mod archive;
+mod found;
 mod phase;
 
 use std::{collections::HashMap, time::Duration};
@@ -18,7 +20,7 @@ use async_trait::async_trait;
 use bollard::{
     Docker,
     errors::Error as DockerError,
-    models::{ContainerCreateBody, ContainerSummary, HostConfig, RestartPolicy, RestartPolicyNameEnum},
+    models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum},
     query_parameters::{
         CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
         RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
@@ -32,6 +34,7 @@ use crate::{
     Backend, BackendError, BackendKind, Generation, Halt, InstanceRef, InstanceState, Launch,
     WorkspaceId,
 };
+use found::{Found, age_since};
 use phase::Seen;
 
 /// Label with the workspace id.
@@ -103,63 +106,10 @@ fn backend_error(what: &str, err: DockerError) -> BackendError {
     }
 }
 
-/// A managed container, as listed.
-#[derive(Debug)]
-struct Found {
-    id: String,
-    workspace: Option<WorkspaceId>,
-    generation: Option<Generation>,
-    /// `created`, `running`, `exited`, …
-    status: String,
-    /// The listing's status text (`Exited (3) 5 seconds ago`).
-    status_text: String,
-    /// Creation time, seconds since the epoch.
-    created: Option<i64>,
-}
-
-impl Found {
-    fn from_summary(c: ContainerSummary) -> Option<Self> {
-        let label = |key| c.labels.as_ref().and_then(|l| l.get(key));
-        Some(Self {
-            workspace: label(LABEL_WORKSPACE).and_then(|w| w.parse().ok()),
-            generation: label(LABEL_GENERATION)
-                .and_then(|g| g.parse().ok())
-                .map(Generation),
-            status: c.state.map(|s| s.to_string()).unwrap_or_default(),
-            status_text: c.status.unwrap_or_default(),
-            created: c.created,
-            id: c.id?,
-        })
-    }
-
-    fn running(&self) -> bool {
-        matches!(self.status.as_str(), "running" | "restarting")
-    }
-
-    /// At most `through` (unlabelled: older than everything).
-    fn at_most(&self, through: Generation) -> bool {
-        self.generation.is_none_or(|g| g <= through)
-    }
-
-    /// Strictly older than `generation` (unlabelled: older than everything).
-    fn older_than(&self, generation: Generation) -> bool {
-        self.generation.is_none_or(|g| g < generation)
-    }
-}
-
 /// A span for one call to the engine, so a cycle's trace shows where
 /// the backend's time went.
 fn docker_span(operation: &'static str) -> tracing::Span {
     tracing::info_span!("docker", otel.name = operation, otel.kind = "client")
-}
-
-/// Seconds since the epoch as the engine's clock reads them; the engine
-/// runs on this machine.
-fn age_since(created_epoch_s: i64) -> Option<Duration> {
-    let now = chrono::Utc::now().timestamp();
-    u64::try_from(now - created_epoch_s)
-        .ok()
-        .map(Duration::from_secs)
 }
 
 impl DockerBackend {
@@ -305,7 +255,7 @@ impl DockerBackend {
     /// Uploads the files (before the first start) and starts the container.
     async fn upload_and_start(&self, launch: &Launch, name: &str) -> Result<(), BackendError> {
         if !launch.files.is_empty() {
-            let archive = files_archive(launch)?;
+            let archive = archive::files_archive(launch, FILES_DIR)?;
             self.docker
                 .upload_to_container(
                     name,
@@ -361,28 +311,6 @@ impl DockerBackend {
         };
         Ok(phase::phase(&seen, self.config.boot_window))
     }
-}
-
-/// The files of `launch` as a tar archive rooted at `/`.
-fn files_archive(launch: &Launch) -> Result<Vec<u8>, BackendError> {
-    let mut archive = tar::Builder::new(Vec::new());
-    for (path, content) in &launch.files {
-        if path
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-        {
-            return Err(BackendError::Rejected(format!(
-                "file path {path:?} is not a plain relative path"
-            )));
-        }
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o600);
-        header.set_cksum();
-        let full = format!("{}/{path}", FILES_DIR.trim_start_matches('/'));
-        archive.append_data(&mut header, full, content.as_slice())?;
-    }
-    Ok(archive.into_inner()?)
 }
 
 #[async_trait]
@@ -482,34 +410,7 @@ impl Backend for DockerBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::{AgentToken, ConfigVersion, WorkspaceSpec};
-
-    #[test]
-    fn files_are_archived_under_the_files_directory_and_escapes_refused() {
-        let mut launch = Launch {
-            workspace: WorkspaceId::new(),
-            generation: Generation(1),
-            config_version: ConfigVersion(1),
-            spec: WorkspaceSpec::default(),
-            secrets: BTreeMap::new(),
-            files: BTreeMap::from([("a/b.txt".to_owned(), b"hi".to_vec())]),
-            token: AgentToken::new("t"),
-            service_url: String::new(),
-        };
-        let bytes = files_archive(&launch).unwrap();
-        let mut archive = tar::Archive::new(bytes.as_slice());
-        let paths: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(paths, ["workspace/files/a/b.txt"]);
-        launch.files.insert("../escape".into(), vec![]);
-        assert!(files_archive(&launch).is_err());
-    }
 
     #[test]
     fn each_generation_has_its_own_name() {

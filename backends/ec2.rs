@@ -408,7 +408,10 @@ impl Backend for Ec2Backend {
     }
 
     async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {
-        let managed = Filter::builder().name("tag-key").values(TAG_MANAGED).build();
+        let managed = Filter::builder()
+            .name("tag-key")
+            .values(TAG_MANAGED)
+            .build();
         Ok(self
             .described(managed)
             .await?

@@ -15,14 +15,11 @@ pub mod journal;
 mod layout;
 mod procfs;
 mod record;
+mod signal;
 
 use std::{collections::HashMap, path::PathBuf, process::Stdio, sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
-use nix::{
-    sys::signal::{Signal, killpg},
-    unistd::Pid,
-};
 use tokio::{process::Command, sync::watch};
 use workspace_agent::env as agent_env;
 
@@ -32,6 +29,7 @@ use crate::{
 };
 pub use identity::DEFAULT_RUN_AS;
 use identity::Identity;
+use journal::Call;
 use layout::Layout;
 use record::{ExitRecord, InstanceRecord};
 
@@ -83,15 +81,6 @@ pub struct ProcessBackend {
     journal: Option<journal::Journal>,
 }
 
-/// What one journal entry says of a call besides its timing.
-struct Call<'a> {
-    op: &'static str,
-    workspace: WorkspaceId,
-    launch: Option<&'a Launch>,
-    through: Option<Generation>,
-    halt: Option<Halt>,
-}
-
 impl ProcessBackend {
     /// Prepares the state directory, checks that the agents' user can reach
     /// it and run the agent program, and stops instances whose launching
@@ -136,7 +125,7 @@ impl ProcessBackend {
                     halt: Some(Halt::Graceful),
                 };
                 let work = self.stop_recorded(workspace, generation, record, Halt::Graceful);
-                let _ = self.journaled(call, work).await;
+                let _ = journal::journaled(self.journal.as_ref(), call, work).await;
             }
         }
     }
@@ -260,8 +249,7 @@ impl ProcessBackend {
             .collect();
         let excess = stopped.len().saturating_sub(self.config.keep_generations);
         for generation in &stopped[..excess] {
-            if let Err(err) = layout::remove_tree(&self.layout.generation(workspace, *generation))
-            {
+            if let Err(err) = layout::remove_tree(&self.layout.generation(workspace, *generation)) {
                 tracing::warn!(%workspace, %generation, %err, "cannot prune a generation directory");
             }
         }
@@ -283,7 +271,10 @@ impl ProcessBackend {
             let Some(record) = InstanceRecord::read(&dir).await else {
                 continue;
             };
-            if let Err(err) = self.stop_recorded(workspace, generation, record, halt).await {
+            if let Err(err) = self
+                .stop_recorded(workspace, generation, record, halt)
+                .await
+            {
                 first_error.get_or_insert(err);
             }
         }
@@ -301,7 +292,7 @@ impl ProcessBackend {
         halt: Halt,
     ) -> Result<(), BackendError> {
         let dir = self.layout.generation(workspace, generation);
-        self.terminate(&record, halt).await;
+        signal::terminate(&record, halt, self.config.stop_grace).await;
         if procfs::is_alive(record.pid, Some(record.start_time)) {
             return Err(BackendError::Other(format!(
                 "process {} survived SIGKILL",
@@ -324,28 +315,6 @@ impl ProcessBackend {
             own.remove(&(workspace, generation));
         }
         Ok(())
-    }
-
-    /// Signals the instance's process group and waits until it is empty:
-    /// SIGTERM, the grace, then SIGKILL; or SIGKILL at once when forced.
-    async fn terminate(&self, record: &InstanceRecord, halt: Halt) {
-        let group = Pid::from_raw(record.pid as i32);
-        if halt == Halt::Graceful && procfs::is_alive(record.pid, Some(record.start_time)) {
-            let _ = killpg(group, Signal::SIGTERM);
-            if !wait_until_dead(record, self.config.stop_grace).await {
-                tracing::warn!(pid = record.pid, "instance ignored SIGTERM; killing");
-            }
-        }
-        // Whatever is left in the group (the leader, or processes it forked)
-        // gets SIGKILL, and we wait until the group is empty.
-        let _ = killpg(group, Signal::SIGKILL);
-        wait_until_dead(record, Duration::from_secs(5)).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut pause = Duration::from_millis(1);
-        while killpg(group, None).is_ok() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(10));
-        }
     }
 
     /// What the recorded process of a generation is doing.
@@ -377,31 +346,6 @@ impl ProcessBackend {
             None => InstancePhase::Failed("process is gone".into()),
         }
     }
-
-    /// Runs `work` and appends what it was to the journal, if one is kept.
-    async fn journaled(
-        &self,
-        call: Call<'_>,
-        work: impl std::future::Future<Output = Result<(), BackendError>>,
-    ) -> Result<(), BackendError> {
-        let begin_us = journal::now_us();
-        let result = work.await;
-        if let Some(journal) = &self.journal {
-            journal.append(&journal::Entry {
-                op: call.op.to_owned(),
-                workspace: call.workspace,
-                generation: call.launch.map(|l| l.generation),
-                config_version: call.launch.map(|l| l.config_version),
-                through: call.through,
-                halt: call.halt.map(|h| h.as_str().to_owned()),
-                begin_us,
-                end_us: journal::now_us(),
-                ok: result.is_ok(),
-                server_pid: std::process::id(),
-            });
-        }
-        result
-    }
 }
 
 /// A child of this server process.
@@ -409,25 +353,6 @@ impl ProcessBackend {
 struct OwnChild {
     pid: u32,
     exit: watch::Receiver<Option<ExitRecord>>,
-}
-
-/// Polls until the recorded process is gone; true if it went within `limit`.
-/// The poll starts at 1 ms and doubles up to 20 ms: an agent usually exits
-/// within a few milliseconds of SIGTERM, and a flat 20 ms poll made that
-/// wait most of a cycle's control-plane time (see BENCHMARKS.md).
-async fn wait_until_dead(record: &InstanceRecord, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if !procfs::is_alive(record.pid, Some(record.start_time)) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
 }
 
 #[async_trait]
@@ -445,7 +370,7 @@ impl Backend for ProcessBackend {
             through: None,
             halt: None,
         };
-        self.journaled(call, self.launch(launch)).await
+        journal::journaled(self.journal.as_ref(), call, self.launch(launch)).await
     }
 
     #[tracing::instrument(name = "stop process", skip_all, fields(otel.kind = "client"))]
@@ -462,8 +387,12 @@ impl Backend for ProcessBackend {
             through: Some(through),
             halt: Some(halt),
         };
-        self.journaled(call, self.stop_through(workspace, through, halt))
-            .await
+        journal::journaled(
+            self.journal.as_ref(),
+            call,
+            self.stop_through(workspace, through, halt),
+        )
+        .await
     }
 
     #[tracing::instrument(name = "delete process", skip_all, fields(otel.kind = "client"))]
@@ -495,7 +424,7 @@ impl Backend for ProcessBackend {
             through: Some(through),
             halt: Some(halt),
         };
-        self.journaled(call, work).await
+        journal::journaled(self.journal.as_ref(), call, work).await
     }
 
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {

@@ -471,7 +471,10 @@ async fn storm(replicas: usize, backend: Arc<Held<ProcessBackend>>, admin: &str)
     // Shutdown never touches an instance; the agents are stopped here.
     for instance in backend.inner.inventory().await.unwrap_or_default() {
         let through = instance.generation.unwrap_or_default();
-        let _ = backend.inner.stop(instance.workspace, through, Halt::Force).await;
+        let _ = backend
+            .inner
+            .stop(instance.workspace, through, Halt::Force)
+            .await;
     }
     Figures {
         replicas,

@@ -49,7 +49,11 @@ pub(super) fn phase(seen: &Seen<'_>, boot_window: Duration) -> InstancePhase {
         status => match seen.age {
             Some(age) if age > boot_window => InstancePhase::Failed(format!(
                 "stuck in {} for {} s (boot window {} s)",
-                if status.is_empty() { "an unknown state" } else { status },
+                if status.is_empty() {
+                    "an unknown state"
+                } else {
+                    status
+                },
                 age.as_secs(),
                 boot_window.as_secs()
             )),

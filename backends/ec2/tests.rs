@@ -210,10 +210,13 @@ async fn throttled_calls_are_retried_and_stop_waits_for_termination() {
         .output(|| TerminateInstancesOutput::builder().build())
         .build();
     let ec2 = backend(&[&describe, &terminate]);
-    tokio::time::timeout(Duration::from_secs(60), ec2.stop(ws, Generation(1), Halt::Graceful))
-        .await
-        .expect("stop finished")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        ec2.stop(ws, Generation(1), Halt::Graceful),
+    )
+    .await
+    .expect("stop finished")
+    .unwrap();
     assert_eq!(terminate.num_calls(), 2, "throttled once, retried");
     assert!(
         describe.num_calls() >= 5,
@@ -223,15 +226,17 @@ async fn throttled_calls_are_retried_and_stop_waits_for_termination() {
 
 /// A scripted account holding `instances`; returns the rules and the ids
 /// TerminateInstances was asked for.
-fn account(
-    instances: Vec<Instance>,
-) -> (Rule, Rule, Rule, Arc<Mutex<Vec<String>>>) {
+fn account(instances: Vec<Instance>) -> (Rule, Rule, Rule, Arc<Mutex<Vec<String>>>) {
     // The waiter's polls: whatever it waits for is terminated.
     let gone: Vec<Instance> = instances
         .iter()
         .map(|i| {
             let mut i = i.clone();
-            i.state = Some(Ec2State::builder().name(InstanceStateName::Terminated).build());
+            i.state = Some(
+                Ec2State::builder()
+                    .name(InstanceStateName::Terminated)
+                    .build(),
+            );
             i
         })
         .collect();

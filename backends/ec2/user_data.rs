@@ -78,7 +78,10 @@ fn exec_line(agent: &str) -> String {
 
 /// The script for `launch` with the machine image's `paths`.
 pub fn script(launch: &Launch, paths: &Paths<'_>) -> Result<String, BackendError> {
-    for (what, path) in [("files directory", paths.files_dir), ("agent path", paths.agent)] {
+    for (what, path) in [
+        ("files directory", paths.files_dir),
+        ("agent path", paths.agent),
+    ] {
         if path.is_empty() || path.contains(['\0', '=']) {
             return Err(BackendError::Rejected(format!(
                 "the {what} {path:?} is empty or holds NUL or '='"
@@ -97,7 +100,10 @@ pub fn script(launch: &Launch, paths: &Paths<'_>) -> Result<String, BackendError
                 "file path {path:?} is not a plain relative path"
             )));
         }
-        script.push_str(&file_line(&STANDARD.encode(path), &STANDARD.encode(content)));
+        script.push_str(&file_line(
+            &STANDARD.encode(path),
+            &STANDARD.encode(content),
+        ));
     }
     for (name, value) in launch.environment(paths.files_dir) {
         if name.is_empty() || name.contains(['\0', '=']) {

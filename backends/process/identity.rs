@@ -47,11 +47,17 @@ pub(super) fn resolve(requested: Option<&str>) -> Result<Option<Identity>, Backe
     if !me.is_root() {
         return Err(BackendError::Other(format!(
             "process backend: only a server running as root can run agents as {name:?} (pass --process-run-as {})",
-            User::from_uid(me).ok().flatten().map(|u| u.name).unwrap_or_else(|| me.to_string())
+            User::from_uid(me)
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| me.to_string())
         )));
     }
     if user.uid.is_root() {
-        tracing::warn!("process backend: agents run as root (--process-run-as); any operator can run code as root on this host");
+        tracing::warn!(
+            "process backend: agents run as root (--process-run-as); any operator can run code as root on this host"
+        );
         return Ok(None);
     }
     Ok(Some(Identity {

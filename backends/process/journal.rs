@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigVersion, Generation, WorkspaceId};
+use crate::{BackendError, ConfigVersion, Generation, Halt, Launch, WorkspaceId};
 
 /// One backend operation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -89,4 +89,38 @@ pub fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect())
+}
+
+/// What one journal entry says of a call besides its timing.
+pub(super) struct Call<'a> {
+    pub(super) op: &'static str,
+    pub(super) workspace: WorkspaceId,
+    pub(super) launch: Option<&'a Launch>,
+    pub(super) through: Option<Generation>,
+    pub(super) halt: Option<Halt>,
+}
+
+/// Runs `work` and appends what it was to `journal`, if one is kept.
+pub(super) async fn journaled(
+    journal: Option<&Journal>,
+    call: Call<'_>,
+    work: impl std::future::Future<Output = Result<(), BackendError>>,
+) -> Result<(), BackendError> {
+    let begin_us = now_us();
+    let result = work.await;
+    if let Some(journal) = journal {
+        journal.append(&Entry {
+            op: call.op.to_owned(),
+            workspace: call.workspace,
+            generation: call.launch.map(|l| l.generation),
+            config_version: call.launch.map(|l| l.config_version),
+            through: call.through,
+            halt: call.halt.map(|h| h.as_str().to_owned()),
+            begin_us,
+            end_us: now_us(),
+            ok: result.is_ok(),
+            server_pid: std::process::id(),
+        });
+    }
+    result
 }

@@ -69,7 +69,11 @@ impl Layout {
         let mut found: Vec<Generation> = entries
             .filter_map(|e| {
                 let name = e.ok()?.file_name();
-                let n = name.to_str()?.strip_prefix(GENERATION_PREFIX)?.parse().ok()?;
+                let n = name
+                    .to_str()?
+                    .strip_prefix(GENERATION_PREFIX)?
+                    .parse()
+                    .ok()?;
                 Some(Generation(n))
             })
             .collect();

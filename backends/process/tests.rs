@@ -80,11 +80,20 @@ async fn start_runs_the_command_with_config_and_stop_leaves_nothing() {
         backend.state(ws).await.unwrap(),
         InstanceState::of(Generation(1), InstancePhase::Running)
     );
-    let seen = backend.layout.generation(ws, Generation(1)).join("files/seen");
+    let seen = backend
+        .layout
+        .generation(ws, Generation(1))
+        .join("files/seen");
     assert_eq!(wait_for_file(&seen, "x = 1").await, "s3cret\nx = 1");
 
-    backend.stop(ws, Generation(1), Halt::Graceful).await.unwrap();
-    assert!(!procfs::is_alive(pid, None), "agent pid {pid} survived stop");
+    backend
+        .stop(ws, Generation(1), Halt::Graceful)
+        .await
+        .unwrap();
+    assert!(
+        !procfs::is_alive(pid, None),
+        "agent pid {pid} survived stop"
+    );
     let group_left = std::process::Command::new("pgrep")
         .args(["-g", &pid.to_string()])
         .output()
@@ -93,7 +102,10 @@ async fn start_runs_the_command_with_config_and_stop_leaves_nothing() {
     assert_eq!(backend.state(ws).await.unwrap(), InstanceState::missing());
     assert!(!seen.exists(), "the files outlived the instance");
     // Idempotent.
-    backend.stop(ws, Generation(1), Halt::Graceful).await.unwrap();
+    backend
+        .stop(ws, Generation(1), Halt::Graceful)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -106,9 +118,15 @@ async fn a_graceful_stop_kills_an_instance_that_ignores_sigterm_after_the_grace(
     let pid = pid_of(&backend, ws, 1);
     tokio::time::sleep(Duration::from_millis(50)).await; // The trap is set.
     let began = tokio::time::Instant::now();
-    backend.stop(ws, Generation(1), Halt::Graceful).await.unwrap();
+    backend
+        .stop(ws, Generation(1), Halt::Graceful)
+        .await
+        .unwrap();
     assert!(!procfs::is_alive(pid, None));
-    assert!(began.elapsed() >= Duration::from_millis(300), "no grace given");
+    assert!(
+        began.elapsed() >= Duration::from_millis(300),
+        "no grace given"
+    );
 }
 
 #[tokio::test]
@@ -128,7 +146,10 @@ async fn a_forced_stop_kills_an_instance_that_ignores_sigterm_at_once() {
     .await
     .expect("a forced stop does not wait for the grace")
     .unwrap();
-    assert!(!procfs::is_alive(pid, None), "pid {pid} survived a forced stop");
+    assert!(
+        !procfs::is_alive(pid, None),
+        "pid {pid} survived a forced stop"
+    );
 }
 
 #[tokio::test]
@@ -178,26 +199,50 @@ async fn a_start_removes_only_strictly_older_generations_and_a_stale_one_touches
     // generation 2 runs on.
     let stale = backend.start(&launch(ws, 1, &[])).await.unwrap_err();
     assert!(
-        matches!(stale, BackendError::Superseded { newer: Generation(2), .. }),
+        matches!(
+            stale,
+            BackendError::Superseded {
+                newer: Generation(2),
+                ..
+            }
+        ),
         "{stale}"
     );
-    assert!(procfs::is_alive(second, None), "a stale start touched generation 2");
+    assert!(
+        procfs::is_alive(second, None),
+        "a stale start touched generation 2"
+    );
 
     // A stale stop (through 1) leaves generation 2 too.
     backend.stop(ws, Generation(1), Halt::Force).await.unwrap();
-    assert!(procfs::is_alive(second, None), "a stale stop touched generation 2");
-    backend.delete(ws, Generation(1), Halt::Force).await.unwrap();
-    assert!(procfs::is_alive(second, None), "a stale delete touched generation 2");
+    assert!(
+        procfs::is_alive(second, None),
+        "a stale stop touched generation 2"
+    );
+    backend
+        .delete(ws, Generation(1), Halt::Force)
+        .await
+        .unwrap();
+    assert!(
+        procfs::is_alive(second, None),
+        "a stale delete touched generation 2"
+    );
     assert_eq!(
         backend.state(ws).await.unwrap(),
         InstanceState::of(Generation(2), InstancePhase::Running)
     );
 
-    backend.delete(ws, Generation(2), Halt::Graceful).await.unwrap();
+    backend
+        .delete(ws, Generation(2), Halt::Graceful)
+        .await
+        .unwrap();
     assert!(!procfs::is_alive(second, None));
     assert!(!backend.layout.workspace(ws).exists());
     // Idempotent.
-    backend.delete(ws, Generation(2), Halt::Graceful).await.unwrap();
+    backend
+        .delete(ws, Generation(2), Halt::Graceful)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -273,10 +318,16 @@ async fn the_journal_records_every_call_that_changes_an_instance() {
     let backend = backend_in(dir.path(), Duration::from_secs(1)).await;
     let ws = WorkspaceId::new();
     backend.start(&launch(ws, 1, &[])).await.unwrap();
-    backend.stop(ws, Generation(1), Halt::Graceful).await.unwrap();
+    backend
+        .stop(ws, Generation(1), Halt::Graceful)
+        .await
+        .unwrap();
     backend.start(&launch(ws, 2, &[])).await.unwrap();
     backend.stop(ws, Generation(2), Halt::Force).await.unwrap();
-    backend.delete(ws, Generation(2), Halt::Force).await.unwrap();
+    backend
+        .delete(ws, Generation(2), Halt::Force)
+        .await
+        .unwrap();
     let entries = journal::read(&dir.path().join("journal")).unwrap();
     let calls: Vec<(&str, Option<u64>, Option<u64>, Option<&str>)> = entries
         .iter()
@@ -321,8 +372,17 @@ async fn stopped_generation_directories_are_pruned_to_the_newest_few() {
         backend.layout.generations(ws),
         [Generation(4), Generation(5), Generation(6)]
     );
-    assert!(backend.layout.generation(ws, Generation(5)).join("agent.log").exists());
-    backend.delete(ws, Generation(6), Halt::Force).await.unwrap();
+    assert!(
+        backend
+            .layout
+            .generation(ws, Generation(5))
+            .join("agent.log")
+            .exists()
+    );
+    backend
+        .delete(ws, Generation(6), Halt::Force)
+        .await
+        .unwrap();
     assert!(!backend.layout.workspace(ws).exists());
 }
 
@@ -335,11 +395,18 @@ async fn server_environment_does_not_leak_into_the_instance() {
         .start(&launch(
             ws,
             1,
-            &["/bin/sh", "-c", "env > \"$WL_FILES_DIR/env.txt\"; sleep 600"],
+            &[
+                "/bin/sh",
+                "-c",
+                "env > \"$WL_FILES_DIR/env.txt\"; sleep 600",
+            ],
         ))
         .await
         .unwrap();
-    let env_file = backend.layout.generation(ws, Generation(1)).join("files/env.txt");
+    let env_file = backend
+        .layout
+        .generation(ws, Generation(1))
+        .join("files/env.txt");
     let env = wait_for_file(&env_file, "WL_AGENT_TOKEN").await;
     assert!(env.contains("WL_AGENT_TOKEN=token"));
     assert!(env.contains("API_KEY=s3cret"));
@@ -355,7 +422,10 @@ async fn an_unreachable_root_fails_at_startup_naming_the_fix() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("chmod o+x") && err.contains("--process-run-as"), "{err}");
+    assert!(
+        err.contains("chmod o+x") && err.contains("--process-run-as"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -325,7 +325,10 @@ async fn execute(
 async fn stop_after_failure(guard: &LeaseGuard, backend: &dyn Backend) {
     if ensure_held(guard).await.is_ok() {
         let generation = guard.claim().generation;
-        if let Err(err) = backend.stop(guard.workspace(), generation, Halt::Force).await {
+        if let Err(err) = backend
+            .stop(guard.workspace(), generation, Halt::Force)
+            .await
+        {
             tracing::warn!(%err, "could not stop the instance of a failed cycle");
         }
     }

@@ -40,14 +40,24 @@ fn the_agent_finds_its_token_config_version_and_secrets_intact() {
 #[test]
 fn no_input_byte_appears_raw_in_the_script() {
     let mut l = launch();
-    l.files.insert("we'ird $(touch x)/`p`".into(), b"'; touch y #".to_vec());
+    l.files
+        .insert("we'ird $(touch x)/`p`".into(), b"'; touch y #".to_vec());
     l.spec.env.insert("PLAIN".into(), "\"$HOME\"".into());
     let script = script(&l, &PRODUCTION).unwrap();
     assert!(only_encoded_data(&script), "{script}");
-    assert!(!only_encoded_data(&script.replace("set --\n", "set --\ntouch x\n")));
+    assert!(!only_encoded_data(
+        &script.replace("set --\n", "set --\ntouch x\n")
+    ));
     assert!(!only_encoded_data(&script.replacen("'", "'$(x)", 2)));
     for raw in [
-        "quoted", "rm -rf", "we'ird", "touch", "$HOME", "/workspace", "PLAIN", "API_KEY",
+        "quoted",
+        "rm -rf",
+        "we'ird",
+        "touch",
+        "$HOME",
+        "/workspace",
+        "PLAIN",
+        "API_KEY",
     ] {
         assert!(!script.contains(raw), "{raw:?} appears raw in:\n{script}");
     }
@@ -68,7 +78,8 @@ fn a_config_too_large_for_user_data_is_refused_by_name() {
 #[test]
 fn what_no_environment_or_path_can_carry_is_refused_and_never_shown() {
     let mut l = launch();
-    l.secrets.insert("TOKEN".into(), Secret::new("hunter2\0tail"));
+    l.secrets
+        .insert("TOKEN".into(), Secret::new("hunter2\0tail"));
     let err = encode(&l).unwrap_err().to_string();
     assert!(err.contains("NUL") && !err.contains("hunter2"), "{err}");
     for name in ["", "A=B", "A\0B"] {
@@ -108,15 +119,19 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn path() -> impl Strategy<Value = String> {
-    proptest::collection::vec(name().prop_map(|n| n.replace('/', "_")), 1..4).prop_map(
-        |parts| {
-            parts
-                .into_iter()
-                .map(|p| if p == "." || p == ".." { format!("{p}x") } else { p })
-                .collect::<Vec<_>>()
-                .join("/")
-        },
-    )
+    proptest::collection::vec(name().prop_map(|n| n.replace('/', "_")), 1..4).prop_map(|parts| {
+        parts
+            .into_iter()
+            .map(|p| {
+                if p == "." || p == ".." {
+                    format!("{p}x")
+                } else {
+                    p
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    })
 }
 
 prop_compose! {

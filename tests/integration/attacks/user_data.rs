@@ -84,19 +84,26 @@ fn launch_with(place: Place, payload: &str) -> Launch {
                 .chunks(200)
                 .map(|c| String::from_utf8_lossy(c).into_owned())
                 .collect();
-            launch.files.insert(format!("dir/{}", parts.join("/")), b"content".to_vec());
+            launch
+                .files
+                .insert(format!("dir/{}", parts.join("/")), b"content".to_vec());
         }
         Place::FileContent => {
             launch.files.insert("f".into(), payload.as_bytes().to_vec());
         }
         Place::SecretName => {
-            launch.secrets.insert(payload.replace('=', "_"), Secret::new("v"));
+            launch
+                .secrets
+                .insert(payload.replace('=', "_"), Secret::new("v"));
         }
         Place::SecretValue => {
             launch.secrets.insert("S".into(), Secret::new(payload));
         }
         Place::EnvName => {
-            launch.spec.env.insert(payload.replace('=', "_"), "v".into());
+            launch
+                .spec
+                .env
+                .insert(payload.replace('=', "_"), "v".into());
         }
         Place::EnvValue => {
             launch.spec.env.insert("E".into(), payload.into());
@@ -116,7 +123,11 @@ impl Sandbox {
         let dir = tempfile::tempdir().unwrap();
         let agent = dir.path().join("agent");
         let out = dir.path().join("env.out");
-        std::fs::write(&agent, format!("#!/bin/sh\nexec env -0 > '{}'\n", out.display())).unwrap();
+        std::fs::write(
+            &agent,
+            format!("#!/bin/sh\nexec env -0 > '{}'\n", out.display()),
+        )
+        .unwrap();
         std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir }
     }
@@ -172,7 +183,12 @@ fn files_under(root: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let relative = path.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+                let relative = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec();
                 found.insert(relative, std::fs::read(&path).unwrap());
             }
         }
@@ -210,14 +226,21 @@ async fn every_input_class_in_every_place_boots_as_inert_data() {
                 agent: &agent,
             };
             let script = user_data::script(&launch, &paths).unwrap();
-            assert!(user_data::only_encoded_data(&script), "{class} in {place:?}");
+            assert!(
+                user_data::only_encoded_data(&script),
+                "{class} in {place:?}"
+            );
             let output = sandbox.boot(&script).await;
             let context = format!(
                 "{class} in {place:?}: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
             assert!(output.status.success(), "{context}");
-            assert_eq!(markers_under(sandbox.dir.path()), Vec::<PathBuf>::new(), "{context}");
+            assert_eq!(
+                markers_under(sandbox.dir.path()),
+                Vec::<PathBuf>::new(),
+                "{context}"
+            );
 
             // The files, byte for byte, and nothing else.
             let expected: BTreeMap<Vec<u8>, Vec<u8>> = launch
