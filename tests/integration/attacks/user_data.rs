@@ -112,8 +112,9 @@ fn launch_with(place: Place, payload: &str) -> Launch {
     launch
 }
 
-/// A sandbox: `files/` for the files, `agent` (a script that dumps its
-/// environment, NUL-separated, into `env.out`), and the boot script.
+/// A sandbox: `files/` for the files, `agent` (a program that dumps its
+/// environment, NUL-separated, into `env.out`; Python, since a POSIX shell
+/// drops variables whose names are not shell names), and the boot script.
 struct Sandbox {
     dir: tempfile::TempDir,
 }
@@ -123,11 +124,13 @@ impl Sandbox {
         let dir = tempfile::tempdir().unwrap();
         let agent = dir.path().join("agent");
         let out = dir.path().join("env.out");
-        std::fs::write(
-            &agent,
-            format!("#!/bin/sh\nexec env -0 > '{}'\n", out.display()),
-        )
-        .unwrap();
+        let dump = format!(
+            "#!/usr/bin/python3\nimport os\n\
+             with open({:?}, 'wb') as f:\n\
+             \x20   f.write(b''.join(k + b'=' + v + b'\\0' for k, v in os.environb.items()))\n",
+            out.display().to_string()
+        );
+        std::fs::write(&agent, dump).unwrap();
         std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir }
     }
