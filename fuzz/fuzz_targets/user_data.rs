@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use libfuzzer_sys::{arbitrary::Arbitrary, fuzz_target};
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
 use workspace_backends::{
     AgentToken, ConfigVersion, Generation, Launch, Secret, WorkspaceId, WorkspaceSpec,
     ec2::user_data,
