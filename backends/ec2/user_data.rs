@@ -230,7 +230,7 @@ pub fn only_encoded_data(script: &str) -> bool {
                 blanked.push_str(part);
             }
         }
-        templates.iter().any(|t| *t == blanked)
+        templates.contains(&blanked)
     })
 }
 

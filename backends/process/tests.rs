@@ -329,7 +329,8 @@ async fn the_journal_records_every_call_that_changes_an_instance() {
         .await
         .unwrap();
     let entries = journal::read(&dir.path().join("journal")).unwrap();
-    let calls: Vec<(&str, Option<u64>, Option<u64>, Option<&str>)> = entries
+    type Call<'a> = (&'a str, Option<u64>, Option<u64>, Option<&'a str>);
+    let calls: Vec<Call<'_>> = entries
         .iter()
         .map(|e| {
             (
