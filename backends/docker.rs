@@ -1,12 +1,18 @@
-//! The `docker` backend: each workspace is one container on a Docker Engine,
-//! named `ws-<workspace id>` and labelled with its workspace and generation.
+//! The `docker` backend: each generation of a workspace is its own
+//! container, named `ws-<workspace id>-g<generation>` and labelled with its
+//! workspace and generation, so two generations never share a name (no
+//! conflict while one replaces the other) and every call addresses
+//! generations by label (C18): a start removes strictly older generations
+//! only, a stop only those up to the generation it names.
 //!
 //! The control plane owns restarts, so containers get no restart policy.
 //! Files are uploaded into the created container before it starts, and
 //! secrets are its environment, so the agent boots with the complete config
-//! of its generation. Before a start, every container of the workspace from
-//! another generation (a leftover after a crash, say) is removed — never one
-//! of the generation being started, which makes a retried start idempotent.
+//! of its generation.
+
+mod archive;
+mod found;
+mod phase;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -14,10 +20,7 @@ use async_trait::async_trait;
 use bollard::{
     Docker,
     errors::Error as DockerError,
-    models::{
-        ContainerCreateBody, ContainerStateStatusEnum, HostConfig, RestartPolicy,
-        RestartPolicyNameEnum,
-    },
+    models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum},
     query_parameters::{
         CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
         RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
@@ -28,9 +31,11 @@ use tracing::Instrument;
 use workspace_agent::env as agent_env;
 
 use crate::{
-    Backend, BackendError, BackendKind, Generation, InstancePhase, InstanceState, Launch,
+    Backend, BackendError, BackendKind, Generation, Halt, InstanceRef, InstanceState, Launch,
     WorkspaceId,
 };
+use found::{Found, age_since};
+use phase::Seen;
 
 /// Label with the workspace id.
 pub const LABEL_WORKSPACE: &str = "wl.workspace";
@@ -49,8 +54,22 @@ pub struct DockerConfig {
     /// Network mode (`host` lets the agent reach a control plane on
     /// 127.0.0.1); `None` uses the engine's default network.
     pub network_mode: Option<String>,
-    /// SIGTERM → SIGKILL grace when stopping.
+    /// SIGTERM → SIGKILL grace of a graceful stop.
     pub stop_grace: Duration,
+    /// How long after its creation a container that has not started yet
+    /// counts as booting; past it, it is failed.
+    pub boot_window: Duration,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            default_image: "workspace-agent:latest".into(),
+            network_mode: None,
+            stop_grace: Duration::from_secs(10),
+            boot_window: Duration::from_secs(120),
+        }
+    }
 }
 
 /// Runs each workspace as a container.
@@ -60,8 +79,9 @@ pub struct DockerBackend {
     config: DockerConfig,
 }
 
-fn container_name(workspace: WorkspaceId) -> String {
-    format!("ws-{workspace}")
+/// The name of one generation's container.
+pub fn container_name(workspace: WorkspaceId, generation: Generation) -> String {
+    format!("ws-{workspace}-g{generation}")
 }
 
 fn status_code(err: &DockerError) -> Option<u16> {
@@ -86,13 +106,6 @@ fn backend_error(what: &str, err: DockerError) -> BackendError {
     }
 }
 
-/// A container of the workspace, as listed.
-struct Found {
-    id: String,
-    generation: Option<Generation>,
-    running: bool,
-}
-
 /// A span for one call to the engine, so a cycle's trace shows where
 /// the backend's time went.
 fn docker_span(operation: &'static str) -> tracing::Span {
@@ -111,12 +124,10 @@ impl DockerBackend {
         Ok(Self { docker, config })
     }
 
-    /// Every container labelled for the workspace, running or not.
-    async fn containers(&self, workspace: WorkspaceId) -> Result<Vec<Found>, BackendError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{LABEL_WORKSPACE}={workspace}")],
-        )]);
+    /// Every container carrying `label` (`key` or `key=value`), running or
+    /// not.
+    async fn listed(&self, label: String) -> Result<Vec<Found>, BackendError> {
+        let filters = HashMap::from([("label".to_owned(), vec![label])]);
         let listed = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -127,28 +138,22 @@ impl DockerBackend {
             .instrument(docker_span("list containers"))
             .await
             .map_err(|e| backend_error("list containers", e))?;
-        Ok(listed
-            .into_iter()
-            .filter_map(|c| {
-                let generation = c
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_GENERATION))
-                    .and_then(|g| g.parse().ok())
-                    .map(Generation);
-                Some(Found {
-                    id: c.id?,
-                    generation,
-                    running: c.state.is_some_and(|s| s.to_string() == "running"),
-                })
-            })
-            .collect())
+        Ok(listed.into_iter().filter_map(Found::from_summary).collect())
     }
 
-    /// Stops (SIGTERM, grace, SIGKILL) and removes one container; gone
-    /// already is fine.
-    async fn remove(&self, container: &Found) -> Result<(), BackendError> {
-        if container.running {
+    /// Every container of the workspace, oldest generation first.
+    async fn containers(&self, workspace: WorkspaceId) -> Result<Vec<Found>, BackendError> {
+        let mut found = self
+            .listed(format!("{LABEL_WORKSPACE}={workspace}"))
+            .await?;
+        found.sort_by_key(|f| f.generation);
+        Ok(found)
+    }
+
+    /// Stops and removes one container; gone already is fine. Graceful:
+    /// SIGTERM, the grace, SIGKILL; forced: removed at once (SIGKILL).
+    async fn remove(&self, container: &Found, halt: Halt) -> Result<(), BackendError> {
+        if halt == Halt::Graceful && container.running() {
             let grace = self.config.stop_grace.as_secs().clamp(1, i32::MAX as u64) as i32;
             match self
                 .docker
@@ -196,44 +201,9 @@ impl DockerBackend {
         )))
     }
 
-    /// The files of `launch` as a tar archive rooted at `/`.
-    fn files_archive(launch: &Launch) -> Result<Vec<u8>, BackendError> {
-        let mut archive = tar::Builder::new(Vec::new());
-        for (path, content) in &launch.files {
-            if path
-                .split('/')
-                .any(|s| s.is_empty() || s == "." || s == "..")
-            {
-                return Err(BackendError::Rejected(format!(
-                    "file path {path:?} is not a plain relative path"
-                )));
-            }
-            let mut header = tar::Header::new_gnu();
-            header.set_size(content.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            let full = format!("{}/{path}", FILES_DIR.trim_start_matches('/'));
-            archive.append_data(&mut header, full, content.as_slice())?;
-        }
-        Ok(archive.into_inner()?)
-    }
-}
-
-#[async_trait]
-impl Backend for DockerBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Docker
-    }
-
-    async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
-        let name = container_name(launch.workspace);
-        for found in self.containers(launch.workspace).await? {
-            if found.generation == Some(launch.generation) && found.running {
-                return Ok(()); // A retried start of the same generation.
-            }
-            self.remove(&found).await?;
-        }
-
+    /// Creates the generation's container (its config, labels and no
+    /// restart policy).
+    async fn create(&self, launch: &Launch, name: &str) -> Result<(), BackendError> {
         let mut env: Vec<String> = launch
             .environment(FILES_DIR)
             .into_iter()
@@ -271,7 +241,7 @@ impl Backend for DockerBackend {
         self.docker
             .create_container(
                 Some(CreateContainerOptions {
-                    name: Some(name.clone()),
+                    name: Some(name.to_owned()),
                     platform: String::new(),
                 }),
                 body,
@@ -279,11 +249,16 @@ impl Backend for DockerBackend {
             .instrument(docker_span("create container"))
             .await
             .map_err(|e| backend_error("create container", e))?;
+        Ok(())
+    }
+
+    /// Uploads the files (before the first start) and starts the container.
+    async fn upload_and_start(&self, launch: &Launch, name: &str) -> Result<(), BackendError> {
         if !launch.files.is_empty() {
-            let archive = Self::files_archive(launch)?;
+            let archive = archive::files_archive(launch, FILES_DIR)?;
             self.docker
                 .upload_to_container(
-                    &name,
+                    name,
                     Some(UploadToContainerOptions {
                         path: "/".into(),
                         ..Default::default()
@@ -294,98 +269,155 @@ impl Backend for DockerBackend {
                 .await
                 .map_err(|e| backend_error("upload files", e))?;
         }
-        self.docker
-            .start_container(&name, None::<StartContainerOptions>)
+        match self
+            .docker
+            .start_container(name, None::<StartContainerOptions>)
             .instrument(docker_span("start container"))
             .await
-            .map_err(|e| backend_error("start container", e))?;
-        Ok(())
-    }
-
-    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
-        for found in self.containers(workspace).await? {
-            self.remove(&found).await?;
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(304) => Ok(()), // Already started.
+            Err(e) => Err(backend_error("start container", e)),
         }
-        Ok(())
     }
 
-    async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
+    /// What the engine says of one container, in detail.
+    async fn inspect_phase(&self, container: &Found) -> Result<crate::InstancePhase, BackendError> {
         let inspected = match self
             .docker
-            .inspect_container(&container_name(workspace), None::<InspectContainerOptions>)
+            .inspect_container(&container.id, None::<InspectContainerOptions>)
             .instrument(docker_span("inspect container"))
             .await
         {
             Ok(inspected) => inspected,
-            Err(e) if status_code(&e) == Some(404) => return Ok(InstanceState::missing()),
+            // Removed between the listing and now.
+            Err(e) if status_code(&e) == Some(404) => return Ok(crate::InstancePhase::Missing),
             Err(e) => return Err(backend_error("inspect container", e)),
         };
-        let generation = inspected
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .and_then(|l| l.get(LABEL_GENERATION))
-            .and_then(|g| g.parse().ok())
-            .map(Generation);
         let state = inspected.state.unwrap_or_default();
-        let phase = match state.status {
-            Some(ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::RESTARTING) => {
-                InstancePhase::Pending
-            }
-            Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::PAUSED) => {
-                InstancePhase::Running
-            }
-            Some(ContainerStateStatusEnum::REMOVING) => InstancePhase::Stopping,
-            Some(ContainerStateStatusEnum::EXITED) => match state.exit_code {
-                Some(0) => InstancePhase::Stopped,
-                code => InstancePhase::Failed(format!(
-                    "container exited with code {}{}",
-                    code.unwrap_or(-1),
-                    if state.oom_killed == Some(true) {
-                        " (out of memory)"
-                    } else {
-                        ""
-                    }
-                )),
-            },
-            Some(ContainerStateStatusEnum::DEAD) => InstancePhase::Failed(format!(
-                "container is dead: {}",
-                state.error.unwrap_or_default()
-            )),
-            Some(ContainerStateStatusEnum::EMPTY) | None => InstancePhase::Pending,
+        let status = state.status.map(|s| s.to_string()).unwrap_or_default();
+        let age = inspected
+            .created
+            .as_deref()
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+            .and_then(|c| age_since(c.timestamp()))
+            .or_else(|| container.created.and_then(age_since));
+        let seen = Seen {
+            status: &status,
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed == Some(true),
+            error: state.error.as_deref(),
+            age,
         };
-        Ok(InstanceState { phase, generation })
+        Ok(phase::phase(&seen, self.config.boot_window))
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Docker
+    }
+
+    async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
+        let found = self.containers(launch.workspace).await?;
+        if let Some(newer) = found
+            .iter()
+            .filter_map(|c| c.generation)
+            .find(|g| *g > launch.generation)
+        {
+            return Err(BackendError::Superseded {
+                requested: launch.generation,
+                newer,
+            });
+        }
+        for older in found.iter().filter(|c| c.older_than(launch.generation)) {
+            self.remove(older, Halt::Graceful).await?;
+        }
+        let name = container_name(launch.workspace, launch.generation);
+        match found
+            .iter()
+            .find(|c| c.generation == Some(launch.generation))
+        {
+            // A retried start of the same generation.
+            Some(same) if same.running() || same.status == "paused" => Ok(()),
+            // Created (or ended) by an earlier attempt of this start: the
+            // same container, never a second one.
+            Some(_) => self.upload_and_start(launch, &name).await,
+            None => {
+                self.create(launch, &name).await?;
+                self.upload_and_start(launch, &name).await
+            }
+        }
+    }
+
+    async fn stop(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        for container in self.containers(workspace).await? {
+            if container.at_most(through) {
+                self.remove(&container, halt).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        // The containers are all a workspace has on the engine.
+        self.stop(workspace, through, halt).await
+    }
+
+    async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
+        let found = self.containers(workspace).await?;
+        let Some(newest) = found.last() else {
+            return Ok(InstanceState::missing());
+        };
+        let phase = self.inspect_phase(newest).await?;
+        Ok(InstanceState {
+            phase,
+            generation: newest.generation,
+        })
+    }
+
+    async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {
+        let found = self.listed(LABEL_MANAGED.to_owned()).await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|c| {
+                let seen = Seen {
+                    status: &c.status,
+                    exit_code: phase::exit_code_of(&c.status_text),
+                    age: c.created.and_then(age_since),
+                    ..Seen::default()
+                };
+                Some(InstanceRef {
+                    workspace: c.workspace?,
+                    generation: c.generation,
+                    phase: phase::phase(&seen, self.config.boot_window),
+                })
+            })
+            .collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::{AgentToken, ConfigVersion, WorkspaceSpec};
 
     #[test]
-    fn files_are_archived_under_the_files_directory_and_escapes_refused() {
-        let mut launch = Launch {
-            workspace: WorkspaceId::new(),
-            generation: Generation(1),
-            config_version: ConfigVersion(1),
-            spec: WorkspaceSpec::default(),
-            secrets: BTreeMap::new(),
-            files: BTreeMap::from([("a/b.txt".to_owned(), b"hi".to_vec())]),
-            token: AgentToken::new("t"),
-            service_url: String::new(),
-        };
-        let bytes = DockerBackend::files_archive(&launch).unwrap();
-        let mut archive = tar::Archive::new(bytes.as_slice());
-        let paths: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(paths, ["workspace/files/a/b.txt"]);
-        launch.files.insert("../escape".into(), vec![]);
-        assert!(DockerBackend::files_archive(&launch).is_err());
+    fn each_generation_has_its_own_name() {
+        let ws = WorkspaceId::new();
+        assert_ne!(
+            container_name(ws, Generation(1)),
+            container_name(ws, Generation(2))
+        );
     }
 }

@@ -3,7 +3,11 @@
 //! An instance is tagged with its workspace and generation, and launched
 //! with a `ClientToken` derived from (workspace, generation), so a start the
 //! SDK retries (or the engine retries after a crash) never launches a second
-//! instance. Its user data boots the agent (see [`user_data`]). The EC2
+//! instance. Every call addresses instances by their generation tag (C18):
+//! a start terminates strictly older generations only, a stop only those up
+//! to the generation it names. Its user data boots the agent (see
+//! [`user_data`]), and admission refuses a config whose user data could
+//! exceed EC2's 16 KiB. The EC2
 //! `pending` window — 20–30 s in production — is reported as booting, never
 //! as dead, so a health probe cannot mistake it for a crash. Waiting and
 //! retrying are the SDK's: its `InstanceTerminated` waiter and its standard
@@ -23,8 +27,8 @@ use aws_sdk_ec2::{
 use sha2::{Digest, Sha256};
 
 use crate::{
-    Backend, BackendError, BackendKind, Generation, InstancePhase, InstanceState, Launch,
-    WorkspaceId,
+    Backend, BackendError, BackendKind, ConfigFootprint, Generation, Halt, InstancePhase,
+    InstanceRef, InstanceState, Launch, LimitExceeded, WorkspaceId,
 };
 
 /// Tag with the workspace id.
@@ -179,15 +183,21 @@ impl Ec2Backend {
 
     /// Every instance of the workspace that is not terminated.
     async fn instances(&self, workspace: WorkspaceId) -> Result<Vec<Instance>, BackendError> {
+        self.described(
+            Filter::builder()
+                .name(format!("tag:{TAG_WORKSPACE}"))
+                .values(workspace.to_string())
+                .build(),
+        )
+        .await
+    }
+
+    /// Every instance matching `filter` that is not terminated.
+    async fn described(&self, filter: Filter) -> Result<Vec<Instance>, BackendError> {
         let mut pages = self
             .client
             .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{TAG_WORKSPACE}"))
-                    .values(workspace.to_string())
-                    .build(),
-            )
+            .filters(filter)
             .filters(
                 Filter::builder()
                     .name("instance-state-name")
@@ -214,6 +224,24 @@ impl Ec2Backend {
             }
         }
         Ok(found)
+    }
+
+    /// Terminates (and waits for) the instances of `workspace` whose
+    /// generation passes `select` (unlabelled ones count as older than
+    /// every generation).
+    async fn terminate_where(
+        &self,
+        workspace: WorkspaceId,
+        select: impl Fn(Option<Generation>) -> bool,
+    ) -> Result<(), BackendError> {
+        let ids = self
+            .instances(workspace)
+            .await?
+            .iter()
+            .filter(|i| select(generation_of(i)))
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
+        self.terminate(ids).await
     }
 
     /// Terminates `ids` and waits (the SDK's waiter) until they are gone.
@@ -248,15 +276,29 @@ impl Backend for Ec2Backend {
         BackendKind::Ec2
     }
 
+    fn admits(&self, footprint: &ConfigFootprint) -> Result<(), LimitExceeded> {
+        user_data::admits(footprint)
+    }
+
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
         let existing = self.instances(launch.workspace).await?;
-        // Leftovers of other generations go first: never two instances.
-        let strays: Vec<String> = existing
+        if let Some(newer) = existing
             .iter()
-            .filter(|i| generation_of(i) != Some(launch.generation))
+            .filter_map(generation_of)
+            .find(|g| *g > launch.generation)
+        {
+            return Err(BackendError::Superseded {
+                requested: launch.generation,
+                newer,
+            });
+        }
+        // Older generations go first: never two instances serving.
+        let older: Vec<String> = existing
+            .iter()
+            .filter(|i| generation_of(i).is_none_or(|g| g < launch.generation))
             .filter_map(|i| i.instance_id().map(str::to_owned))
             .collect();
-        self.terminate(strays).await?;
+        self.terminate(older).await?;
         if existing
             .iter()
             .any(|i| generation_of(i) == Some(launch.generation))
@@ -330,14 +372,26 @@ impl Backend for Ec2Backend {
         Ok(())
     }
 
-    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
-        let ids = self
-            .instances(workspace)
-            .await?
-            .iter()
-            .filter_map(|i| i.instance_id().map(str::to_owned))
-            .collect();
-        self.terminate(ids).await
+    /// Graceful or forced, an instance is terminated: EC2 gives a stopped
+    /// instance no faster way out.
+    async fn stop(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        _halt: Halt,
+    ) -> Result<(), BackendError> {
+        self.terminate_where(workspace, |g| g.is_none_or(|g| g <= through))
+            .await
+    }
+
+    async fn delete(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        // The instances are all a workspace has on EC2.
+        self.stop(workspace, through, halt).await
     }
 
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
@@ -353,21 +407,23 @@ impl Backend for Ec2Backend {
         })
     }
 
-    async fn remove_strays(
-        &self,
-        workspace: WorkspaceId,
-        current: Generation,
-    ) -> Result<usize, BackendError> {
-        let strays: Vec<String> = self
-            .instances(workspace)
+    async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {
+        let managed = Filter::builder()
+            .name("tag-key")
+            .values(TAG_MANAGED)
+            .build();
+        Ok(self
+            .described(managed)
             .await?
             .iter()
-            .filter(|i| generation_of(i).is_some_and(|g| g < current))
-            .filter_map(|i| i.instance_id().map(str::to_owned))
-            .collect();
-        let count = strays.len();
-        self.terminate(strays).await?;
-        Ok(count)
+            .filter_map(|i| {
+                Some(InstanceRef {
+                    workspace: tag(i, TAG_WORKSPACE)?.parse().ok()?,
+                    generation: generation_of(i),
+                    phase: phase_of(i),
+                })
+            })
+            .collect())
     }
 }
 

@@ -2,15 +2,19 @@
 //!
 //! A backend turns "run generation *g* of workspace *w* with this config"
 //! into a child process, a container or a VM, and reports what it sees. It
-//! knows nothing of gates, debounce or cycles: the engine above it guarantees
-//! that at most one `stop`/`start` runs per workspace at a time, and the
-//! backend guarantees that `stop` leaves nothing of the workspace running and
-//! that its [`InstanceState`] keeps *booting* apart from *dead*, so a health
-//! probe never mistakes a slow boot for a crash.
+//! knows nothing of gates, debounce or cycles. What it does guarantee is
+//! that instances are addressed per generation (C18): a start removes only
+//! strictly older generations and a stop only those up to the generation it
+//! names, so a stale owner's late call can never touch a newer generation's
+//! instance; that every instance it manages can be listed, so a garbage
+//! collector can remove whatever is not serving (C17); and that its
+//! [`InstanceState`] keeps *booting* apart from *dead*, so a health probe
+//! never mistakes a slow boot for a crash.
 
 pub mod docker;
 pub mod ec2;
 mod error;
+mod footprint;
 mod ids;
 mod launch;
 pub mod process;
@@ -18,10 +22,32 @@ mod state;
 
 use async_trait::async_trait;
 
-pub use error::BackendError;
+pub use error::{BackendError, LimitExceeded};
+pub use footprint::ConfigFootprint;
 pub use ids::{BackendKind, ConfigVersion, Generation, WorkspaceId};
 pub use launch::{AgentToken, Launch, Secret, WorkspaceSpec};
-pub use state::{InstancePhase, InstanceState};
+pub use state::{InstancePhase, InstanceRef, InstanceState};
+
+/// How hard a stop is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Halt {
+    /// SIGTERM, the configured grace, then SIGKILL (process); `docker stop`
+    /// with the grace (docker); terminate (EC2).
+    Graceful,
+    /// SIGKILL at once (process); forced removal (docker); terminate (EC2).
+    /// For an instance whose cycle failed: it gets no grace to linger in.
+    Force,
+}
+
+impl Halt {
+    /// `graceful` or `force`, as journals and logs spell it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Graceful => "graceful",
+            Self::Force => "force",
+        }
+    }
+}
 
 /// Runs workspace instances for one [`BackendKind`].
 ///
@@ -32,33 +58,45 @@ pub trait Backend: Send + Sync + 'static {
     /// The kind of workspace this backend runs.
     fn kind(&self) -> BackendKind;
 
-    /// Starts `launch.generation`. The instance must come up with exactly the
-    /// config in `launch` and be labelled with the workspace and generation.
+    /// Refuses a config this backend could never boot, naming the limit
+    /// (EC2: the user data would exceed 16 KiB). A tight upper bound
+    /// computed from the footprint alone: when it says `Ok`, `start` never
+    /// fails for size, so admission can refuse a change before it commits.
+    fn admits(&self, _footprint: &ConfigFootprint) -> Result<(), LimitExceeded> {
+        Ok(())
+    }
+
+    /// Starts `launch.generation`: first stops and removes the instances of
+    /// strictly older generations; never touches the same or a newer one. A
+    /// start of a generation that already runs is a no-op (a retry); a
+    /// start for which a newer generation exists is refused
+    /// ([`BackendError::Superseded`]).
     async fn start(&self, launch: &Launch) -> Result<(), BackendError>;
 
-    /// Stops every instance of the workspace, of any generation, and waits
-    /// until none is left running. Succeeds when there is nothing to stop.
-    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError>;
+    /// Stops and removes every instance of `workspace` whose generation is
+    /// at most `through` (an instance without a generation label counts as
+    /// older than everything). Newer generations are untouched. `Ok` when
+    /// nothing is left to stop.
+    async fn stop(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError>;
 
-    /// Stops the workspace and removes everything the backend keeps for it.
-    async fn delete(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
-        self.stop(workspace).await
-    }
+    /// [`Backend::stop`], then removes everything the backend keeps for the
+    /// workspace. Idempotent: deleting twice, or what is gone, is `Ok`.
+    async fn delete(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError>;
 
-    /// What the backend sees for the workspace right now.
+    /// What the backend sees of the workspace's newest instance.
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError>;
 
-    /// Removes instances of the workspace from generations older than
-    /// `current` (leftovers of a crash between launching a generation and
-    /// removing its predecessor); returns how many. Never touches `current`
-    /// or newer: a newer one may belong to a cycle that is starting now.
-    /// Backends that name their one instance per workspace (process,
-    /// docker) cannot hold strays and keep this default.
-    async fn remove_strays(
-        &self,
-        _workspace: WorkspaceId,
-        _current: Generation,
-    ) -> Result<usize, BackendError> {
-        Ok(0)
-    }
+    /// Every instance this backend manages, of every workspace, for the
+    /// garbage collector.
+    async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError>;
 }

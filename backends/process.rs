@@ -1,35 +1,36 @@
 //! The `process` backend: each workspace is the agent running as a local
 //! child process. It is the embedded default, so it must be as careful as
-//! the real backends: stop is SIGTERM to the whole process group, a bounded
-//! wait, then SIGKILL; the agent dies with the server even on SIGKILL
-//! (`PR_SET_PDEATHSIG`); and a server that starts up reaps whatever a crashed
+//! the real backends: each generation has its own directory and record, so
+//! a start removes only strictly older generations (C18); a stop is SIGTERM
+//! to the whole process group, the grace, then SIGKILL (or SIGKILL at once
+//! when forced); the agent runs as an unprivileged user when the server is
+//! root ([`identity`]), in a working directory nobody else writes; the
+//! agent dies with the server even on SIGKILL (`PR_SET_PDEATHSIG`, set by
+//! the agent); and a server that starts up reaps whatever a crashed
 //! predecessor left behind. State lives in a directory so several server
 //! processes on one machine (replicas) see and stop each other's instances.
 
+mod identity;
 pub mod journal;
+mod layout;
 mod procfs;
 mod record;
+mod signal;
 
-use std::{
-    collections::HashMap,
-    path::{Component, Path, PathBuf},
-    process::Stdio,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, path::PathBuf, process::Stdio, sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
-use nix::{
-    sys::signal::{Signal, killpg},
-    unistd::Pid,
-};
 use tokio::{process::Command, sync::watch};
 use workspace_agent::env as agent_env;
 
 use crate::{
-    Backend, BackendError, BackendKind, Generation, InstancePhase, InstanceState, Launch,
-    WorkspaceId,
+    Backend, BackendError, BackendKind, Generation, Halt, InstancePhase, InstanceRef,
+    InstanceState, Launch, WorkspaceId,
 };
+pub use identity::DEFAULT_RUN_AS;
+use identity::Identity;
+use journal::Call;
+use layout::Layout;
 use record::{ExitRecord, InstanceRecord};
 
 /// How the process backend runs instances.
@@ -40,30 +41,63 @@ pub struct ProcessConfig {
     /// The default program and arguments (the agent) when a spec has no
     /// command of its own.
     pub agent_command: Vec<String>,
-    /// How long a stopped instance gets between SIGTERM and SIGKILL.
+    /// How long a gracefully stopped instance gets between SIGTERM and
+    /// SIGKILL.
     pub stop_grace: Duration,
-    /// Where to append the record of every start and stop (see
-    /// [`journal`]); `None` keeps none.
+    /// Where to append the record of every call that changes an instance
+    /// (see [`journal`]); `None` keeps none.
     pub journal: Option<PathBuf>,
+    /// The user agents run as. `None`: [`DEFAULT_RUN_AS`] when the server
+    /// runs as root, the server's own user otherwise.
+    pub run_as: Option<String>,
+    /// How many stopped generation directories (with their logs) each
+    /// workspace keeps; older ones are removed when a generation starts.
+    pub keep_generations: usize,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::new(),
+            agent_command: Vec::new(),
+            stop_grace: Duration::from_secs(10),
+            journal: None,
+            run_as: None,
+            keep_generations: 3,
+        }
+    }
 }
 
 /// Runs each workspace as a child process of this server.
 #[derive(Debug)]
 pub struct ProcessBackend {
     config: ProcessConfig,
+    layout: Layout,
+    /// The user agents run as, when it is not the server's own.
+    agent: Option<Identity>,
     /// Children this process spawned, with the exit status their reaper
     /// task will publish, so `state` can report how an own child ended.
-    own: Mutex<HashMap<WorkspaceId, OwnChild>>,
+    own: Mutex<HashMap<(WorkspaceId, Generation), OwnChild>>,
     journal: Option<journal::Journal>,
 }
 
 impl ProcessBackend {
-    /// Prepares the state directory and stops instances whose launching
+    /// Prepares the state directory, checks that the agents' user can reach
+    /// it and run the agent program, and stops instances whose launching
     /// server is gone (a crashed predecessor's children).
     pub async fn new(config: ProcessConfig) -> Result<Self, BackendError> {
-        tokio::fs::create_dir_all(&config.root).await?;
+        let agent = identity::resolve(config.run_as.as_deref())?;
+        layout::server_dir(&config.root)?;
+        if let Some(agent) = &agent {
+            agent.check_reaches(&config.root)?;
+            if let Some(program) = config.agent_command.first() {
+                agent.check_runs(program)?;
+            }
+        }
         let backend = Self {
             journal: config.journal.clone().map(journal::Journal::new),
+            layout: Layout::new(config.root.clone()),
+            agent,
             config,
             own: Mutex::new(HashMap::new()),
         };
@@ -71,73 +105,72 @@ impl ProcessBackend {
         Ok(backend)
     }
 
-    fn workspace_dir(&self, workspace: WorkspaceId) -> PathBuf {
-        self.config.root.join(workspace.to_string())
-    }
-
-    fn generation_dir(&self, workspace: WorkspaceId, generation: Generation) -> PathBuf {
-        self.workspace_dir(workspace)
-            .join(format!("gen-{}", generation.0))
-    }
-
     /// Stops every instance recorded by a server process that no longer runs.
     async fn reap_orphans(&self) {
-        let Ok(mut dirs) = tokio::fs::read_dir(&self.config.root).await else {
-            return;
-        };
-        while let Ok(Some(entry)) = dirs.next_entry().await {
-            let Some(workspace) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse::<WorkspaceId>().ok())
-            else {
-                continue;
-            };
-            let dir = entry.path();
-            if let Some(record) = InstanceRecord::read(&dir).await {
-                if !procfs::is_alive(record.server_pid, None) {
-                    tracing::warn!(%workspace, pid = record.pid, "stopping instance left by a dead server");
-                    let _ = self
-                        .journaled(
-                            "reap",
-                            workspace,
-                            None,
-                            self.stop_recorded(workspace, record),
-                        )
-                        .await;
+        for workspace in self.layout.workspaces() {
+            for generation in self.layout.generations(workspace) {
+                let dir = self.layout.generation(workspace, generation);
+                let Some(record) = InstanceRecord::read(&dir).await else {
+                    continue;
+                };
+                if procfs::is_alive(record.server_pid, None) {
+                    continue;
                 }
+                tracing::warn!(%workspace, %generation, pid = record.pid, "stopping instance left by a dead server");
+                let call = Call {
+                    op: "reap",
+                    workspace,
+                    launch: None,
+                    through: Some(generation),
+                    halt: Some(Halt::Graceful),
+                };
+                let work = self.stop_recorded(workspace, generation, record, Halt::Graceful);
+                let _ = journal::journaled(self.journal.as_ref(), call, work).await;
             }
         }
+    }
+
+    /// Starts one generation: refuses if a newer one exists, does nothing
+    /// if this one runs, stops the older ones, spawns, prunes.
+    async fn launch(&self, launch: &Launch) -> Result<(), BackendError> {
+        let (workspace, generation) = (launch.workspace, launch.generation);
+        let generations = self.layout.generations(workspace);
+        if let Some(&newer) = generations.iter().rev().find(|g| **g > generation) {
+            return Err(BackendError::Superseded {
+                requested: generation,
+                newer,
+            });
+        }
+        let dir = self.layout.generation(workspace, generation);
+        if let Some(existing) = InstanceRecord::read(&dir).await {
+            if procfs::is_alive(existing.pid, Some(existing.start_time)) {
+                return Ok(()); // A retried start of the same generation.
+            }
+        }
+        if let Some(older) = generation.0.checked_sub(1) {
+            self.stop_through(workspace, Generation(older), Halt::Graceful)
+                .await?;
+        }
+        self.spawn(launch, dir).await?;
+        self.prune(workspace, generation);
+        Ok(())
     }
 
     /// Writes the generation's files and spawns its process.
-    async fn launch(&self, launch: &Launch) -> Result<(), BackendError> {
-        let workspace_dir = self.workspace_dir(launch.workspace);
-        if let Some(existing) = InstanceRecord::read(&workspace_dir).await {
-            if existing.generation == launch.generation
-                && procfs::is_alive(existing.pid, Some(existing.start_time))
-            {
-                return Ok(()); // A retried start of the same generation.
-            }
-            // Never two instances of one workspace: whatever is left of an
-            // older generation goes first.
-            self.terminate(&existing).await;
-        }
-
-        let generation_dir = self.generation_dir(launch.workspace, launch.generation);
-        let files_dir = generation_dir.join("files");
-        if tokio::fs::try_exists(&generation_dir).await? {
-            tokio::fs::remove_dir_all(&generation_dir).await?;
-        }
-        tokio::fs::create_dir_all(&files_dir).await?;
-        for (relative, content) in &launch.files {
-            let target = file_target(&files_dir, relative)?;
-            if let Some(parent) = target.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            tokio::fs::write(&target, content).await?;
-        }
-
+    async fn spawn(&self, launch: &Launch, dir: PathBuf) -> Result<(), BackendError> {
+        let files: Vec<(String, Vec<u8>)> = launch
+            .files
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let log = {
+            let (dir, agent) = (dir.clone(), self.agent.clone());
+            tokio::task::spawn_blocking(move || {
+                layout::prepare_generation(&dir, &files, agent.as_ref())
+            })
+            .await
+            .map_err(|e| BackendError::Other(format!("preparing the generation: {e}")))??
+        };
         let argv = if launch.spec.command.is_empty() {
             &self.config.agent_command
         } else {
@@ -146,7 +179,6 @@ impl ProcessBackend {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| BackendError::Rejected("empty command".into()))?;
-        let log = std::fs::File::create(generation_dir.join("agent.log"))?;
         let mut command = Command::new(program);
         command
             .args(args)
@@ -154,13 +186,20 @@ impl ProcessBackend {
             // must not leak into a workspace.
             .env_clear()
             .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
-            .envs(launch.environment(&files_dir.to_string_lossy()))
+            .envs(launch.environment(&dir.join("files").to_string_lossy()))
             .env(agent_env::PARENT_PID, std::process::id().to_string())
-            .current_dir(&generation_dir)
+            // Neither the operator (files go to files/) nor the agent can
+            // write here.
+            .current_dir(dir.join("run"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
+        if let Some(agent) = &self.agent {
+            // Set in the child before exec (std also drops supplementary
+            // groups), so nothing of the operator's runs as root.
+            command.uid(agent.uid).gid(agent.gid);
+        }
         let mut child = command
             .spawn()
             .map_err(|e| BackendError::Rejected(format!("cannot run {program:?}: {e}")))?;
@@ -173,38 +212,87 @@ impl ProcessBackend {
             start_time: procfs::start_time(pid).unwrap_or_default(),
             server_pid: std::process::id(),
         };
-        record.write(&workspace_dir).await?;
+        record.write(&dir).await?;
         let (exit_tx, exit_rx) = watch::channel(None);
+        let key = (launch.workspace, launch.generation);
         self.own
             .lock()
             .expect("process table poisoned")
-            .insert(launch.workspace, OwnChild { pid, exit: exit_rx });
+            .insert(key, OwnChild { pid, exit: exit_rx });
 
         // Reap the child when it exits and keep its exit status for `state`
         // (on disk, so other server processes can read it too).
-        let exit_path = generation_dir.clone();
-        let workspace = launch.workspace;
         tokio::spawn(async move {
             let exit = match child.wait().await {
                 Ok(status) => ExitRecord::from_status(status),
                 Err(e) => ExitRecord::Unknown(e.to_string()),
             };
-            exit.write(&exit_path).await;
-            tracing::debug!(%workspace, pid, ?exit, "instance exited");
+            exit.write(&dir).await;
+            tracing::debug!(workspace = %key.0, generation = %key.1, pid, ?exit, "instance exited");
             let _ = exit_tx.send(Some(exit));
         });
         Ok(())
     }
 
+    /// Keeps the newest `keep_generations` stopped directories older than
+    /// `current`; never touches a generation that still has an instance.
+    fn prune(&self, workspace: WorkspaceId, current: Generation) {
+        let stopped: Vec<Generation> = self
+            .layout
+            .generations(workspace)
+            .into_iter()
+            .filter(|g| *g < current)
+            .filter(|g| {
+                let dir = self.layout.generation(workspace, *g);
+                !dir.join(record::INSTANCE_FILE).exists()
+            })
+            .collect();
+        let excess = stopped.len().saturating_sub(self.config.keep_generations);
+        for generation in &stopped[..excess] {
+            if let Err(err) = layout::remove_tree(&self.layout.generation(workspace, *generation)) {
+                tracing::warn!(%workspace, %generation, %err, "cannot prune a generation directory");
+            }
+        }
+    }
+
+    /// Stops every recorded instance of generation `through` or older.
+    async fn stop_through(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        let mut first_error = None;
+        for generation in self.layout.generations(workspace) {
+            if generation > through {
+                break;
+            }
+            let dir = self.layout.generation(workspace, generation);
+            let Some(record) = InstanceRecord::read(&dir).await else {
+                continue;
+            };
+            if let Err(err) = self
+                .stop_recorded(workspace, generation, record, halt)
+                .await
+            {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Stops the process `record` names — only that one, even if another
-    /// server has recorded a newer instance meanwhile — and forgets it.
+    /// server has recorded a new process for the generation meanwhile —
+    /// and forgets it.
     async fn stop_recorded(
         &self,
         workspace: WorkspaceId,
+        generation: Generation,
         record: InstanceRecord,
+        halt: Halt,
     ) -> Result<(), BackendError> {
-        let dir = self.workspace_dir(workspace);
-        self.terminate(&record).await;
+        let dir = self.layout.generation(workspace, generation);
+        signal::terminate(&record, halt, self.config.stop_grace).await;
         if procfs::is_alive(record.pid, Some(record.start_time)) {
             return Err(BackendError::Other(format!(
                 "process {} survived SIGKILL",
@@ -212,11 +300,7 @@ impl ProcessBackend {
             )));
         }
         // The files may hold sensitive config; the log stays for operators.
-        let _ = tokio::fs::remove_dir_all(
-            self.generation_dir(workspace, record.generation)
-                .join("files"),
-        )
-        .await;
+        layout::remove_tree(&dir.join("files"))?;
         if InstanceRecord::read(&dir)
             .await
             .is_some_and(|current| current.pid == record.pid)
@@ -224,56 +308,42 @@ impl ProcessBackend {
             InstanceRecord::remove(&dir).await?;
         }
         let mut own = self.own.lock().expect("process table poisoned");
-        if own.get(&workspace).is_some_and(|c| c.pid == record.pid) {
-            own.remove(&workspace);
+        if own
+            .get(&(workspace, generation))
+            .is_some_and(|c| c.pid == record.pid)
+        {
+            own.remove(&(workspace, generation));
         }
         Ok(())
     }
 
-    /// Runs `work` and appends what it was to the journal, if one is kept.
-    async fn journaled(
+    /// What the recorded process of a generation is doing.
+    async fn phase(
         &self,
-        op: &str,
         workspace: WorkspaceId,
-        launch: Option<&Launch>,
-        work: impl std::future::Future<Output = Result<(), BackendError>>,
-    ) -> Result<(), BackendError> {
-        let begin_us = journal::now_us();
-        let result = work.await;
-        if let Some(journal) = &self.journal {
-            journal.append(&journal::Entry {
-                op: op.to_owned(),
-                workspace,
-                generation: launch.map(|l| l.generation),
-                config_version: launch.map(|l| l.config_version),
-                begin_us,
-                end_us: journal::now_us(),
-                ok: result.is_ok(),
-                server_pid: std::process::id(),
-            });
-        }
-        result
-    }
-
-    /// Signals the instance's process group and waits until its leader is
-    /// gone: SIGTERM, `stop_grace`, then SIGKILL.
-    async fn terminate(&self, record: &InstanceRecord) {
-        let group = Pid::from_raw(record.pid as i32);
+        generation: Generation,
+        record: &InstanceRecord,
+    ) -> InstancePhase {
         if procfs::is_alive(record.pid, Some(record.start_time)) {
-            let _ = killpg(group, Signal::SIGTERM);
-            if !wait_until_dead(record, self.config.stop_grace).await {
-                tracing::warn!(pid = record.pid, "instance ignored SIGTERM; killing");
-            }
+            return InstancePhase::Running;
         }
-        // Whatever is left in the group (the leader, or processes it forked)
-        // gets SIGKILL, and we wait until the group is empty.
-        let _ = killpg(group, Signal::SIGKILL);
-        wait_until_dead(record, Duration::from_secs(5)).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut pause = Duration::from_millis(1);
-        while killpg(group, None).is_ok() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(10));
+        let own_exit = self
+            .own
+            .lock()
+            .expect("process table poisoned")
+            .get(&(workspace, generation))
+            .filter(|child| child.pid == record.pid)
+            .map(|child| child.exit.clone());
+        if let Some(mut exit) = own_exit {
+            // Our reaper publishes the status a moment after the process
+            // dies; wait for it rather than report an unknown end.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await;
+        }
+        match ExitRecord::read(&self.layout.generation(workspace, generation)).await {
+            Some(exit) if exit.is_clean() => InstancePhase::Stopped,
+            Some(exit) => InstancePhase::Failed(exit.describe()),
+            None => InstancePhase::Failed("process is gone".into()),
         }
     }
 }
@@ -285,37 +355,6 @@ struct OwnChild {
     exit: watch::Receiver<Option<ExitRecord>>,
 }
 
-/// Polls until the recorded process is gone; true if it went within `limit`.
-/// The poll starts at 1 ms and doubles up to 20 ms: an agent usually exits
-/// within a few milliseconds of SIGTERM, and a flat 20 ms poll made that
-/// wait most of a cycle's control-plane time (see BENCHMARKS.md).
-async fn wait_until_dead(record: &InstanceRecord, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if !procfs::is_alive(record.pid, Some(record.start_time)) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
-}
-
-/// Resolves a stored file path under `root`, refusing anything that could
-/// escape it (the API validates paths too; this is the last line).
-fn file_target(root: &Path, relative: &str) -> Result<PathBuf, BackendError> {
-    let path = Path::new(relative);
-    if relative.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(BackendError::Rejected(format!(
-            "file path {relative:?} is not a plain relative path"
-        )));
-    }
-    Ok(root.join(path))
-}
-
 #[async_trait]
 impl Backend for ProcessBackend {
     fn kind(&self) -> BackendKind {
@@ -324,91 +363,96 @@ impl Backend for ProcessBackend {
 
     #[tracing::instrument(name = "spawn process", skip_all, fields(otel.kind = "client"))]
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
-        self.journaled("start", launch.workspace, Some(launch), self.launch(launch))
-            .await
+        let call = Call {
+            op: "start",
+            workspace: launch.workspace,
+            launch: Some(launch),
+            through: None,
+            halt: None,
+        };
+        journal::journaled(self.journal.as_ref(), call, self.launch(launch)).await
     }
 
     #[tracing::instrument(name = "stop process", skip_all, fields(otel.kind = "client"))]
-    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
-        let work = async {
-            match InstanceRecord::read(&self.workspace_dir(workspace)).await {
-                Some(record) => self.stop_recorded(workspace, record).await,
-                None => Ok(()),
-            }
+    async fn stop(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        let call = Call {
+            op: "stop",
+            workspace,
+            launch: None,
+            through: Some(through),
+            halt: Some(halt),
         };
-        self.journaled("stop", workspace, None, work).await
+        journal::journaled(
+            self.journal.as_ref(),
+            call,
+            self.stop_through(workspace, through, halt),
+        )
+        .await
     }
 
-    async fn delete(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
-        self.stop(workspace).await?;
-        match tokio::fs::remove_dir_all(self.workspace_dir(workspace)).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+    #[tracing::instrument(name = "delete process", skip_all, fields(otel.kind = "client"))]
+    async fn delete(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        let work = async {
+            self.stop_through(workspace, through, halt).await?;
+            for generation in self.layout.generations(workspace) {
+                if generation <= through {
+                    layout::remove_tree(&self.layout.generation(workspace, generation))?;
+                }
+            }
+            // Only once empty: a newer generation's directory stays.
+            match std::fs::remove_dir(self.layout.workspace(workspace)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(()),
+                other => other,
+            }?;
+            Ok(())
+        };
+        let call = Call {
+            op: "delete",
+            workspace,
+            launch: None,
+            through: Some(through),
+            halt: Some(halt),
+        };
+        journal::journaled(self.journal.as_ref(), call, work).await
     }
 
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
-        let Some(record) = InstanceRecord::read(&self.workspace_dir(workspace)).await else {
-            return Ok(InstanceState::missing());
-        };
-        if procfs::is_alive(record.pid, Some(record.start_time)) {
-            return Ok(InstanceState::of(record.generation, InstancePhase::Running));
+        for generation in self.layout.generations(workspace).into_iter().rev() {
+            let dir = self.layout.generation(workspace, generation);
+            if let Some(record) = InstanceRecord::read(&dir).await {
+                let phase = self.phase(workspace, generation, &record).await;
+                return Ok(InstanceState::of(generation, phase));
+            }
         }
-        let own_exit = self
-            .own
-            .lock()
-            .expect("process table poisoned")
-            .get(&workspace)
-            .filter(|child| child.pid == record.pid)
-            .map(|child| child.exit.clone());
-        if let Some(mut exit) = own_exit {
-            // Our reaper publishes the status a moment after the process
-            // dies; wait for it rather than report an unknown end.
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await;
-        }
-        let exit = ExitRecord::read(&self.generation_dir(workspace, record.generation)).await;
-        let phase = match exit {
-            Some(exit) if exit.is_clean() => InstancePhase::Stopped,
-            Some(exit) => InstancePhase::Failed(exit.describe()),
-            None => InstancePhase::Failed("process is gone".into()),
-        };
-        Ok(InstanceState::of(record.generation, phase))
+        Ok(InstanceState::missing())
     }
-}
 
-impl ProcessBackend {
-    /// Stops every instance this server process started; called on graceful
-    /// shutdown so no child outlives the server.
-    pub async fn stop_own(&self) {
-        let own: Vec<(WorkspaceId, u32)> = self
-            .own
-            .lock()
-            .expect("process table poisoned")
-            .iter()
-            .map(|(workspace, child)| (*workspace, child.pid))
-            .collect();
-        for (workspace, pid) in own {
-            // Another server may have replaced our instance since; its
-            // record is not ours to stop.
-            let Some(record) = InstanceRecord::read(&self.workspace_dir(workspace)).await else {
-                continue;
-            };
-            if record.pid != pid || record.server_pid != std::process::id() {
-                continue;
-            }
-            let stopped = self
-                .journaled(
-                    "shutdown",
-                    workspace,
-                    None,
-                    self.stop_recorded(workspace, record),
-                )
-                .await;
-            if let Err(err) = stopped {
-                tracing::warn!(%workspace, %err, "could not stop instance at shutdown");
+    async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {
+        let mut found = Vec::new();
+        for workspace in self.layout.workspaces() {
+            for generation in self.layout.generations(workspace) {
+                let dir = self.layout.generation(workspace, generation);
+                if let Some(record) = InstanceRecord::read(&dir).await {
+                    found.push(InstanceRef {
+                        workspace,
+                        generation: Some(generation),
+                        phase: self.phase(workspace, generation, &record).await,
+                    });
+                }
             }
         }
+        Ok(found)
     }
 }
 

@@ -2,7 +2,7 @@
 //! an instance that is still booting is `Pending`, never `Stopped` or
 //! `Missing`, so nobody restarts a workspace that is merely slow to start.
 
-use crate::Generation;
+use crate::{Generation, WorkspaceId};
 
 /// The lifecycle phase of an instance as the backend reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,4 +59,17 @@ impl InstanceState {
             InstancePhase::Missing | InstancePhase::Stopped | InstancePhase::Failed(_)
         )
     }
+}
+
+/// One instance a backend manages, as its inventory lists it (for the
+/// garbage collector, which removes every instance that is not the serving
+/// generation of a live workspace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRef {
+    /// The workspace it belongs to.
+    pub workspace: WorkspaceId,
+    /// Its generation label (`None`: unlabelled, older than everything).
+    pub generation: Option<Generation>,
+    /// What the backend sees of it.
+    pub phase: InstancePhase,
 }

@@ -274,7 +274,7 @@ async fn main() {
     println!("# cycle overhead — {}", support::command("cycle_overhead"));
     println!("# machine: {}", support::machine());
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::agent_reachable_tempdir();
     let process = ProcessBackend::new(ProcessConfig {
         root: dir.path().to_path_buf(),
         agent_command: vec![
@@ -282,7 +282,7 @@ async fn main() {
             "agent".into(),
         ],
         stop_grace: Duration::from_secs(5),
-        journal: None,
+        ..ProcessConfig::default()
     })
     .await
     .unwrap();
@@ -298,6 +298,7 @@ async fn main() {
         default_image: IMAGE.into(),
         network_mode: Some("host".into()),
         stop_grace: Duration::from_secs(5),
+        ..DockerConfig::default()
     })
     .await
     {

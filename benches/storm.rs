@@ -40,7 +40,7 @@ use support::{Held, histogram, record, summary};
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 use workspace_backends::{
-    WorkspaceId,
+    Backend, Halt, WorkspaceId,
     process::{ProcessBackend, ProcessConfig},
 };
 use workspace_lifecycle::{
@@ -489,7 +489,14 @@ async fn storm(
     for server in servers {
         server.shutdown().await;
     }
-    backend.inner.stop_own().await;
+    // Shutdown never touches an instance; the agents are stopped here.
+    for instance in backend.inner.inventory().await.unwrap_or_default() {
+        let through = instance.generation.unwrap_or_default();
+        let _ = backend
+            .inner
+            .stop(instance.workspace, through, Halt::Force)
+            .await;
+    }
     Figures {
         replicas,
         errors,
@@ -519,7 +526,7 @@ async fn main() {
     let most = replicas.iter().copied().max().unwrap_or(1);
     let cluster = support::pg::cluster(most * (DB_CONNECTIONS + 2) + CLIENTS).await;
     println!("# {}", cluster.describe());
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::agent_reachable_tempdir();
     let backend = Held::new(
         ProcessBackend::new(ProcessConfig {
             root: dir.path().to_path_buf(),
@@ -528,7 +535,7 @@ async fn main() {
                 "agent".into(),
             ],
             stop_grace: Duration::from_secs(5),
-            journal: None,
+            ..ProcessConfig::default()
         })
         .await
         .unwrap(),

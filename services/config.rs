@@ -105,6 +105,22 @@ pub struct ServeArgs {
     #[arg(long, env = "WL_PROCESS_JOURNAL")]
     pub process_journal: Option<PathBuf>,
 
+    /// The user process-backend agents run as. Default: `nobody` when the
+    /// server runs as root, else the server's own user. The server checks
+    /// at startup that this user can reach --data-dir and run the agent.
+    #[arg(long, env = "WL_PROCESS_RUN_AS")]
+    pub process_run_as: Option<String>,
+
+    /// Stopped generation directories (with their agent logs) the process
+    /// backend keeps per workspace.
+    #[arg(long, env = "WL_PROCESS_KEEP_GENERATIONS", default_value_t = 3)]
+    pub process_keep_generations: usize,
+
+    /// How long a Docker container created but not yet running counts as
+    /// booting; past it, it is failed.
+    #[arg(long, env = "WL_DOCKER_BOOT_WINDOW", default_value = "120s", value_parser = duration)]
+    pub docker_boot_window: Duration,
+
     /// EC2-compatible endpoint (moto, LocalStack…); default: AWS's, or
     /// the standard chain's AWS_ENDPOINT_URL. Credentials always come from
     /// the standard AWS chain (environment, profile, instance role).

@@ -192,7 +192,6 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// Its engine.
     pub engine: Arc<Engine>,
-    process: Option<Arc<ProcessBackend>>,
     stop: CancellationToken,
     served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     shutdown_grace: Duration,
@@ -202,8 +201,9 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Stops accepting, drains running cycles (up to the grace period), stops
-    /// this server's own child processes, and returns.
+    /// Stops accepting, drains running cycles (up to the grace period), and
+    /// returns. It never touches an instance: process-backend agents end
+    /// with the server process that launched them.
     pub async fn shutdown(self) {
         self.engine.close_streams();
         self.stop.cancel();
@@ -216,9 +216,6 @@ impl RunningServer {
             served.abort();
         }
         self.engine.shutdown(self.shutdown_grace).await;
-        if let Some(process) = &self.process {
-            process.stop_own().await;
-        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.audit).await;
         drop(self.engine);
         // Stop the embedded Postgres if this server started it (one that was
@@ -286,7 +283,7 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
 
-    let (mut backends, process) = enabled_backends(args).await?;
+    let mut backends = enabled_backends(args).await?;
     for backend in parts.backends {
         backends = backends.with(backend);
     }
@@ -334,7 +331,6 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         addr,
         metrics_addr,
         engine,
-        process,
         stop,
         served,
         shutdown_grace: args.shutdown_grace,
@@ -343,13 +339,9 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
     })
 }
 
-/// The backends `args` enables. The process backend is also returned on its
-/// own, since shutdown stops the children it started.
-async fn enabled_backends(
-    args: &ServeArgs,
-) -> Result<(Backends, Option<Arc<ProcessBackend>>), ServeError> {
+/// The backends `args` enables.
+async fn enabled_backends(args: &ServeArgs) -> Result<Backends, ServeError> {
     let mut backends = Backends::new();
-    let mut process = None;
     for kind in &args.backends {
         match kind {
             BackendKind::Process => {
@@ -360,23 +352,23 @@ async fn enabled_backends(
                         "agent".into(),
                     ],
                 };
-                let backend = Arc::new(
-                    ProcessBackend::new(ProcessConfig {
-                        root: std::path::absolute(args.data_dir.join("process"))?,
-                        agent_command,
-                        stop_grace: args.stop_grace,
-                        journal: args.process_journal.clone(),
-                    })
-                    .await?,
-                );
-                backends = backends.with(backend.clone());
-                process = Some(backend);
+                let backend = ProcessBackend::new(ProcessConfig {
+                    root: std::path::absolute(args.data_dir.join("process"))?,
+                    agent_command,
+                    stop_grace: args.stop_grace,
+                    journal: args.process_journal.clone(),
+                    run_as: args.process_run_as.clone(),
+                    keep_generations: args.process_keep_generations,
+                })
+                .await?;
+                backends = backends.with(Arc::new(backend));
             }
             BackendKind::Docker => {
                 let backend = DockerBackend::connect(DockerConfig {
                     default_image: args.docker_image.clone(),
                     network_mode: args.docker_network.clone(),
                     stop_grace: args.stop_grace,
+                    boot_window: args.docker_boot_window,
                 })
                 .await?;
                 backends = backends.with(Arc::new(backend));
@@ -396,7 +388,7 @@ async fn enabled_backends(
             }
         }
     }
-    Ok((backends, process))
+    Ok(backends)
 }
 
 /// Serves the gRPC API, health and reflection on `listener` until

@@ -210,10 +210,13 @@ async fn throttled_calls_are_retried_and_stop_waits_for_termination() {
         .output(|| TerminateInstancesOutput::builder().build())
         .build();
     let ec2 = backend(&[&describe, &terminate]);
-    tokio::time::timeout(Duration::from_secs(60), ec2.stop(ws))
-        .await
-        .expect("stop finished")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        ec2.stop(ws, Generation(1), Halt::Graceful),
+    )
+    .await
+    .expect("stop finished")
+    .unwrap();
     assert_eq!(terminate.num_calls(), 2, "throttled once, retried");
     assert!(
         describe.num_calls() >= 5,
@@ -221,28 +224,31 @@ async fn throttled_calls_are_retried_and_stop_waits_for_termination() {
     );
 }
 
-#[tokio::test]
-async fn strays_of_older_generations_are_terminated_current_and_newer_kept() {
-    let ws = WorkspaceId::new();
+/// A scripted account holding `instances`; returns the rules and the ids
+/// TerminateInstances was asked for.
+fn account(instances: Vec<Instance>) -> (Rule, Rule, Rule, Arc<Mutex<Vec<String>>>) {
+    // The waiter's polls: whatever it waits for is terminated.
+    let gone: Vec<Instance> = instances
+        .iter()
+        .map(|i| {
+            let mut i = i.clone();
+            i.state = Some(
+                Ec2State::builder()
+                    .name(InstanceStateName::Terminated)
+                    .build(),
+            );
+            i
+        })
+        .collect();
     let describe = mock!(Client::describe_instances)
-        .sequence()
-        .output(move || {
-            described(vec![
-                instance("i-old", ws, 1, InstanceStateName::Running),
-                instance("i-new", ws, 2, InstanceStateName::Running),
-                // A cycle that began after the caller read the database.
-                instance("i-newer", ws, 3, InstanceStateName::Pending),
-            ])
+        .match_requests(|input| {
+            // The listing, not the waiter (which names instance ids).
+            input.instance_ids().is_empty()
         })
-        .output(move || {
-            described(vec![instance(
-                "i-old",
-                ws,
-                1,
-                InstanceStateName::Terminated,
-            )])
-        })
-        .build();
+        .then_output(move || described(instances.clone()));
+    let waited = mock!(Client::describe_instances)
+        .match_requests(|input| !input.instance_ids().is_empty())
+        .then_output(move || described(gone.clone()));
     let terminated = Arc::new(Mutex::new(Vec::new()));
     let terminate = mock!(Client::terminate_instances)
         .match_requests({
@@ -256,10 +262,94 @@ async fn strays_of_older_generations_are_terminated_current_and_newer_kept() {
             }
         })
         .then_output(|| TerminateInstancesOutput::builder().build());
-    let removed = backend(&[&describe, &terminate])
-        .remove_strays(ws, Generation(2))
+    (describe, waited, terminate, terminated)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_terminates_only_older_generations_and_a_stale_start_touches_nothing() {
+    let ws = WorkspaceId::new();
+    let (describe, waited, terminate, terminated) = account(vec![
+        instance("i-old", ws, 1, InstanceStateName::Running),
+        instance("i-cur", ws, 2, InstanceStateName::Running),
+    ]);
+    let run = mock!(Client::run_instances).then_output(|| RunInstancesOutput::builder().build());
+    let ec2 = backend(&[&describe, &waited, &terminate, &run]);
+    // Generation 2 runs already: only generation 1 goes.
+    ec2.start(&launch(ws, 2)).await.unwrap();
+    assert_eq!(*terminated.lock().unwrap(), ["i-old"]);
+    assert_eq!(run.num_calls(), 0, "a retried start launches nothing");
+
+    // A stale owner's start of generation 1 sees generation 2: refused,
+    // nothing terminated, nothing launched.
+    terminated.lock().unwrap().clear();
+    let stale = ec2.start(&launch(ws, 1)).await.unwrap_err();
+    assert!(matches!(stale, BackendError::Superseded { .. }), "{stale}");
+    assert!(terminated.lock().unwrap().is_empty());
+    assert_eq!(run.num_calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_terminates_through_its_generation_and_keeps_newer_ones() {
+    let ws = WorkspaceId::new();
+    let (describe, waited, terminate, terminated) = account(vec![
+        instance("i-old", ws, 1, InstanceStateName::Running),
+        instance("i-cur", ws, 2, InstanceStateName::Running),
+        // A cycle that began after the caller read the database.
+        instance("i-newer", ws, 3, InstanceStateName::Pending),
+    ]);
+    backend(&[&describe, &waited, &terminate])
+        .stop(ws, Generation(2), Halt::Force)
         .await
         .unwrap();
-    assert_eq!(removed, 1);
-    assert_eq!(*terminated.lock().unwrap(), ["i-old"]);
+    let mut gone = terminated.lock().unwrap().clone();
+    gone.sort();
+    assert_eq!(gone, ["i-cur", "i-old"]);
+}
+
+#[tokio::test]
+async fn the_inventory_lists_managed_instances_of_every_workspace() {
+    let (a, b) = (WorkspaceId::new(), WorkspaceId::new());
+    let listed = mock!(Client::describe_instances)
+        .match_requests(|input| {
+            input
+                .filters()
+                .iter()
+                .any(|f| f.name() == Some("tag-key") && f.values() == [TAG_MANAGED])
+        })
+        .then_output(move || {
+            described(vec![
+                instance("i-a", a, 1, InstanceStateName::Pending),
+                instance("i-b", b, 4, InstanceStateName::Running),
+            ])
+        });
+    let mut found = backend(&[&listed]).inventory().await.unwrap();
+    found.sort_by_key(|i| i.generation);
+    assert_eq!(
+        found,
+        [
+            InstanceRef {
+                workspace: a,
+                generation: Some(Generation(1)),
+                phase: InstancePhase::Pending
+            },
+            InstanceRef {
+                workspace: b,
+                generation: Some(Generation(4)),
+                phase: InstancePhase::Running
+            },
+        ]
+    );
+}
+
+#[test]
+fn admission_refuses_a_config_whose_user_data_cannot_fit() {
+    let ec2 = backend(&[]);
+    let mut footprint = launch(WorkspaceId::new(), 1).footprint();
+    assert_eq!(ec2.admits(&footprint), Ok(()));
+    footprint.files += 1;
+    footprint.file_bytes += 13 * 1024;
+    let refused = ec2.admits(&footprint).unwrap_err();
+    assert_eq!(refused.limit, "ec2.user_data_bytes");
+    assert_eq!(refused.max, 16384);
+    assert!(refused.to_string().contains("ec2.user_data_bytes"));
 }

@@ -1,5 +1,7 @@
-//! An append-only record of what the process backend did — every start and
-//! stop with its begin and end time and the server that did it — shared by
+//! An append-only record of what the process backend did — every call that
+//! changes an instance (start, stop, delete, and the reap of a dead
+//! server's orphans) with its begin and end time and the server that made
+//! it — shared by
 //! all server processes on the machine. It is the backend's own account, so
 //! an operator (or a test) can judge the control plane by what actually
 //! happened to the workspaces rather than by what the service believes:
@@ -13,17 +15,24 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigVersion, Generation, WorkspaceId};
+use crate::{BackendError, ConfigVersion, Generation, Halt, Launch, WorkspaceId};
 
 /// One backend operation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
-    /// `start`, `stop`, or `reap`/`shutdown` for stops outside a cycle.
+    /// `start`, `stop`, `delete`, or `reap` (a dead server's orphan,
+    /// stopped when a server starts).
     pub op: String,
     /// The workspace.
     pub workspace: WorkspaceId,
     /// The generation started (starts only).
     pub generation: Option<Generation>,
+    /// The newest generation a stop, delete or reap may touch.
+    #[serde(default)]
+    pub through: Option<Generation>,
+    /// How hard a stop, delete or reap was: `graceful` or `force`.
+    #[serde(default)]
+    pub halt: Option<String>,
     /// The config version the start carried (starts only).
     pub config_version: Option<ConfigVersion>,
     /// Wall-clock microseconds since the Unix epoch when the call began.
@@ -80,4 +89,38 @@ pub fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect())
+}
+
+/// What one journal entry says of a call besides its timing.
+pub(super) struct Call<'a> {
+    pub(super) op: &'static str,
+    pub(super) workspace: WorkspaceId,
+    pub(super) launch: Option<&'a Launch>,
+    pub(super) through: Option<Generation>,
+    pub(super) halt: Option<Halt>,
+}
+
+/// Runs `work` and appends what it was to `journal`, if one is kept.
+pub(super) async fn journaled(
+    journal: Option<&Journal>,
+    call: Call<'_>,
+    work: impl std::future::Future<Output = Result<(), BackendError>>,
+) -> Result<(), BackendError> {
+    let begin_us = now_us();
+    let result = work.await;
+    if let Some(journal) = journal {
+        journal.append(&Entry {
+            op: call.op.to_owned(),
+            workspace: call.workspace,
+            generation: call.launch.map(|l| l.generation),
+            config_version: call.launch.map(|l| l.config_version),
+            through: call.through,
+            halt: call.halt.map(|h| h.as_str().to_owned()),
+            begin_us,
+            end_us: now_us(),
+            ok: result.is_ok(),
+            server_pid: std::process::id(),
+        });
+    }
+    result
 }

@@ -1,5 +1,6 @@
 //! The files through which server processes share what the process backend
-//! started: which pid runs which generation, and how it exited.
+//! started: which pid runs which generation, and how it exited. One record
+//! per generation directory, so two generations are always two records.
 
 use std::{
     os::unix::process::ExitStatusExt,
@@ -11,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Generation;
 
-const INSTANCE_FILE: &str = "instance.json";
+pub(super) const INSTANCE_FILE: &str = "instance.json";
 const EXIT_FILE: &str = "exit.json";
 
-/// Which process runs a workspace, and who started it.
+/// Which process runs a generation, and who started it.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct InstanceRecord {
     pub(super) generation: Generation,
@@ -26,22 +27,22 @@ pub(super) struct InstanceRecord {
 }
 
 impl InstanceRecord {
-    pub(super) async fn read(workspace_dir: &Path) -> Option<Self> {
-        let bytes = tokio::fs::read(workspace_dir.join(INSTANCE_FILE))
+    pub(super) async fn read(generation_dir: &Path) -> Option<Self> {
+        let bytes = tokio::fs::read(generation_dir.join(INSTANCE_FILE))
             .await
             .ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// Writes atomically (temp file + rename) so a reader never sees half.
-    pub(super) async fn write(&self, workspace_dir: &Path) -> std::io::Result<()> {
-        let tmp = workspace_dir.join(format!("{INSTANCE_FILE}.{}", std::process::id()));
-        tokio::fs::write(&tmp, serde_json::to_vec(self)?).await?;
-        tokio::fs::rename(&tmp, workspace_dir.join(INSTANCE_FILE)).await
+    pub(super) async fn write(&self, generation_dir: &Path) -> std::io::Result<()> {
+        let tmp = generation_dir.join(format!("{INSTANCE_FILE}.{}", std::process::id()));
+        write_private(&tmp, &serde_json::to_vec(self)?).await?;
+        tokio::fs::rename(&tmp, generation_dir.join(INSTANCE_FILE)).await
     }
 
-    pub(super) async fn remove(workspace_dir: &Path) -> std::io::Result<()> {
-        match tokio::fs::remove_file(workspace_dir.join(INSTANCE_FILE)).await {
+    pub(super) async fn remove(generation_dir: &Path) -> std::io::Result<()> {
+        match tokio::fs::remove_file(generation_dir.join(INSTANCE_FILE)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -89,7 +90,21 @@ impl ExitRecord {
 
     pub(super) async fn write(&self, generation_dir: &Path) {
         if let Ok(bytes) = serde_json::to_vec(self) {
-            let _ = tokio::fs::write(Self::path(generation_dir), bytes).await;
+            let _ = write_private(&Self::path(generation_dir), &bytes).await;
         }
     }
+}
+
+/// Writes a file only the server may read.
+async fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    file.write_all(bytes).await?;
+    file.flush().await
 }

@@ -20,7 +20,10 @@ pub mod server_process;
 pub mod stack;
 
 use tokio_postgres::NoTls;
-use workspace_backends::{Backend, BackendError, BackendKind, InstanceState, Launch, WorkspaceId};
+use workspace_backends::{
+    Backend, BackendError, BackendKind, Generation, Halt, InstanceRef, InstanceState, Launch,
+    WorkspaceId,
+};
 use workspace_lifecycle::{
     auth::client::{LifecycleClient, lifecycle_client},
     config::ServeArgs,
@@ -133,14 +136,27 @@ impl<B: Backend> Backend for Timed<B> {
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
         timed(&self.starts, self.inner.start(launch)).await
     }
-    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
-        timed(&self.stops, self.inner.stop(workspace)).await
+    async fn stop(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        timed(&self.stops, self.inner.stop(workspace, through, halt)).await
     }
-    async fn delete(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
-        self.inner.delete(workspace).await
+    async fn delete(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        self.inner.delete(workspace, through, halt).await
     }
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
         self.inner.state(workspace).await
+    }
+    async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {
+        self.inner.inventory().await
     }
 }
 
@@ -169,6 +185,15 @@ pub fn summary(h: &Histogram<u64>) -> String {
 /// The command that reproduces a figure, printed with it.
 pub fn command(bench: &str) -> String {
     format!("cargo bench --bench {bench}")
+}
+
+/// A temporary directory the process backend's agents (an unprivileged
+/// user when the benchmark runs as root) can pass through.
+pub fn agent_reachable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
 }
 
 /// "2 cores, <cpu model>, 24 GiB".
@@ -274,14 +299,27 @@ impl<B: Backend> Backend for Held<B> {
         }
         self.inner.start(launch).await
     }
-    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
-        self.inner.stop(workspace).await
+    async fn stop(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        self.inner.stop(workspace, through, halt).await
     }
-    async fn delete(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
-        self.inner.delete(workspace).await
+    async fn delete(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        self.inner.delete(workspace, through, halt).await
     }
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
         self.inner.state(workspace).await
+    }
+    async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {
+        self.inner.inventory().await
     }
 }
 

@@ -23,7 +23,7 @@ use futures::{FutureExt, future::BoxFuture};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 use tracing::Instrument;
-use workspace_backends::{AgentToken, Backend, BackendError, Launch};
+use workspace_backends::{AgentToken, Backend, BackendError, Halt, Launch};
 
 use super::{
     EngineError,
@@ -252,7 +252,7 @@ async fn execute(
     ensure_held(guard).await?;
     guard.phase(Phase::Stopping).await?;
     backend
-        .stop(workspace)
+        .stop(workspace, claim.generation, Halt::Graceful)
         .instrument(trace.phase("stop"))
         .await?;
     match claim.goal {
@@ -260,7 +260,7 @@ async fn execute(
         Goal::Delete => {
             ensure_held(guard).await?;
             backend
-                .delete(workspace)
+                .delete(workspace, claim.generation, Halt::Graceful)
                 .instrument(trace.phase("delete"))
                 .await?;
             return Ok(Finish::Deleted);
@@ -319,11 +319,16 @@ async fn execute(
     }
 }
 
-/// A failed provisioning leaves no instance behind (if the cycle still
-/// holds the gate: never touch what a newer cycle started).
+/// A failed provisioning leaves no instance behind, forced: it gets no
+/// grace to linger in (if the cycle still holds the gate; and only up to
+/// its own generation, never what a newer cycle started).
 async fn stop_after_failure(guard: &LeaseGuard, backend: &dyn Backend) {
     if ensure_held(guard).await.is_ok() {
-        if let Err(err) = backend.stop(guard.workspace()).await {
+        let generation = guard.claim().generation;
+        if let Err(err) = backend
+            .stop(guard.workspace(), generation, Halt::Force)
+            .await
+        {
             tracing::warn!(%err, "could not stop the instance of a failed cycle");
         }
     }

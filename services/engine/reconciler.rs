@@ -57,10 +57,10 @@ async fn pass(store: &Store, backends: &Backends, stack: &Stack) -> Result<(), s
     }
 }
 
-/// One workspace: a cycle if its instance is down; otherwise the
-/// leftovers of older generations (a crash between launching the new
-/// instance and removing the old) are removed. Only *older* generations: a
-/// newer one may be a cycle that began after this pass read the database.
+/// One workspace: a cycle if its instance is down. Leftover instances (of
+/// older generations, or of workspaces that are gone) are not this pass's
+/// business: a garbage collector over the backends' inventories removes
+/// them.
 async fn check(stack: &Stack, backends: &Backends, serving: &Serving) {
     let workspace = serving.workspace;
     let Ok(backend) = backends.get(serving.backend) else {
@@ -75,12 +75,6 @@ async fn check(stack: &Stack, backends: &Backends, serving: &Serving) {
     };
     if state.is_down() {
         request_cycle(stack, workspace, format!("instance is {:?}", state.phase)).await;
-        return;
-    }
-    match backend.remove_strays(workspace, serving.generation).await {
-        Ok(0) => {}
-        Ok(removed) => tracing::info!(%workspace, removed, "reconciler removed stray instances"),
-        Err(err) => tracing::warn!(%workspace, %err, "reconciler could not remove strays"),
     }
 }
 

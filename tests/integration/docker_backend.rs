@@ -2,9 +2,15 @@
 //! the project's agent image (`scripts/build-agent-image`) on host
 //! networking. These tests fail — never skip — when no engine answers.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use futures::future::join_all;
+use tokio::sync::OnceCell;
+use workspace_backends::{
+    AgentToken, Backend, BackendError, ConfigVersion, Generation, Halt, InstancePhase, InstanceRef,
+    Launch, Secret, WorkspaceSpec,
+    docker::{DockerBackend, DockerConfig},
+};
 use workspace_lifecycle::{domain::WorkspaceId, proto as pb, proto::restart_event::Event};
 
 use crate::support::{AGENT_IMAGE, BackendChoice, Options, TestServer, bounded, collect, last};
@@ -205,7 +211,7 @@ async fn a_container_killed_out_of_band_is_brought_back_by_exactly_one_reconcile
     let s = server().await;
     let ws = s.create("docker-kill").await;
     online(&s, ws, 1).await;
-    docker(&["kill", &format!("ws-{ws}")]).await;
+    docker(&["kill", &format!("ws-{ws}-g1")]).await;
 
     let w = online(&s, ws, 2).await;
     let reconciler = w
@@ -270,4 +276,204 @@ async fn a_leftover_container_of_an_older_generation_is_removed_before_start() {
     );
     s.shutdown().await;
     clean_up(ws).await;
+}
+
+// === The backend alone, judged by `docker ps` ===
+
+/// An image with a static busybox only (from Debian's busybox-static), for
+/// containers that must ignore SIGTERM; imported once per test run.
+const BUSYBOX_IMAGE: &str = "wl-test-busybox:latest";
+
+async fn busybox_image() -> &'static str {
+    static IMPORTED: OnceCell<()> = OnceCell::const_new();
+    IMPORTED
+        .get_or_init(|| async {
+            let busybox = std::path::Path::new("/bin/busybox");
+            assert!(
+                busybox.exists(),
+                "the Docker tests need a static /bin/busybox (apt-get install busybox-static)"
+            );
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir(root.path().join("bin")).unwrap();
+            std::fs::copy(busybox, root.path().join("bin/busybox")).unwrap();
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "tar -C '{}' -c . | docker import - {BUSYBOX_IMAGE} >/dev/null",
+                    root.path().display()
+                ))
+                .status()
+                .unwrap();
+            assert!(status.success(), "docker import of busybox failed");
+        })
+        .await;
+    BUSYBOX_IMAGE
+}
+
+async fn backend(grace: Duration, boot_window: Duration) -> DockerBackend {
+    DockerBackend::connect(DockerConfig {
+        default_image: AGENT_IMAGE.into(),
+        network_mode: Some("host".into()),
+        stop_grace: grace,
+        boot_window,
+    })
+    .await
+    .expect("the Docker tests need a Docker Engine")
+}
+
+/// A launch of a container that ignores SIGTERM and never exits by itself.
+async fn stubborn(workspace: WorkspaceId, generation: u64) -> Launch {
+    Launch {
+        workspace,
+        generation: Generation(generation),
+        config_version: ConfigVersion(1),
+        spec: WorkspaceSpec {
+            image: busybox_image().await.into(),
+            command: [
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "trap '' TERM; exec /bin/busybox sleep 1000",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..WorkspaceSpec::default()
+        },
+        secrets: [("API_KEY".to_owned(), Secret::new("v"))].into(),
+        files: BTreeMap::from([("a.txt".to_owned(), b"a".to_vec())]),
+        token: AgentToken::new("t"),
+        service_url: "http://127.0.0.1:1".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_start_removes_only_older_generations_and_a_stale_start_or_stop_touches_nothing() {
+    let docker = backend(Duration::from_secs(1), Duration::from_secs(120)).await;
+    let ws = WorkspaceId::new();
+    docker.start(&stubborn(ws, 1).await).await.unwrap();
+    docker.start(&stubborn(ws, 2).await).await.unwrap();
+    assert_eq!(
+        containers(ws).await,
+        [("2".to_owned(), "running".to_owned())]
+    );
+    // A retry of generation 2 is the same container.
+    docker.start(&stubborn(ws, 2).await).await.unwrap();
+    assert_eq!(containers(ws).await.len(), 1);
+
+    let stale = docker.start(&stubborn(ws, 1).await).await.unwrap_err();
+    assert!(matches!(stale, BackendError::Superseded { .. }), "{stale}");
+    docker.stop(ws, Generation(1), Halt::Force).await.unwrap();
+    docker.delete(ws, Generation(1), Halt::Force).await.unwrap();
+    assert_eq!(
+        containers(ws).await,
+        [("2".to_owned(), "running".to_owned())],
+        "a stale call touched generation 2"
+    );
+    docker.delete(ws, Generation(2), Halt::Force).await.unwrap();
+    assert!(containers(ws).await.is_empty());
+    docker.delete(ws, Generation(2), Halt::Force).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_forced_stop_removes_a_container_that_ignores_sigterm_at_once() {
+    // A grace far beyond the bound below: only a forced removal is in time.
+    let docker = backend(Duration::from_secs(600), Duration::from_secs(120)).await;
+    let ws = WorkspaceId::new();
+    docker.start(&stubborn(ws, 1).await).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        docker.stop(ws, Generation(1), Halt::Force),
+    )
+    .await
+    .expect("a forced stop does not wait for the grace")
+    .unwrap();
+    assert!(containers(ws).await.is_empty(), "the container survived");
+}
+
+#[tokio::test]
+async fn a_graceful_stop_kills_a_container_that_ignores_sigterm_after_the_grace() {
+    let docker = backend(Duration::from_secs(2), Duration::from_secs(120)).await;
+    let ws = WorkspaceId::new();
+    docker.start(&stubborn(ws, 1).await).await.unwrap();
+    let began = tokio::time::Instant::now();
+    docker
+        .stop(ws, Generation(1), Halt::Graceful)
+        .await
+        .unwrap();
+    assert!(began.elapsed() >= Duration::from_secs(2), "no grace given");
+    assert!(containers(ws).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_inventory_lists_the_managed_containers_that_exist() {
+    let docker = backend(Duration::from_secs(1), Duration::from_secs(120)).await;
+    let (a, b) = (WorkspaceId::new(), WorkspaceId::new());
+    docker.start(&stubborn(a, 1).await).await.unwrap();
+    docker.start(&stubborn(b, 5).await).await.unwrap();
+    let mine = |listed: Vec<InstanceRef>| -> Vec<(WorkspaceId, Option<Generation>, InstancePhase)> {
+        let mut mine: Vec<_> = listed
+            .into_iter()
+            .filter(|i| i.workspace == a || i.workspace == b)
+            .map(|i| (i.workspace, i.generation, i.phase))
+            .collect();
+        mine.sort_by_key(|i| i.1);
+        mine
+    };
+    assert_eq!(
+        mine(docker.inventory().await.unwrap()),
+        [
+            (a, Some(Generation(1)), InstancePhase::Running),
+            (b, Some(Generation(5)), InstancePhase::Running)
+        ]
+    );
+    docker.stop(a, Generation(1), Halt::Force).await.unwrap();
+    assert_eq!(
+        mine(docker.inventory().await.unwrap()),
+        [(b, Some(Generation(5)), InstancePhase::Running)]
+    );
+    docker.stop(b, Generation(5), Halt::Force).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_container_stuck_in_created_stops_counting_as_booting_after_the_boot_window() {
+    let window = Duration::from_secs(2);
+    let docker = backend(Duration::from_secs(1), window).await;
+    let ws = WorkspaceId::new();
+    // Created and never started (what an engine that wedged leaves).
+    docker_cli_create(ws, 1).await;
+    let state = docker.state(ws).await.unwrap();
+    assert_eq!(state.phase, InstancePhase::Pending, "fresh: booting");
+    tokio::time::sleep(window + Duration::from_millis(1500)).await;
+    let state = docker.state(ws).await.unwrap();
+    assert!(!state.is_booting(), "{state:?}");
+    assert!(
+        matches!(&state.phase, InstancePhase::Failed(r) if r.starts_with("stuck in created")),
+        "{state:?}"
+    );
+    assert!(state.is_down());
+    let listed = docker.inventory().await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|i| i.workspace == ws && matches!(i.phase, InstancePhase::Failed(_))),
+        "{listed:?}"
+    );
+    docker.delete(ws, Generation(1), Halt::Force).await.unwrap();
+    assert!(containers(ws).await.is_empty());
+}
+
+async fn docker_cli_create(ws: WorkspaceId, generation: u64) {
+    docker(&[
+        "create",
+        "--label",
+        &format!("wl.workspace={ws}"),
+        "--label",
+        &format!("wl.generation={generation}"),
+        "--label",
+        "wl.managed-by=workspace-lifecycle",
+        "--name",
+        &format!("created-{ws}"),
+        AGENT_IMAGE,
+    ])
+    .await;
 }

@@ -1,6 +1,6 @@
 //! The EC2 backend end to end. Against moto in server mode (the real SDK
 //! over HTTP): one instance per generation, none after delete, strays of
-//! older generations terminated by the reconciler. Against scripted SDK
+//! older generations terminated by a start, stale calls harmless. Against scripted SDK
 //! responses (aws-smithy-mocks): the `pending` window, which moto skips,
 //! never looks dead (C9), and throttled launches are retried into one
 //! instance.
@@ -21,7 +21,11 @@ use aws_sdk_ec2::{
 };
 use aws_smithy_mocks::{MockResponseInterceptor, RuleMode, mock};
 use tokio::sync::watch;
-use workspace_backends::ec2::{Ec2Backend, Ec2Config, TAG_GENERATION, TAG_MANAGED, TAG_WORKSPACE};
+use workspace_backends::{
+    AgentToken, Backend, BackendError, ConfigVersion, Generation, Halt, InstanceRef, Launch,
+    WorkspaceSpec,
+    ec2::{Ec2Backend, Ec2Config, TAG_GENERATION, TAG_MANAGED, TAG_WORKSPACE},
+};
 use workspace_lifecycle::{
     domain::WorkspaceId,
     proto::{self as pb, report_unreachable_response::Outcome, restart_event::Event},
@@ -117,65 +121,100 @@ async fn create_restart_and_delete_on_moto_keep_exactly_the_current_generation()
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_reconciler_terminates_instances_of_older_generations() {
-    let moto = Moto::start().await;
-    let _booter = InstanceBooter::start(moto.client());
-    let (s, _ec2) = on_moto(&moto).await;
-    let ws = s.create("ec2-strays").await;
-    online(&s, ws, 1).await;
-    let events = s.restart(ws, pb::Trigger::Manual).await;
-    assert!(matches!(last(&events), Event::Online(o) if o.generation == 2));
-
-    // What a crash between launching generation 2 and terminating
-    // generation 1 would leave behind.
-    let tags = |generation: &str| {
-        TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .tags(
-                Tag::builder()
-                    .key(TAG_WORKSPACE)
-                    .value(ws.to_string())
-                    .build(),
-            )
-            .tags(Tag::builder().key(TAG_GENERATION).value(generation).build())
-            .tags(
-                Tag::builder()
-                    .key(TAG_MANAGED)
-                    .value("workspace-lifecycle")
-                    .build(),
-            )
-            .build()
-    };
+/// What a crash between launching a generation and terminating its
+/// predecessor leaves on moto: an instance of `generation`, not launched
+/// by the backend.
+async fn stray(moto: &Moto, ws: WorkspaceId, generation: &str) {
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(
+            Tag::builder()
+                .key(TAG_WORKSPACE)
+                .value(ws.to_string())
+                .build(),
+        )
+        .tags(Tag::builder().key(TAG_GENERATION).value(generation).build())
+        .tags(
+            Tag::builder()
+                .key(TAG_MANAGED)
+                .value("workspace-lifecycle")
+                .build(),
+        )
+        .build();
     let launched = moto
         .client()
         .run_instances()
         .image_id(moto.ami().await)
         .min_count(1)
         .max_count(1)
-        .tag_specifications(tags("1"))
+        .tag_specifications(tags)
         .send()
         .await
         .unwrap();
     assert_eq!(launched.instances().len(), 1, "the stray was launched");
+}
 
-    // The reconciler (every 200 ms) may already have removed it.
-    bounded("the stray is terminated", async {
-        while moto.live_instances(ws).await.iter().any(|(g, _)| g == "1") {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    let live = moto.live_instances(ws).await;
-    assert_eq!(live.len(), 1);
-    assert_eq!(live[0].0, "2", "the current generation is kept");
-    assert_eq!(
-        s.get(ws).await.status,
-        pb::WorkspaceStatus::Online as i32,
-        "no cycle for a stray"
+fn launch(ws: WorkspaceId, generation: u64) -> Launch {
+    Launch {
+        workspace: ws,
+        generation: Generation(generation),
+        config_version: ConfigVersion(1),
+        spec: WorkspaceSpec::default(),
+        secrets: Default::default(),
+        files: Default::default(),
+        token: AgentToken::new("wla_t"),
+        service_url: "http://127.0.0.1:1".into(),
+    }
+}
+
+/// Judged by DescribeInstances: a start terminates strictly older
+/// generations only; a stale start, stop or delete leaves the newer
+/// generation; the inventory lists what lives.
+#[tokio::test]
+async fn on_moto_calls_address_generations_and_stale_ones_touch_nothing() {
+    let moto = Moto::start().await;
+    let ec2 = Ec2Backend::with_client(
+        moto.client(),
+        Ec2Config {
+            default_ami: moto.ami().await,
+            terminate_timeout: Duration::from_secs(30),
+            ..Ec2Config::default()
+        },
     );
-    assert_eq!(cycles(&s, ws).await.len(), 2);
-    s.shutdown().await;
+    let ws = WorkspaceId::new();
+    stray(&moto, ws, "1").await;
+    ec2.start(&launch(ws, 2)).await.unwrap();
+    let live = moto.live_instances(ws).await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].0, "2", "the older generation was terminated");
+
+    let stale = ec2.start(&launch(ws, 1)).await.unwrap_err();
+    assert!(matches!(stale, BackendError::Superseded { .. }), "{stale}");
+    ec2.stop(ws, Generation(1), Halt::Force).await.unwrap();
+    ec2.delete(ws, Generation(1), Halt::Graceful).await.unwrap();
+    let live = moto.live_instances(ws).await;
+    assert_eq!(live.len(), 1, "a stale call touched generation 2: {live:?}");
+
+    let listed: Vec<InstanceRef> = ec2
+        .inventory()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.workspace == ws)
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].generation, Some(Generation(2)));
+
+    ec2.delete(ws, Generation(2), Halt::Graceful).await.unwrap();
+    assert_eq!(moto.live_instances(ws).await, [], "delete left an instance");
+    assert!(
+        ec2.inventory()
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.workspace != ws)
+    );
+    ec2.delete(ws, Generation(2), Halt::Graceful).await.unwrap();
 }
 
 /// One EC2 "account" behind scripted responses: RunInstances is throttled

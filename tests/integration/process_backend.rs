@@ -1,11 +1,14 @@
 //! End to end on the process backend: the real agent binary as a child
 //! process, real Postgres, the real gRPC API.
 
-use std::time::Duration;
+use std::{os::unix::fs::MetadataExt, time::Duration};
 
 use workspace_lifecycle::{domain::WorkspaceId, proto as pb, proto::restart_event::Event};
 
-use crate::support::{BackendChoice, Options, TestServer, collect, kinds, last};
+use crate::support::{
+    BackendChoice, Options, TestDb, TestServer, agent_reachable_tempdir, bounded, collect, kinds,
+    last, server_process::ServerProcess,
+};
 
 fn process_options() -> Options {
     Options {
@@ -127,13 +130,109 @@ async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
     s.shutdown().await;
 }
 
+/// Shutdown never touches an instance (its cycle may be handed to another
+/// replica); the agent ends with the server process that launched it.
 #[tokio::test]
-async fn shutting_the_server_down_leaves_no_agent_behind() {
+async fn the_agent_ends_with_the_server_process_that_launched_it() {
+    let db = TestDb::create().await;
+    let dir = agent_reachable_tempdir();
+    let server = ServerProcess::start(dir.path(), "server", |command| {
+        command.args(["--database-url", &db.url]);
+    })
+    .await;
+    let mut client = server.client().await;
+    let created = client
+        .create_workspace(pb::CreateWorkspaceRequest {
+            name: "parent".into(),
+            backend: pb::BackendKind::Process as i32,
+            spec: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let online = bounded("the workspace is online", async {
+        loop {
+            let w = client
+                .get_workspace(pb::GetWorkspaceRequest {
+                    workspace_id: created.id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if w.status == pb::WorkspaceStatus::Online as i32 {
+                return w;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let pid = agent_pid(&online);
+    assert!(alive(pid));
+    let server_pid = server.child.id().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut child = server.child;
+    bounded("the server exits", child.wait()).await.unwrap();
+    bounded("the agent ends with it", async {
+        while alive(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Under root, the agent is `nobody`: its files and log are its own and
+/// private, and it runs in a directory neither it nor an operator writes.
+#[tokio::test]
+async fn the_agent_runs_unprivileged_with_private_files() {
     let s = TestServer::start(process_options()).await;
-    let ws = s.create("orphan-check").await;
-    let pid = agent_pid(&online(&s, ws, 1).await);
+    let ws = s.create("private").await;
+    online(&s, ws, 1).await;
+    s.client()
+        .write_file(pb::WriteFileRequest {
+            workspace_id: ws.to_string(),
+            path: "conf/app.toml".into(),
+            content: b"x = 1".to_vec(),
+        })
+        .await
+        .unwrap();
+    let events = s.restart(ws, pb::Trigger::Manual).await;
+    assert!(matches!(last(&events), Event::Online(o) if o.generation == 2));
+    let w = online(&s, ws, 2).await;
+    assert_eq!(w.agent.as_ref().unwrap().file_paths, ["conf/app.toml"]);
+    let pid = agent_pid(&w);
+
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace()
+            .skip(1)
+            .all(|u| u == nobody.uid.to_string()),
+        "{uid}"
+    );
+    let generation = s.data_dir.path().join(format!("process/{ws}/gen-2"));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        generation.join("run")
+    );
+    for (path, mode) in [
+        ("files", 0o700),
+        ("files/conf", 0o700),
+        ("files/conf/app.toml", 0o600),
+        ("agent.log", 0o600),
+    ] {
+        let meta = std::fs::metadata(generation.join(path)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o777),
+            (nobody.uid.as_raw(), mode),
+            "{path}"
+        );
+    }
     s.shutdown().await;
-    assert!(!alive(pid), "agent {pid} outlived the server");
 }
 
 #[tokio::test]

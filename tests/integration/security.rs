@@ -531,7 +531,7 @@ struct LoggedServer {
 impl LoggedServer {
     async fn start() -> Self {
         let db = crate::support::TestDb::create().await;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::support::agent_reachable_tempdir();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

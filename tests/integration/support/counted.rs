@@ -9,7 +9,8 @@ use std::{
 
 use async_trait::async_trait;
 use workspace_backends::{
-    Backend, BackendError, BackendKind, Generation, InstanceState, Launch, WorkspaceId,
+    Backend, BackendError, BackendKind, ConfigFootprint, Generation, Halt, InstanceRef,
+    InstanceState, Launch, LimitExceeded, WorkspaceId,
 };
 
 #[derive(Default)]
@@ -103,16 +104,26 @@ impl<B: Backend> Backend for Counted<B> {
         result
     }
 
-    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
+    async fn stop(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
         self.enter(workspace);
-        let result = self.inner.stop(workspace).await;
+        let result = self.inner.stop(workspace, through, halt).await;
         self.leave(workspace, &result);
         result
     }
 
-    async fn delete(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
+    async fn delete(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
         self.enter(workspace);
-        let result = self.inner.delete(workspace).await;
+        let result = self.inner.delete(workspace, through, halt).await;
         self.leave(workspace, &result);
         result
     }
@@ -121,11 +132,11 @@ impl<B: Backend> Backend for Counted<B> {
         self.inner.state(workspace).await
     }
 
-    async fn remove_strays(
-        &self,
-        workspace: WorkspaceId,
-        current: Generation,
-    ) -> Result<usize, BackendError> {
-        self.inner.remove_strays(workspace, current).await
+    fn admits(&self, footprint: &ConfigFootprint) -> Result<(), LimitExceeded> {
+        self.inner.admits(footprint)
+    }
+
+    async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {
+        self.inner.inventory().await
     }
 }

@@ -12,8 +12,8 @@ use std::{
 use async_trait::async_trait;
 use tokio::sync::{Notify, Semaphore};
 use workspace_backends::{
-    Backend, BackendError, BackendKind, ConfigVersion, Generation, InstancePhase, InstanceState,
-    Launch, WorkspaceId,
+    Backend, BackendError, BackendKind, ConfigVersion, Generation, Halt, InstancePhase,
+    InstanceRef, InstanceState, Launch, WorkspaceId,
 };
 use workspace_lifecycle::proto::{RegisterRequest, workspace_agent_client::WorkspaceAgentClient};
 
@@ -297,12 +297,41 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
-    async fn stop(&self, workspace: WorkspaceId) -> Result<(), BackendError> {
+    async fn stop(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        _halt: Halt,
+    ) -> Result<(), BackendError> {
         let _call = self.enter(workspace, 'S');
         let mut state = self.state.lock().unwrap();
         state.stops.push(workspace);
-        state.running.remove(&workspace);
+        if state.running.get(&workspace).is_some_and(|g| *g <= through) {
+            state.running.remove(&workspace);
+        }
         Ok(())
+    }
+
+    async fn delete(
+        &self,
+        workspace: WorkspaceId,
+        through: Generation,
+        halt: Halt,
+    ) -> Result<(), BackendError> {
+        self.stop(workspace, through, halt).await
+    }
+
+    async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {
+        let state = self.state.lock().unwrap();
+        Ok(state
+            .running
+            .iter()
+            .map(|(workspace, generation)| InstanceRef {
+                workspace: *workspace,
+                generation: Some(*generation),
+                phase: InstancePhase::Running,
+            })
+            .collect())
     }
 
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {

@@ -138,6 +138,16 @@ pub struct TestServer {
     next_client: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// A temporary directory the process backend's agents can pass through:
+/// they run as an unprivileged user when the tests run as root, and a
+/// fresh temporary directory is private (0700).
+pub fn agent_reachable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
+}
+
 /// The path of the built server binary (the process backend runs its
 /// `agent` subcommand).
 pub fn server_binary() -> String {
@@ -147,7 +157,7 @@ pub fn server_binary() -> String {
 impl TestServer {
     pub async fn start(options: Options) -> Self {
         let db = Arc::new(TestDb::create().await);
-        let data_dir = Arc::new(tempfile::tempdir().unwrap());
+        let data_dir = Arc::new(agent_reachable_tempdir());
         let clock = ManualClock::new(chrono::Utc::now());
         let backend = FakeBackend::new(BackendKind::Process);
         let mut first = Self::start_on(db, data_dir, clock, backend, options.clone()).await;
@@ -216,6 +226,7 @@ impl TestServer {
                     default_image: AGENT_IMAGE.into(),
                     network_mode: Some("host".into()),
                     stop_grace: Duration::from_secs(2),
+                    ..DockerConfig::default()
                 })
                 .await
                 .expect("the Docker tests need a Docker Engine");

@@ -50,6 +50,9 @@ impl ServerProcess {
     /// logging to `dir/<name>.log`; `configure` adds the test's flags and
     /// environment. Returns once it serves.
     pub async fn start(dir: &Path, name: &str, configure: impl FnOnce(&mut Command)) -> Self {
+        // The process backend's agents (an unprivileged user under root)
+        // must pass through the data directory.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
