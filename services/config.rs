@@ -161,9 +161,20 @@ pub struct ServeArgs {
     #[arg(long, env = "WL_BURST_MAX_WAIT", default_value = "60s", value_parser = duration)]
     pub burst_max_wait: Duration,
 
-    /// A cycle not ONLINE by then fails.
+    /// A cycle not ONLINE by then fails — counted from its first start,
+    /// across takeovers — and its instance is removed.
     #[arg(long, env = "WL_PROVISION_DEADLINE", default_value = "120s", value_parser = duration)]
     pub provision_deadline: Duration,
+
+    /// Ended cycles, superseded generations and deleted workspaces older
+    /// than this are pruned (audit rows are kept; see the README).
+    #[arg(long, env = "WL_HISTORY_RETENTION", default_value = "7days", value_parser = duration)]
+    pub history_retention: Duration,
+
+    /// A cycle taken over more often than this (each runner died with it)
+    /// is failed and cleaned up rather than run again.
+    #[arg(long, env = "WL_MAX_TAKEOVERS", default_value_t = 3)]
+    pub max_takeovers: u32,
 
     /// How long a replica may stay silent before its cycles are taken over.
     #[arg(long, env = "WL_LEASE_TTL", default_value = "15s", value_parser = duration)]
@@ -312,6 +323,8 @@ impl fmt::Debug for ServeArgs {
             .field("backends", &self.backends)
             .field("debounce_window", &self.debounce_window)
             .field("provision_deadline", &self.provision_deadline)
+            .field("max_takeovers", &self.max_takeovers)
+            .field("history_retention", &self.history_retention)
             .field("auth_tokens_file", &self.auth_tokens_file)
             .field("secrets_key_file", &self.secrets_key_file)
             .field(

@@ -27,7 +27,7 @@ use crate::{
     engine::{
         Engine, EngineConfig, EngineError,
         backends::Backends,
-        clock::{SharedClock, WallClock},
+        clock::{DatabaseClock, SharedClock},
         cycle::CycleSettings,
         ledger::Timing,
     },
@@ -168,20 +168,12 @@ pub fn guarding(args: &ServeArgs) -> Result<Guarding, ServeError> {
 }
 
 /// Everything a server needs besides its flags (tests inject their own).
+#[derive(Default)]
 pub struct Parts {
-    /// The clock (tests use a manual one).
-    pub clock: SharedClock,
+    /// The clock (tests use a manual one); by default the database's (C19).
+    pub clock: Option<SharedClock>,
     /// Extra or replacement backends (tests inject fakes).
     pub backends: Vec<Arc<dyn workspace_backends::Backend>>,
-}
-
-impl Default for Parts {
-    fn default() -> Self {
-        Self {
-            clock: Arc::new(WallClock),
-            backends: Vec::new(),
-        }
-    }
 }
 
 /// A server that is up.
@@ -262,6 +254,13 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
             (pg.url(), Some(embedded_pg::Owned::new(pg)))
         }
     };
+    let (clock, database_clock): (SharedClock, _) = match parts.clock {
+        Some(clock) => (clock, None),
+        None => {
+            let clock = DatabaseClock::new();
+            (Arc::new(clock.clone()), Some(clock))
+        }
+    };
     let store = Store::connect(
         &StoreConfig {
             url,
@@ -271,9 +270,12 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         },
         ReplicaId::new(),
         timing(args),
-        parts.clock.clone(),
+        clock.clone(),
     )
     .await?;
+    if let Some(database_clock) = &database_clock {
+        store.sync_clock(database_clock).await?;
+    }
     store.migrate().await?;
 
     let listener = TcpListener::bind(args.listen).await?;
@@ -291,21 +293,31 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
     let engine = Engine::start(
         store,
         backends,
-        parts.clock,
+        clock,
         EngineConfig {
             cycle: CycleSettings {
                 provision_deadline: args.provision_deadline,
                 agent_poll: Duration::from_secs(1),
                 lease_renewal: args.lease_ttl / 3,
+                max_takeovers: args.max_takeovers,
                 agent_service_url: agent_url,
             },
             sweep_interval: args.sweep_interval,
             reconcile_interval: args.reconcile_interval,
+            history_retention: args.history_retention,
         },
     )
     .await?;
 
     let stop = CancellationToken::new();
+    if let Some(database_clock) = database_clock {
+        tokio::spawn(
+            engine
+                .store()
+                .clone()
+                .keep_clock_synced(database_clock, stop.clone()),
+        );
+    }
     let metrics_addr = match args.metrics_listen {
         Some(addr) => {
             let bound = prometheus_endpoint::serve(addr, stop.clone()).await?;

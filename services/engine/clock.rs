@@ -51,6 +51,89 @@ impl Clock for WallClock {
     }
 }
 
+/// Postgres' clock, read from this process: an anchor (the database's
+/// `now()` and this process's monotonic instant when it was read) advanced
+/// by the monotonic clock (C19). Leases, windows and deadlines written by
+/// one replica are compared by another, so they must share one time base:
+/// the database's. A replica whose wall clock is minutes off, or is stepped
+/// while it runs, still reads the database's time; the error is half a
+/// round trip plus the drift between re-syncs.
+#[derive(Debug, Clone)]
+pub struct DatabaseClock {
+    anchor: Arc<Mutex<Anchor>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    at: Timestamp,
+    instant: tokio::time::Instant,
+    /// The round trip of the sample: a tighter one replaces a looser one.
+    rtt: Duration,
+}
+
+impl Default for DatabaseClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DatabaseClock {
+    /// A clock anchored to the local wall clock until the first `sync`.
+    pub fn new() -> Self {
+        Self {
+            anchor: Arc::new(Mutex::new(Anchor {
+                at: chrono::Utc::now(),
+                instant: tokio::time::Instant::now(),
+                rtt: Duration::MAX,
+            })),
+        }
+    }
+
+    /// Re-anchors to a reading of the database's time taken between `sent`
+    /// and `received` (the reading is placed at the midpoint).
+    pub fn sync(
+        &self,
+        db_now: Timestamp,
+        sent: tokio::time::Instant,
+        received: tokio::time::Instant,
+    ) {
+        let rtt = received.saturating_duration_since(sent);
+        let instant = sent + rtt / 2;
+        let mut anchor = self.anchor.lock().expect("clock poisoned");
+        // Keep a tighter old sample unless it has aged (drift grows with age).
+        let aged = instant.saturating_duration_since(anchor.instant) > Duration::from_secs(60);
+        if rtt <= anchor.rtt || aged {
+            *anchor = Anchor {
+                at: db_now,
+                instant,
+                rtt,
+            };
+        }
+    }
+}
+
+#[async_trait]
+impl Clock for DatabaseClock {
+    fn now(&self) -> Timestamp {
+        let anchor = *self.anchor.lock().expect("clock poisoned");
+        let elapsed = anchor.instant.elapsed();
+        anchor.at + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
+    }
+
+    async fn sleep_until(&self, at: Timestamp) {
+        loop {
+            let Ok(left) = (at - self.now()).to_std() else {
+                return;
+            };
+            if left.is_zero() {
+                return;
+            }
+            // Re-check after waking: a re-sync may have moved the anchor.
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        }
+    }
+}
+
 /// A clock that moves only when a test advances it.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
@@ -91,6 +174,24 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_clock_follows_the_database_not_the_local_wall_clock() {
+        let clock = DatabaseClock::new();
+        let db_now = chrono::Utc::now() - chrono::Duration::minutes(5);
+        let sent = tokio::time::Instant::now();
+        clock.sync(db_now, sent, sent);
+        let skew = (clock.now() - db_now).num_milliseconds();
+        assert!((0..1000).contains(&skew), "read {skew} ms past the sample");
+        // A looser sample does not replace a tighter, fresh one.
+        let later = tokio::time::Instant::now();
+        clock.sync(
+            db_now + chrono::Duration::minutes(10),
+            later,
+            later + Duration::from_secs(2),
+        );
+        assert!(clock.now() < db_now + chrono::Duration::minutes(1));
+    }
 
     #[tokio::test]
     async fn manual_sleepers_wake_only_when_advanced_past_their_time() {

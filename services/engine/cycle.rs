@@ -8,9 +8,15 @@
 //! claim of a due follow-up are one transaction, so the follow-up runs next
 //! in the same task with no window for anyone to slip in between.
 //!
-//! Before each action on the backend the cycle re-checks that it still holds
-//! the gate, so a runner that stalled past its lease never stops or starts
-//! an instance under a newer cycle.
+//! Fault model (C17, C18, C20): every backend call is bounded by the time
+//! the lease can still be trusted (the runner fences itself by its own last
+//! successful renewal, before the lease can have expired in the database),
+//! and each phase is announced by a fenced write first. A graceful stop that
+//! outlasts its share of the deadline escalates to a forced one. A failed
+//! cycle removes its own generation's instance by force before it records
+//! the failure; a runner that may have lost its lease touches nothing. The
+//! deadline counts from the cycle's first start across takeovers, and a
+//! cycle taken over too often is given up and cleaned up.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -49,6 +55,9 @@ pub struct CycleSettings {
     pub agent_poll: Duration,
     /// How often a running cycle renews its lease.
     pub lease_renewal: Duration,
+    /// A cycle taken over more often than this (its runners keep dying) is
+    /// failed and cleaned up instead of run again (C20).
+    pub max_takeovers: u32,
     /// The URL agents use to reach this control plane.
     pub agent_service_url: String,
 }
@@ -82,8 +91,24 @@ enum CycleError {
     Engine(#[from] EngineError),
     #[error("the cycle lost the gate to a newer cycle")]
     Fenced,
+    #[error("the cycle could not renew its lease in time; it stopped acting")]
+    LeaseLapsed,
     #[error("the instance ended before its agent registered: {0}")]
     InstanceDown(String),
+    #[error("the provision deadline of {} passed", humantime::format_duration(*.0))]
+    Deadline(Duration),
+    #[error("the cycle panicked")]
+    Panicked,
+    #[error("the cycle was taken over {0} times (its runners keep dying); it is given up")]
+    TooManyTakeovers(u32),
+}
+
+impl CycleError {
+    /// The runner may have lost its lease: it must not touch the backend
+    /// (the next owner, or the collector, accounts for the instance).
+    fn lost_lease(&self) -> bool {
+        matches!(self, Self::Fenced | Self::LeaseLapsed)
+    }
 }
 
 /// Runs cycles for requests that hold the gate.
@@ -195,74 +220,196 @@ async fn finish_with_retry(guard: LeaseGuard, finish: Finish) -> Option<crate::s
     None
 }
 
-/// Runs one cycle under its deadline, its lease renewal and a panic guard.
+/// Runs one cycle, then accounts for its instance whatever happened (C17).
 async fn execute_guarded(deps: &CycleDeps, guard: &LeaseGuard, trace: &CycleTrace) -> Finish {
-    let deadline = deps.settings.provision_deadline;
-    let work = AssertUnwindSafe(execute(deps, guard, trace)).catch_unwind();
-    tokio::select! {
-        result = tokio::time::timeout(deadline, work) => match result {
-            Ok(Ok(Ok(finish))) => finish,
-            Ok(Ok(Err(err))) => Finish::Failed { reason: err.to_string() },
-            Ok(Err(_panic)) => Finish::Failed { reason: "the cycle panicked".into() },
-            Err(_) => Finish::Failed {
-                reason: format!("the provision deadline of {} passed", humantime::format_duration(deadline)),
-            },
-        },
-        lost = keep_lease(guard, deps.settings.lease_renewal) => Finish::Failed { reason: lost },
+    match attempt(deps, guard, trace).await {
+        Ok(finish) => finish,
+        Err(err) => clean_up(deps, guard, err).await,
     }
 }
 
-/// Renews the lease until it is lost; returns why.
-async fn keep_lease(guard: &LeaseGuard, every: Duration) -> String {
-    let mut failures = 0;
-    loop {
-        tokio::time::sleep(every).await;
-        match guard.renew().await {
-            Ok(true) => failures = 0,
-            Ok(false) => return CycleError::Fenced.to_string(),
-            Err(err) => {
-                failures += 1;
-                tracing::warn!(%err, failures, "lease renewal failed");
-                if failures >= 3 {
-                    return format!("could not renew the gate's lease: {err}");
-                }
+/// The local instant the cycle's deadline falls on: it counts from the
+/// cycle's first start, in the database's time, so a takeover does not
+/// restart it (C20).
+fn deadline(deps: &CycleDeps, guard: &LeaseGuard) -> tokio::time::Instant {
+    let at = guard.first_started_at()
+        + chrono::Duration::from_std(deps.settings.provision_deadline)
+            .unwrap_or(chrono::Duration::MAX);
+    let left = (at - deps.store.clock().now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
+
+/// Runs the cycle under its deadline, its lease renewal and a panic guard.
+async fn attempt(
+    deps: &CycleDeps,
+    guard: &LeaseGuard,
+    trace: &CycleTrace,
+) -> Result<Finish, CycleError> {
+    let takeovers = guard.claim().takeovers;
+    if takeovers > deps.settings.max_takeovers {
+        return Err(CycleError::TooManyTakeovers(takeovers));
+    }
+    let deadline = deadline(deps, guard);
+    let work = AssertUnwindSafe(execute(deps, guard, trace, deadline)).catch_unwind();
+    tokio::select! {
+        result = tokio::time::timeout_at(deadline, work) => match result {
+            Ok(Ok(result)) => result,
+            Ok(Err(_panic)) => Err(CycleError::Panicked),
+            Err(_) => Err(CycleError::Deadline(deps.settings.provision_deadline)),
+        },
+        lost = keep_lease(guard, deps.settings.lease_renewal) => Err(lost),
+    }
+}
+
+/// How long the forced clean-up of a failed cycle may take.
+const CLEAN_UP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Ends a failed cycle with its instance accounted for: the failed
+/// generation is removed by force (it gets no grace to linger in), while
+/// the cycle still holds its lease. A failed stop or delete whose forced
+/// retry works ends as asked. A runner that lost its lease touches
+/// nothing; the next owner's start, or the collector, removes the instance.
+async fn clean_up(deps: &CycleDeps, guard: &LeaseGuard, err: CycleError) -> Finish {
+    let reason = err.to_string();
+    if err.lost_lease() {
+        return Finish::Failed { reason };
+    }
+    let Ok(backend) = deps.backends.get(guard.backend()) else {
+        return Finish::Failed { reason };
+    };
+    let claim = *guard.claim();
+    let workspace = guard.workspace();
+    let forced = async {
+        match claim.goal {
+            Goal::Delete => {
+                backend
+                    .delete(workspace, claim.generation, Halt::Force)
+                    .await
             }
+            Goal::Stop | Goal::Provision => {
+                backend.stop(workspace, claim.generation, Halt::Force).await
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = tokio::time::timeout(CLEAN_UP_LIMIT, bounded(guard, forced)) => match result {
+            Ok(result) => result,
+            Err(_) => Err(CycleError::Deadline(CLEAN_UP_LIMIT)),
+        },
+        lost = keep_lease(guard, deps.settings.lease_renewal) => Err(lost),
+    };
+    match (claim.goal, result) {
+        (Goal::Delete, Ok(())) => {
+            tracing::warn!(%workspace, %reason, "delete needed force");
+            Finish::Deleted
+        }
+        (Goal::Stop, Ok(())) => {
+            tracing::warn!(%workspace, %reason, "stop needed force");
+            Finish::Stopped
+        }
+        (Goal::Provision, Ok(())) => Finish::Failed { reason },
+        (_, Err(cleanup)) => {
+            tracing::warn!(%workspace, %cleanup, "could not remove the failed cycle's instance; the collector will");
+            Finish::Failed { reason }
         }
     }
 }
 
-/// Fails the cycle unless it still holds the gate.
-async fn ensure_held(guard: &LeaseGuard) -> Result<(), CycleError> {
-    if guard.renew().await? {
+/// Runs a backend call only while the lease can be trusted, and cuts it
+/// off when it can no longer be (C18): the call is bounded by the lease
+/// time left, which each successful renewal extends.
+async fn bounded<T>(
+    guard: &LeaseGuard,
+    call: impl std::future::Future<Output = Result<T, BackendError>>,
+) -> Result<T, CycleError> {
+    if guard.fence_left().is_zero() {
+        return Err(CycleError::LeaseLapsed);
+    }
+    tokio::select! {
+        // A runner resumed after a pause sees its fence first: the call it
+        // was in is dropped, not polled on.
+        biased;
+        _ = guard.fenced() => Err(CycleError::LeaseLapsed),
+        result = call => Ok(result?),
+    }
+}
+
+/// Renews the lease until it is lost, or until the last successful
+/// renewal is too old to trust; returns why.
+async fn keep_lease(guard: &LeaseGuard, every: Duration) -> CycleError {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = guard.fenced() => return CycleError::LeaseLapsed,
+        }
+        let renewal = tokio::select! {
+            renewal = guard.renew() => renewal,
+            _ = guard.fenced() => return CycleError::LeaseLapsed,
+        };
+        match renewal {
+            Ok(true) => {}
+            Ok(false) => return CycleError::Fenced,
+            Err(err) => tracing::warn!(%err, "lease renewal failed"),
+        }
+    }
+}
+
+/// Announces a phase; fails the cycle unless it still holds the gate (the
+/// fenced write is also the check before the backend call that follows).
+async fn enter(guard: &LeaseGuard, phase: Phase) -> Result<(), CycleError> {
+    if guard.phase(phase).await? {
         Ok(())
     } else {
         Err(CycleError::Fenced)
     }
 }
 
+/// Stops everything up to `generation`: gracefully within half the time
+/// the cycle has left, then by force — an instance that ignores SIGTERM
+/// must not take the whole cycle down with it (C17).
+async fn stop_escalating(
+    guard: &LeaseGuard,
+    backend: &dyn Backend,
+    generation: Generation,
+    deadline: tokio::time::Instant,
+) -> Result<(), CycleError> {
+    let workspace = guard.workspace();
+    let patience = deadline.saturating_duration_since(tokio::time::Instant::now()) / 2;
+    let graceful = bounded(guard, backend.stop(workspace, generation, Halt::Graceful));
+    match tokio::time::timeout(patience, graceful).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(err)) if err.lost_lease() => return Err(err),
+        Ok(Err(err)) => tracing::warn!(%workspace, %err, "graceful stop failed; forcing it"),
+        Err(_) => tracing::warn!(%workspace, "graceful stop is taking too long; forcing it"),
+    }
+    bounded(guard, backend.stop(workspace, generation, Halt::Force)).await
+}
+
 async fn execute(
     deps: &CycleDeps,
     guard: &LeaseGuard,
     trace: &CycleTrace,
+    deadline: tokio::time::Instant,
 ) -> Result<Finish, CycleError> {
     let claim = *guard.claim();
     let workspace = guard.workspace();
     let backend = deps.backends.get(guard.backend())?;
 
-    ensure_held(guard).await?;
-    guard.phase(Phase::Stopping).await?;
-    backend
-        .stop(workspace, claim.generation, Halt::Graceful)
+    enter(guard, Phase::Stopping).await?;
+    stop_escalating(guard, backend.as_ref(), claim.generation, deadline)
         .instrument(trace.phase("stop"))
         .await?;
     match claim.goal {
         Goal::Stop => return Ok(Finish::Stopped),
         Goal::Delete => {
-            ensure_held(guard).await?;
-            backend
-                .delete(workspace, claim.generation, Halt::Graceful)
-                .instrument(trace.phase("delete"))
-                .await?;
+            bounded(
+                guard,
+                backend.delete(workspace, claim.generation, Halt::Force),
+            )
+            .instrument(trace.phase("delete"))
+            .await?;
             return Ok(Finish::Deleted);
         }
         Goal::Provision => {}
@@ -277,8 +424,7 @@ async fn execute(
     if !guard.record_generation(&token_hash(token.expose())).await? {
         return Err(CycleError::Fenced);
     }
-    ensure_held(guard).await?;
-    guard.phase(Phase::Provisioning).await?;
+    enter(guard, Phase::Provisioning).await?;
     let launch = Launch {
         workspace,
         generation: claim.generation,
@@ -289,17 +435,13 @@ async fn execute(
         token,
         service_url: deps.settings.agent_service_url.clone(),
     };
-    let started = backend
-        .start(&launch)
+    let started = bounded(guard, backend.start(&launch))
         .instrument(trace.phase("provision"))
         .await;
     drop(launch);
-    if let Err(err) = started {
-        stop_after_failure(guard, backend.as_ref()).await;
-        return Err(err.into());
-    }
-    guard.phase(Phase::WaitingForAgent).await?;
-    match wait_for_agent(
+    started?;
+    enter(guard, Phase::WaitingForAgent).await?;
+    let registration = wait_for_agent(
         deps,
         guard,
         backend.as_ref(),
@@ -307,31 +449,10 @@ async fn execute(
         claim.generation,
     )
     .instrument(trace.phase("wait_for_agent"))
-    .await
-    {
-        Ok(registration) => Ok(Finish::Online {
-            config_version: registration.config_version,
-        }),
-        Err(err) => {
-            stop_after_failure(guard, backend.as_ref()).await;
-            Err(err)
-        }
-    }
-}
-
-/// A failed provisioning leaves no instance behind, forced: it gets no
-/// grace to linger in (if the cycle still holds the gate; and only up to
-/// its own generation, never what a newer cycle started).
-async fn stop_after_failure(guard: &LeaseGuard, backend: &dyn Backend) {
-    if ensure_held(guard).await.is_ok() {
-        let generation = guard.claim().generation;
-        if let Err(err) = backend
-            .stop(guard.workspace(), generation, Halt::Force)
-            .await
-        {
-            tracing::warn!(%err, "could not stop the instance of a failed cycle");
-        }
-    }
+    .await?;
+    Ok(Finish::Online {
+        config_version: registration.config_version,
+    })
 }
 
 /// Waits until the agent of `generation` registers (an event, or the
@@ -365,7 +486,7 @@ async fn wait_for_agent(
         if let Some(registration) = deps.store.registration(workspace, generation).await? {
             return Ok(registration);
         }
-        let state = backend.state(workspace).await?;
+        let state = bounded(guard, backend.state(workspace)).await?;
         if state.generation == Some(generation) && state.is_down() {
             return Err(CycleError::InstanceDown(format!("{:?}", state.phase)));
         }

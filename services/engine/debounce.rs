@@ -126,7 +126,13 @@ where
         if request.stage() != Stage::New {
             return Box::pin(self.inner.call(request));
         }
-        let treatment = treatment(request.trigger(), request.is_file_write());
+        // A stop or delete is never debounced, whoever asks (the
+        // reconciler retries failed deletes, C17).
+        let treatment = if request.is_removal() {
+            Treatment::Urgent
+        } else {
+            treatment(request.trigger(), request.is_file_write())
+        };
         request.set_stage(Stage::Treated(treatment));
         if treatment != Treatment::DropIfBusy {
             return Box::pin(self.inner.call(request));

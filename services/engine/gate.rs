@@ -132,7 +132,22 @@ where
         let now = self.clock.now();
         Box::pin(async move {
             let key = request.key();
-            let Some(guard) = keeper.claim(&key, now).await? else {
+            let claimed = match (keeper.claim(&key, now).await, admitted) {
+                (Ok(claimed), _) => claimed,
+                // The admission committed: the request stays acknowledged
+                // whatever happens to the claim (C20). Its cycle is durable
+                // and the scheduler's sweep claims it.
+                (Err(err), Some(cycle)) => {
+                    tracing::warn!(%err, %cycle, "claim after admission failed; the scheduler will run the cycle");
+                    return Ok(Admission::of(Verdict::Coalesced {
+                        cycle,
+                        not_before: now,
+                        waiting: Waiting::Deferred,
+                    }));
+                }
+                (Err(err), None) => return Err(err),
+            };
+            let Some(guard) = claimed else {
                 // Someone else holds the gate (or already runs this cycle):
                 // the cycle is durable and its runner's release starts it.
                 return Ok(Admission::of(match admitted {

@@ -42,6 +42,10 @@ pub trait StackRequest: Send + 'static {
     fn key(&self) -> Self::Key;
     /// Who asked.
     fn trigger(&self) -> Trigger;
+    /// A stop or delete: never debounced or dropped.
+    fn is_removal(&self) -> bool {
+        false
+    }
     /// True for file writes (the burst rule, C8).
     fn is_file_write(&self) -> bool;
     /// Where the request is in the stack.
@@ -197,6 +201,10 @@ impl StackRequest for Intent {
         matches!(self.change, Some(Change::WriteFile { .. }))
     }
 
+    fn is_removal(&self) -> bool {
+        self.ask != Ask::Run
+    }
+
     fn stage(&self) -> Stage {
         self.stage
     }
@@ -248,6 +256,8 @@ pub enum Verdict {
     Stored,
     /// A resumption found nothing to do (someone else got there first).
     Idle,
+    /// A delete of a workspace that is already deleted: done, nothing to do.
+    AlreadyDeleted,
 }
 
 /// The answer to an [`Intent`].

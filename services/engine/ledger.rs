@@ -137,6 +137,9 @@ pub enum Admitted {
     },
     /// A config change on a stopped workspace: stored, no cycle.
     Stored,
+    /// A delete of a workspace whose delete already completed: nothing to
+    /// do, and nothing wrong with asking again (delete is idempotent, C17).
+    AlreadyDeleted,
     /// Dropped; no cycle will run for this request.
     Dropped {
         /// Why.
@@ -221,6 +224,9 @@ pub struct Ledger {
     pub pending: Option<Pending>,
     /// The debounce window opened by the last cycle start ends here.
     pub window_until: Option<Timestamp>,
+    /// A delete cycle completed: nothing of the workspace is left (read
+    /// from the row's status; the ledger never writes it).
+    pub removed: bool,
 }
 
 impl Ledger {
@@ -232,6 +238,7 @@ impl Ledger {
             running: None,
             pending: None,
             window_until: None,
+            removed: false,
         }
     }
 
@@ -267,7 +274,7 @@ impl Ledger {
         timing: &Timing,
     ) -> Result<Admitted, Refusal> {
         if self.desired == Desired::Deleted {
-            return self.join_delete(request, now, timing);
+            return self.join_delete(request, now, new_cycle, timing);
         }
         match request.ask {
             Ask::Stop => self.desired = Desired::Stopped,
@@ -343,12 +350,15 @@ impl Ledger {
         })
     }
 
-    /// A delete of a workspace already being deleted joins that cycle; every
-    /// other request on a deleted workspace is refused.
+    /// A delete of a workspace already being deleted joins that cycle; a
+    /// delete after a completed one is answered "already deleted"; a delete
+    /// after a *failed* one opens a new delete cycle (delete is retryable,
+    /// C17). Every other request on a deleted workspace is refused.
     fn join_delete(
-        &self,
+        &mut self,
         request: AdmitRequest,
         now: Timestamp,
+        new_cycle: CycleId,
         timing: &Timing,
     ) -> Result<Admitted, Refusal> {
         if request.ask != Ask::Delete {
@@ -361,14 +371,27 @@ impl Ledger {
                 ready: false,
             });
         }
-        match self.pending {
-            Some(pending) => Ok(Admitted::Joined {
+        if let Some(pending) = self.pending {
+            return Ok(Admitted::Joined {
                 cycle: pending.cycle,
                 due: self.pending_due(timing).unwrap_or(now),
                 ready: self.running.is_none(),
-            }),
-            None => Err(Refusal::Deleted),
+            });
         }
+        if self.removed {
+            return Ok(Admitted::AlreadyDeleted);
+        }
+        self.pending = Some(Pending {
+            cycle: new_cycle,
+            created_at: now,
+            urgent: true,
+            burst: None,
+        });
+        Ok(Admitted::Opened {
+            cycle: new_cycle,
+            due: now,
+            ready: self.running.is_none(),
+        })
     }
 
     /// Takes the gate for whatever may run now: first a cycle whose holder's

@@ -14,6 +14,7 @@
 pub mod backends;
 pub mod clock;
 pub mod coalesce;
+mod collector;
 pub mod cycle;
 pub mod debounce;
 mod error;
@@ -25,6 +26,7 @@ pub mod ledger;
 pub mod observe;
 pub mod probe;
 mod reconciler;
+mod retention;
 pub mod scheduler;
 #[cfg(test)]
 mod stack_tests;
@@ -66,6 +68,9 @@ pub struct EngineConfig {
     /// How often the reconciler compares serving workspaces with their
     /// backends.
     pub reconcile_interval: Duration,
+    /// Ended cycles, superseded generations and deleted workspaces older
+    /// than this are pruned.
+    pub history_retention: Duration,
 }
 
 /// The running engine.
@@ -95,6 +100,14 @@ impl Engine {
     ) -> Result<Arc<Self>, EngineError> {
         let bus = EventBus::new();
         let shutdown = CancellationToken::new();
+        store.set_limits({
+            let backends = backends.clone();
+            Arc::new(move |kind, footprint| match backends.get(kind) {
+                Ok(backend) => backend.admits(footprint),
+                // A backend that is not enabled refuses at its cycle.
+                Err(_) => Ok(()),
+            })
+        });
         let tasks = TaskTracker::new();
         let hand_off = CancellationToken::new();
 
@@ -138,6 +151,12 @@ impl Engine {
             backends.clone(),
             stack.clone(),
             config.reconcile_interval,
+            shutdown.child_token(),
+        ));
+        tokio::spawn(retention::run(
+            store.clone(),
+            clock.clone(),
+            config.history_retention,
             shutdown.child_token(),
         ));
         tokio::spawn(scheduler::run(

@@ -3,7 +3,8 @@
 //! instance the backend reports as gone, stopped or crashed gets a
 //! RECONCILER request — through the same stack as everyone else, so it is
 //! debounced (C7) and never races another cycle (C5). A booting instance is
-//! not "down" (C9).
+//! not "down" (C9). Each pass also asks again for deletes whose cycle
+//! failed and runs the garbage collector (C17).
 
 use std::time::Duration;
 
@@ -36,6 +37,12 @@ pub(super) async fn run(
         }
         if let Err(err) = pass(&store, &backends, &stack).await {
             tracing::warn!(%err, "reconciler pass failed");
+        }
+        if let Err(err) = retry_deletes(&store, &stack).await {
+            tracing::warn!(%err, "retrying failed deletes failed");
+        }
+        if let Err(err) = super::collector::collect(&store, &backends).await {
+            tracing::warn!(%err, "collector pass failed");
         }
     }
 }
@@ -76,6 +83,24 @@ async fn check(stack: &Stack, backends: &Backends, serving: &Serving) {
     if state.is_down() {
         request_cycle(stack, workspace, format!("instance is {:?}", state.phase)).await;
     }
+}
+
+/// A delete whose cycle failed is asked again until it completes (C17):
+/// through the stack, so it never races another cycle.
+async fn retry_deletes(store: &Store, stack: &Stack) -> Result<(), super::EngineError> {
+    for (workspace, _) in store.unfinished_deletes(PAGE).await? {
+        tracing::info!(%workspace, "retrying a delete that failed");
+        let intent = Intent::new(
+            workspace,
+            super::ledger::Ask::Delete,
+            Trigger::Reconciler,
+            "retrying a delete that failed",
+        );
+        if let Err(err) = stack.clone().oneshot(intent).await {
+            tracing::warn!(%workspace, %err, "delete retry failed");
+        }
+    }
+    Ok(())
 }
 
 async fn request_cycle(stack: &Stack, workspace: WorkspaceId, reason: String) {

@@ -110,6 +110,7 @@ pub(super) fn cycle_stream(
                 }),
                 None,
             ),
+            Verdict::AlreadyDeleted => (Ev::Deleted(pb::restart_event::Deleted {}), None),
             Verdict::Idle => return,
         };
         if tx.send(Ok(restart_event(cycle, now, first))).await.is_err() {
@@ -222,7 +223,8 @@ pub(super) fn watch_stream(
         };
         match snapshot(engine.clone()).await {
             Ok(first) => {
-                if tx.send(Ok(first)).await.is_err() {
+                let deleted = shows_deleted(&first);
+                if tx.send(Ok(first)).await.is_err() || deleted {
                     return;
                 }
             }
@@ -254,16 +256,24 @@ pub(super) fn watch_stream(
                 },
                 Received::Closed => return,
             };
-            let deleted = matches!(
-                &message.event,
-                Some(pb::workspace_event::Event::Status(s)) if s.status == pb::WorkspaceStatus::Deleted as i32
-            );
+            let deleted = shows_deleted(&message);
             if tx.send(Ok(message)).await.is_err() || deleted {
                 return;
             }
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The watch's final event: the workspace is DELETED, whether a live
+/// status change or a snapshot (a resync, or the first) says so (C20).
+fn shows_deleted(message: &pb::WorkspaceEvent) -> bool {
+    let deleted = pb::WorkspaceStatus::Deleted as i32;
+    match &message.event {
+        Some(pb::workspace_event::Event::Status(s)) => s.status == deleted,
+        Some(pb::workspace_event::Event::Snapshot(w)) => w.status == deleted,
+        _ => false,
+    }
 }
 
 /// An engine event on the wire; `None` for a resync (answered with a fresh

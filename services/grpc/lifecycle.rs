@@ -71,7 +71,9 @@ fn config_change_response(admission: Admission) -> pb::ConfigChangeResponse {
             not_before,
             waiting: Waiting::Deferred,
         } => (Delivery::Deferred, Some(cycle), Some(not_before)),
-        Verdict::Stored | Verdict::Dropped { .. } | Verdict::Idle => (Delivery::Stored, None, None),
+        Verdict::Stored | Verdict::Dropped { .. } | Verdict::Idle | Verdict::AlreadyDeleted => {
+            (Delivery::Stored, None, None)
+        }
     };
     pb::ConfigChangeResponse {
         config_version: admission.config_version.map(|v| v.0).unwrap_or_default(),
@@ -290,13 +292,15 @@ impl WorkspaceLifecycle for LifecycleService {
                 cycle_id: String::new(),
                 until: until.map(ts),
             },
-            Verdict::Stored | Verdict::Idle => pb::ReportUnreachableResponse {
-                acted: false,
-                outcome: Outcome::DroppedNotRunning as i32,
-                reason: DropReason::NotRunning.describe().into(),
-                cycle_id: String::new(),
-                until: None,
-            },
+            Verdict::Stored | Verdict::Idle | Verdict::AlreadyDeleted => {
+                pb::ReportUnreachableResponse {
+                    acted: false,
+                    outcome: Outcome::DroppedNotRunning as i32,
+                    reason: DropReason::NotRunning.describe().into(),
+                    cycle_id: String::new(),
+                    until: None,
+                }
+            }
         };
         Ok(Response::new(response))
     }

@@ -97,6 +97,7 @@ impl Admit<Intent> for Store {
         }
 
         let mut locked = rows::lock(&tx, workspace).await?;
+        let before = (locked.ledger.clone(), locked.config_version);
         let mut tally = Tally::default();
         let mut results = Vec::with_capacity(batch.len());
         for intent in batch {
@@ -107,7 +108,11 @@ impl Admit<Intent> for Store {
 
         write_tally(&tx, workspace, &tally, now).await?;
         audit::record(&tx, workspace, batch, &results, now).await?;
-        rows::save(&tx, workspace, &locked, self.timing(), now).await?;
+        // A batch that changed nothing (refusals, drops) leaves the row as
+        // it was, `updated_at` included: bad input changes nothing.
+        if (&locked.ledger, locked.config_version) != (&before.0, before.1) {
+            rows::save(&tx, workspace, &locked, self.timing(), now).await?;
+        }
         let events = tally_events(workspace, &tally, now);
         notify::publish(&tx, &events).await?;
         tx.commit().await.map_err(db)?;
@@ -137,6 +142,7 @@ async fn admit_one(
         return Err(refused(Refusal::Deleted));
     }
     if let Some(change) = &intent.change {
+        super::limits::check(tx, store, workspace, change).await?;
         apply_change(tx, workspace, change, store.sealer(), now).await?;
         locked.config_version.0 += 1;
     }
@@ -161,6 +167,12 @@ async fn admit_one(
         Admitted::Stored => {
             return Ok(Ticket::Done(Admission {
                 verdict: Verdict::Stored,
+                config_version,
+            }));
+        }
+        Admitted::AlreadyDeleted => {
+            return Ok(Ticket::Done(Admission {
+                verdict: Verdict::AlreadyDeleted,
                 config_version,
             }));
         }

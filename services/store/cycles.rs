@@ -158,8 +158,10 @@ impl Store {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
-                "SELECT id, trace_id FROM cycles WHERE workspace_id = $1
-                 ORDER BY (state = 'RUNNING') DESC, seq DESC LIMIT 1",
+                "(SELECT id, trace_id FROM cycles WHERE workspace_id = $1 AND state = 'RUNNING' LIMIT 1)
+                 UNION ALL
+                 (SELECT id, trace_id FROM cycles WHERE workspace_id = $1 ORDER BY seq DESC LIMIT 1)
+                 LIMIT 1",
             )
             .await
             .map_err(db)?;

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 
 use super::{Store, db, notify, rows};
+use crate::engine::ledger::Timing;
 use crate::{
     domain::{
         BackendKind, ConfigVersion, CycleId, CycleState, Goal, Outcome, Phase, Secret, Timestamp,
@@ -46,6 +47,16 @@ pub struct ConfigSnapshot {
     pub config_version: ConfigVersion,
 }
 
+/// The one fencing condition (C12, C18): the row's running cycle is this
+/// guard's cycle, in this replica's name, at this takeover count. `$1`
+/// workspace, `$2` cycle, `$3` owner, `$4` epoch ([`LeaseGuard::fence_key`]).
+/// Every write a runner makes while it holds the gate goes through it.
+macro_rules! held {
+    () => {
+        "id = $1 AND running_cycle = $2 AND running_owner = $3 AND running_takeovers = $4"
+    };
+}
+
 /// Proof that a cycle holds a workspace's gate.
 #[derive(Debug)]
 pub struct LeaseGuard {
@@ -54,6 +65,13 @@ pub struct LeaseGuard {
     backend: BackendKind,
     snapshot: Option<ConfigSnapshot>,
     started_at: Timestamp,
+    /// When the cycle first started, whoever ran it: its provision deadline
+    /// counts from here, across takeovers (C20).
+    first_started_at: Timestamp,
+    /// After this local instant the runner may have lost its lease without
+    /// knowing: it must not call the backend any more (C18). Set from the
+    /// moment the last successful claim or renewal was *sent*, less a margin.
+    fence: std::sync::Mutex<tokio::time::Instant>,
     store: Store,
     /// Until `finish` runs, dropping the guard (a panic, an aborted task)
     /// still ends the cycle as failed and releases the gate.
@@ -74,6 +92,8 @@ impl Drop for LeaseGuard {
             backend: self.backend,
             snapshot: None,
             started_at: self.started_at,
+            first_started_at: self.first_started_at,
+            fence: std::sync::Mutex::new(tokio::time::Instant::now()),
             store: self.store.clone(),
             armed: false,
         };
@@ -81,7 +101,10 @@ impl Drop for LeaseGuard {
             let finish = Finish::Failed {
                 reason: "the cycle was abandoned by its runner".into(),
             };
-            if let Err(err) = orphan.finish(finish).await {
+            // The follow-up stays pending for the scheduler: nobody here
+            // would run it, and dropping a claimed one would fail changes
+            // that were acknowledged but never delivered.
+            if let Err(err) = orphan.end(finish, FollowUp::Leave).await {
                 tracing::warn!(%err, "could not release an abandoned cycle; its lease will expire");
             }
         });
@@ -184,32 +207,80 @@ impl LeaseGuard {
         self.started_at
     }
 
+    /// When the cycle first started (its deadline counts from here, C20).
+    pub fn first_started_at(&self) -> Timestamp {
+        self.first_started_at
+    }
+
+    /// How long this runner may still call the backend (zero: fenced).
+    pub fn fence_left(&self) -> std::time::Duration {
+        let fence = *self.fence.lock().expect("fence poisoned");
+        fence.saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// Resolves once the runner may no longer call the backend: its last
+    /// successful renewal is too old for the lease to be trusted (C18).
+    pub async fn fenced(&self) {
+        loop {
+            let left = self.fence_left();
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
+    }
+
+    fn extend_fence(&self, sent: tokio::time::Instant) {
+        let fence = fence_after(sent, self.store.timing());
+        let mut current = self.fence.lock().expect("fence poisoned");
+        *current = (*current).max(fence);
+    }
+
     /// Extends the lease; false if the cycle lost the gate (then it must
     /// stop acting).
     pub async fn renew(&self) -> Result<bool, EngineError> {
         let store = &self.store;
-        let now = store.clock().now();
-        let mut conn = store.conn().await?;
-        let tx = conn.transaction().await.map_err(db)?;
-        let mut locked = rows::lock(&tx, self.workspace).await?;
-        let renewed = locked.ledger.renew(
-            self.claim.cycle,
-            store.replica(),
-            self.claim.takeovers,
-            now,
-            store.timing(),
-        );
+        let sent = tokio::time::Instant::now();
+        let lease_until = store.clock().now()
+            + chrono::Duration::from_std(store.timing().lease_ttl).unwrap_or(chrono::Duration::MAX);
+        let (w, c, o, t) = self.fence_key();
+        let conn = store.conn().await?;
+        let statement = conn
+            .prepare_cached(concat!(
+                "UPDATE workspaces SET running_lease_until = $5 WHERE ",
+                held!()
+            ))
+            .await
+            .map_err(db)?;
+        let renewed = conn
+            .execute(&statement, &[&w, &c, &o, &t, &lease_until])
+            .await
+            .map_err(db)?
+            == 1;
         if renewed {
-            rows::save(&tx, self.workspace, &locked, store.timing(), now).await?;
+            self.extend_fence(sent);
+        } else {
+            // Lost: no backend call from here on.
+            *self.fence.lock().expect("fence poisoned") = tokio::time::Instant::now();
         }
-        tx.commit().await.map_err(db)?;
         Ok(renewed)
+    }
+
+    /// The values of [`held!`]'s `$1`–`$4`: workspace, cycle, owner, epoch.
+    fn fence_key(&self) -> (uuid::Uuid, uuid::Uuid, uuid::Uuid, i32) {
+        (
+            self.workspace.as_uuid(),
+            self.claim.cycle.as_uuid(),
+            self.store.replica().as_uuid(),
+            self.claim.takeovers as i32,
+        )
     }
 
     /// Hands the cycle to another replica: its lease expires now and this
     /// guard lets go without ending the cycle. For graceful shutdown.
     pub async fn hand_off(mut self) -> Result<bool, EngineError> {
         self.armed = false;
+        *self.fence.lock().expect("fence poisoned") = tokio::time::Instant::now();
         let store = &self.store;
         let now = store.clock().now();
         let mut conn = store.conn().await?;
@@ -244,26 +315,19 @@ impl LeaseGuard {
         };
         let payload = serde_json::to_string(&event)
             .map_err(|e| EngineError::Internal(format!("event: {e}")))?;
+        let (w, c, o, t) = self.fence_key();
         let conn = self.store.conn().await?;
         let statement = conn
-            .prepare_cached(
-                "SELECT pg_notify($4, $5) FROM workspaces
-                 WHERE id = $1 AND running_cycle = $2 AND running_owner = $3
-                   AND running_takeovers = $6",
-            )
+            .prepare_cached(concat!(
+                "SELECT pg_notify($5, $6) FROM workspaces WHERE ",
+                held!()
+            ))
             .await
             .map_err(db)?;
         let held = conn
             .execute(
                 &statement,
-                &[
-                    &self.workspace.as_uuid(),
-                    &self.claim.cycle.as_uuid(),
-                    &self.store.replica().as_uuid(),
-                    &super::notify::CHANNEL,
-                    &payload,
-                    &(self.claim.takeovers as i32),
-                ],
+                &[&w, &c, &o, &t, &super::notify::CHANNEL, &payload],
             )
             .await
             .map_err(db)?;
@@ -281,31 +345,24 @@ impl LeaseGuard {
     /// lost the gate.
     pub async fn record_generation(&self, token_hash: &[u8]) -> Result<bool, EngineError> {
         let now = self.store.clock().now();
+        let (w, c, o, t) = self.fence_key();
         let conn = self.store.conn().await?;
         let statement = conn
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "INSERT INTO generations (workspace_id, generation, cycle_id, token_hash, created_at)
-                 SELECT $1, $2, $3, $4, $5 FROM workspaces
-                 WHERE id = $1 AND running_cycle = $3 AND running_owner = $6
-                   AND running_takeovers = $7
-                 ON CONFLICT (workspace_id, generation) DO UPDATE SET
+                 SELECT $1, $5, $2, $6, $7 FROM workspaces WHERE ",
+                held!(),
+                " ON CONFLICT (workspace_id, generation) DO UPDATE SET
                     cycle_id = EXCLUDED.cycle_id, token_hash = EXCLUDED.token_hash,
-                    created_at = EXCLUDED.created_at, registered_at = NULL, revoked_at = NULL",
-            )
+                    created_at = EXCLUDED.created_at, registered_at = NULL, revoked_at = NULL"
+            ))
             .await
             .map_err(db)?;
+        let generation = self.claim.generation.0 as i64;
         let inserted = conn
             .execute(
                 &statement,
-                &[
-                    &self.workspace.as_uuid(),
-                    &(self.claim.generation.0 as i64),
-                    &self.claim.cycle.as_uuid(),
-                    &token_hash,
-                    &now,
-                    &self.store.replica().as_uuid(),
-                    &(self.claim.takeovers as i32),
-                ],
+                &[&w, &c, &o, &t, &generation, &token_hash, &now],
             )
             .await
             .map_err(db)?;
@@ -316,7 +373,12 @@ impl LeaseGuard {
     /// due, claims it — one transaction. Writes nothing if the cycle had
     /// lost the gate (C12).
     pub async fn finish(&mut self, finish: Finish) -> Result<Finished, EngineError> {
+        self.end(finish, FollowUp::Claim).await
+    }
+
+    async fn end(&mut self, finish: Finish, follow_up: FollowUp) -> Result<Finished, EngineError> {
         let store = self.store.clone();
+        let sent = tokio::time::Instant::now();
         let now = store.clock().now();
         let mut conn = store.conn().await?;
         let tx = conn.transaction().await.map_err(db)?;
@@ -338,10 +400,14 @@ impl LeaseGuard {
         locked
             .ledger
             .release(self.claim.cycle, store.replica(), self.claim.takeovers);
-        let next = match locked.ledger.claim(store.replica(), now, store.timing()) {
-            Some(claim) => {
-                Some(start_claimed(&tx, &store, self.workspace, claim, now, &mut events).await?)
-            }
+        let claimed = match follow_up {
+            FollowUp::Claim => locked.ledger.claim(store.replica(), now, store.timing()),
+            FollowUp::Leave => None,
+        };
+        let next = match claimed {
+            Some(claim) => Some(
+                start_claimed(&tx, &store, self.workspace, claim, now, sent, &mut events).await?,
+            ),
             None => None,
         };
         rows::save(&tx, self.workspace, &locked, store.timing(), now).await?;
@@ -354,6 +420,22 @@ impl LeaseGuard {
             next_due: locked.ledger.pending_due(store.timing()),
         })
     }
+}
+
+/// Whether ending a cycle also claims its due follow-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FollowUp {
+    /// Claim it and hand it to the caller, who runs it.
+    Claim,
+    /// Leave it pending for the scheduler (nobody here would run it).
+    Leave,
+}
+
+/// The local fence of a lease whose claim or renewal was sent at `sent`:
+/// a quarter of the lease short of its end in the database, which covers
+/// the clock sync's error and a backend call already under way.
+fn fence_after(sent: tokio::time::Instant, timing: &Timing) -> tokio::time::Instant {
+    sent + timing.lease_ttl - timing.lease_ttl / 4
 }
 
 /// Writes the end of a cycle: status, cycle row, tokens, config removal.
@@ -447,6 +529,7 @@ async fn start_claimed(
     workspace: WorkspaceId,
     claim: Claim,
     now: Timestamp,
+    sent: tokio::time::Instant,
     events: &mut Vec<Event>,
 ) -> Result<LeaseGuard, EngineError> {
     let id = workspace.as_uuid();
@@ -492,23 +575,25 @@ async fn start_claimed(
         .prepare_cached(
             "UPDATE cycles SET state = 'RUNNING', goal = $2, generation = $3, config_version = $4,
                                started_at = coalesce(started_at, $5), takeovers = $6
-             WHERE id = $1",
+             WHERE id = $1 RETURNING started_at",
         )
         .await
         .map_err(db)?;
-    tx.execute(
-        &mark,
-        &[
-            &claim.cycle.as_uuid(),
-            &claim.goal.as_str(),
-            &(claim.generation.0 as i64),
-            &config_version.map(|v| v.0 as i64),
-            &now,
-            &(claim.takeovers as i32),
-        ],
-    )
-    .await
-    .map_err(db)?;
+    let marked = tx
+        .query_one(
+            &mark,
+            &[
+                &claim.cycle.as_uuid(),
+                &claim.goal.as_str(),
+                &(claim.generation.0 as i64),
+                &config_version.map(|v| v.0 as i64),
+                &now,
+                &(claim.takeovers as i32),
+            ],
+        )
+        .await
+        .map_err(db)?;
+    let first_started_at: Timestamp = marked.get(0);
     events.push(Event {
         workspace,
         at: now,
@@ -537,6 +622,8 @@ async fn start_claimed(
         backend,
         snapshot,
         started_at: now,
+        first_started_at,
+        fence: std::sync::Mutex::new(fence_after(sent, store.timing())),
         store: store.clone(),
         armed: true,
     })
@@ -598,6 +685,7 @@ impl GateKeeper<WorkspaceId> for Store {
         workspace: &WorkspaceId,
         now: Timestamp,
     ) -> Result<Option<LeaseGuard>, EngineError> {
+        let sent = tokio::time::Instant::now();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(db)?;
         let mut locked = match rows::lock(&tx, *workspace).await {
@@ -610,7 +698,7 @@ impl GateKeeper<WorkspaceId> for Store {
             return Ok(None);
         };
         let mut events = Vec::new();
-        let guard = start_claimed(&tx, self, *workspace, claim, now, &mut events).await?;
+        let guard = start_claimed(&tx, self, *workspace, claim, now, sent, &mut events).await?;
         rows::save(&tx, *workspace, &locked, self.timing(), now).await?;
         notify::publish(&tx, &events).await?;
         tx.commit().await.map_err(db)?;

@@ -16,10 +16,13 @@ mod audit;
 mod cycles;
 mod error;
 mod lease;
+mod limits;
 pub mod listener;
 mod notify;
+mod retention;
 mod rows;
 pub mod sealing;
+mod standings;
 mod workspaces;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
@@ -31,12 +34,19 @@ pub use agents::{AgentReport, Registration, token_hash};
 pub use audit::RefusedRow;
 pub use cycles::CycleRecord;
 pub use lease::{ConfigSnapshot, Finish, Finished, LeaseGuard};
+pub use limits::LimitCheck;
+pub use retention::Pruned;
 pub use sealing::{Sealer, SecretsKey};
+pub use standings::Standing;
 pub use workspaces::{AgentRecord, Peek, Serving, TriggerCounts, WorkspaceRecord};
 
 use crate::{
     domain::{self, ReplicaId},
-    engine::{EngineError, clock::SharedClock, ledger::Timing},
+    engine::{
+        EngineError,
+        clock::{DatabaseClock, SharedClock},
+        ledger::Timing,
+    },
 };
 pub(crate) use error::db;
 
@@ -66,6 +76,8 @@ pub struct Store {
     timing: Timing,
     clock: SharedClock,
     sealer: Sealer,
+    /// The backends' limits, checked at admission (set by the engine).
+    limits: Arc<std::sync::OnceLock<LimitCheck>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -115,9 +127,47 @@ impl Store {
             timing,
             clock,
             sealer: Sealer::new(&config.secrets_key),
+            limits: Arc::default(),
         };
         drop(store.conn().await?);
         Ok(store)
+    }
+
+    /// Anchors `clock` to the database's time: the tightest of a few
+    /// readings (C19).
+    pub async fn sync_clock(&self, clock: &DatabaseClock) -> Result<(), EngineError> {
+        let conn = self.conn().await?;
+        let statement = conn.prepare_cached("SELECT now()").await.map_err(db)?;
+        for _ in 0..3 {
+            let sent = tokio::time::Instant::now();
+            let row = conn.query_one(&statement, &[]).await.map_err(db)?;
+            let received = tokio::time::Instant::now();
+            // `now()` is the transaction's start; a lone statement is its
+            // own transaction, so that is the moment the server read it.
+            clock.sync(row.get(0), sent, received);
+        }
+        Ok(())
+    }
+
+    /// Re-syncs `clock` every few seconds, for as long as the process runs
+    /// (a failed reading keeps the last anchor: the monotonic clock carries
+    /// it on).
+    pub async fn keep_clock_synced(
+        self,
+        clock: DatabaseClock,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if let Err(err) = self.sync_clock(&clock).await {
+                tracing::debug!(%err, "could not read the database's clock");
+            }
+        }
     }
 
     /// Applies the embedded migrations (idempotent; safe from several

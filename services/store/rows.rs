@@ -61,6 +61,7 @@ fn ledger_from_row(row: &Row) -> Result<Ledger, EngineError> {
         running,
         pending,
         window_until: row.get("window_until"),
+        removed: row.get::<_, &str>("status") == "DELETED",
     })
 }
 
@@ -75,7 +76,7 @@ pub(crate) async fn lock(
             "SELECT desired, generation, running_cycle, running_owner, running_lease_until,
                     running_goal, running_generation, running_takeovers, pending_cycle,
                     pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
-                    window_until, config_version
+                    window_until, config_version, status
              FROM workspaces WHERE id = $1 FOR UPDATE",
         )
         .await

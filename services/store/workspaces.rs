@@ -370,10 +370,13 @@ async fn fill_details(
     }
     let agents = client
         .prepare_cached(
-            "SELECT DISTINCT ON (workspace_id) workspace_id, generation, reported_config_version,
-                    endpoint, registered_at, last_heartbeat_at, secret_names, file_paths
-             FROM generations WHERE workspace_id = ANY($1) AND registered_at IS NOT NULL
-             ORDER BY workspace_id, generation DESC",
+            // One index probe per listed workspace, however long its history.
+            "SELECT g.workspace_id, g.generation, g.reported_config_version, g.endpoint,
+                    g.registered_at, g.last_heartbeat_at, g.secret_names, g.file_paths
+             FROM unnest($1::uuid[]) AS w (id),
+             LATERAL (SELECT * FROM generations
+                      WHERE workspace_id = w.id AND registered_at IS NOT NULL
+                      ORDER BY generation DESC LIMIT 1) g",
         )
         .await
         .map_err(db)?;

@@ -91,6 +91,7 @@ pub fn handling(verdict: &Verdict) -> &'static str {
         Verdict::Dropped { .. } => "dropped",
         Verdict::Stored => "stored",
         Verdict::Idle => "idle",
+        Verdict::AlreadyDeleted => "already_deleted",
     }
 }
 

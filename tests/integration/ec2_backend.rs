@@ -353,3 +353,54 @@ async fn the_pending_window_is_never_a_dead_workspace_and_throttled_launches_are
     assert!(world.instance.lock().unwrap().is_some());
     s.shutdown().await;
 }
+
+/// A backend states its limits and admission applies them (C17): a file
+/// that can never fit EC2's 16 KiB of user data is refused up front, naming
+/// the limit, with nothing stored and no cycle — instead of acknowledged and
+/// failing every cycle after. A config that fits still goes through.
+#[tokio::test]
+async fn a_file_too_big_for_user_data_is_refused_and_changes_nothing() {
+    let moto = Moto::start().await;
+    let _booter = InstanceBooter::start(moto.client());
+    let (s, ec2) = on_moto(&moto).await;
+    let ws = s.create("ec2-limits").await;
+    online(&s, ws, 1).await;
+    let before = s.get(ws).await;
+    let starts = ec2.starts(ws);
+
+    let refused = s
+        .client()
+        .write_file(pb::WriteFileRequest {
+            workspace_id: ws.to_string(),
+            path: "big.bin".into(),
+            content: vec![b'x'; 20 * 1024],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("ec2.user_data_bytes"),
+        "the refusal names the limit: {}",
+        refused.message()
+    );
+    let after = s.get(ws).await;
+    assert_eq!(after.config_version, before.config_version);
+    assert!(after.file_paths.is_empty(), "nothing stored");
+    assert!(after.pending_cycle_id.is_empty(), "no cycle: {after:?}");
+
+    let fits = s
+        .client()
+        .write_file(pb::WriteFileRequest {
+            workspace_id: ws.to_string(),
+            path: "small.txt".into(),
+            content: vec![b'y'; 1024],
+        })
+        .await
+        .expect("a file that fits is accepted");
+    assert_eq!(fits.into_inner().config_version, before.config_version + 1);
+    assert_eq!(ec2.starts(ws), starts, "the refusal started nothing");
+}

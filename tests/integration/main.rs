@@ -13,6 +13,7 @@ mod bad_input;
 mod contracts;
 mod docker_backend;
 mod ec2_backend;
+mod faults;
 mod grpcurl;
 mod process_backend;
 mod replicas;

@@ -26,7 +26,12 @@ use crate::support::{
 
 /// One replica: the server process with the storm's timings (`extra`
 /// flags override them).
-async fn replica(database_url: &str, dir: &Path, name: &str, extra: &[&str]) -> ServerProcess {
+pub(crate) async fn replica(
+    database_url: &str,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> ServerProcess {
     ServerProcess::start(dir, name, |command| {
         command
             .args(["--database-url", database_url])
@@ -81,7 +86,7 @@ async fn restart_accepted(
 }
 
 /// Waits until the journal shows the backend asked to start `generation`.
-async fn started_generation(dir: &Path, ws: WorkspaceId, generation: u64) {
+pub(crate) async fn started_generation(dir: &Path, ws: WorkspaceId, generation: u64) {
     bounded("the backend starts the generation", async {
         while !journal_of(dir, ws)
             .iter()
@@ -93,12 +98,14 @@ async fn started_generation(dir: &Path, ws: WorkspaceId, generation: u64) {
     .await;
 }
 
-/// Everything the journal says about one workspace, in order of start.
-fn journal_of(dir: &Path, ws: WorkspaceId) -> Vec<Entry> {
+/// Everything the journal says about one workspace — every call that
+/// changes an instance: starts, stops, deletes, reaps, whoever made them
+/// (cycles, the collector, shutdown) — in order of start.
+pub(crate) fn journal_of(dir: &Path, ws: WorkspaceId) -> Vec<Entry> {
     let mut ops: Vec<Entry> = journal::read(&dir.join("journal"))
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| e.workspace == ws && (e.op == "start" || e.op == "stop"))
+        .filter(|e| e.workspace == ws)
         .collect();
     ops.sort_by_key(|e| e.begin_us);
     ops
@@ -106,7 +113,7 @@ fn journal_of(dir: &Path, ws: WorkspaceId) -> Vec<Entry> {
 
 /// No two backend calls on the workspace overlapped, every start came
 /// right after a stop (a whole Stop→Start), and generations only grew.
-fn assert_serial(ws: WorkspaceId, ops: &[Entry]) {
+pub(crate) fn assert_serial(ws: WorkspaceId, ops: &[Entry]) {
     for pair in ops.windows(2) {
         assert!(
             pair[0].end_us <= pair[1].begin_us,
@@ -138,7 +145,7 @@ fn covering_cycle(ops: &[Entry], sent_us: u64) -> Option<(u64, u64)> {
         .map(|pair| (pair[0].begin_us, pair[1].config_version.unwrap().0))
 }
 
-async fn settled(c: &mut LifecycleClient, ws: WorkspaceId) -> pb::Workspace {
+pub(crate) async fn settled(c: &mut LifecycleClient, ws: WorkspaceId) -> pb::Workspace {
     bounded("the workspace settles", async {
         loop {
             let w = c
@@ -163,7 +170,7 @@ async fn settled(c: &mut LifecycleClient, ws: WorkspaceId) -> pb::Workspace {
     .await
 }
 
-async fn create(c: &mut LifecycleClient, name: &str) -> WorkspaceId {
+pub(crate) async fn create(c: &mut LifecycleClient, name: &str) -> WorkspaceId {
     let created = c
         .create_workspace(pb::CreateWorkspaceRequest {
             name: name.into(),

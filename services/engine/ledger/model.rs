@@ -95,7 +95,8 @@ impl Shared {
                     world.admitted.push((cycle, tick));
                     ready
                 }
-                Ok(Admitted::Dropped { .. } | Admitted::Stored) | Err(_) => false,
+                Ok(Admitted::Dropped { .. } | Admitted::Stored | Admitted::AlreadyDeleted)
+                | Err(_) => false,
             };
             drop(world);
             // The claim is its own transaction (the gate layer).

@@ -315,7 +315,7 @@ fn stopped_workspaces_store_config_and_drop_probes() {
 }
 
 #[test]
-fn deleted_workspaces_refuse_everything_but_a_delete_joining_the_delete() {
+fn deleted_workspaces_refuse_everything_but_a_delete_which_joins_retries_or_is_answered() {
     let (mut ledger, owner) = (Ledger::new(), ME());
     ledger
         .admit(ask(Ask::Delete), at(0), CycleId::new(), &timing())
@@ -340,9 +340,29 @@ fn deleted_workspaces_refuse_everything_but_a_delete_joining_the_delete() {
             Err(Refusal::Deleted)
         );
     }
+    // The delete cycle ended without removing the workspace (it failed):
+    // asking again opens a new delete cycle (C17).
     ledger.release(delete.cycle, owner, delete.takeovers);
+    let retry = CycleId::new();
     assert_eq!(
-        ledger.admit(ask(Ask::Delete), at(2), CycleId::new(), &timing()),
+        ledger.admit(ask(Ask::Delete), at(2), retry, &timing()),
+        Ok(Admitted::Opened {
+            cycle: retry,
+            due: at(2),
+            ready: true
+        })
+    );
+    let again = ledger.claim(owner, at(2), &timing()).unwrap();
+    assert_eq!((again.cycle, again.goal), (retry, Goal::Delete));
+    // Once it is removed, a delete is answered, never refused.
+    ledger.release(again.cycle, owner, again.takeovers);
+    ledger.removed = true;
+    assert_eq!(
+        ledger.admit(ask(Ask::Delete), at(3), CycleId::new(), &timing()),
+        Ok(Admitted::AlreadyDeleted)
+    );
+    assert_eq!(
+        ledger.admit(req(Trigger::Manual), at(3), CycleId::new(), &timing()),
         Err(Refusal::Deleted)
     );
 }

@@ -49,6 +49,7 @@ struct State {
     running: HashMap<WorkspaceId, Generation>,
     scripted: HashMap<WorkspaceId, InstancePhase>,
     fail_starts: usize,
+    fail_deletes: usize,
     panic_starts: usize,
     state_queries: usize,
 }
@@ -106,6 +107,12 @@ impl FakeBackend {
 
     pub fn fail_next_starts(&self, n: usize) {
         self.state.lock().unwrap().fail_starts = n;
+    }
+
+    /// The next `n` deletes fail after stopping (a backend that cannot
+    /// remove what it keeps, for now).
+    pub fn fail_next_deletes(&self, n: usize) {
+        self.state.lock().unwrap().fail_deletes = n;
     }
 
     pub fn panic_next_starts(&self, n: usize) {
@@ -318,7 +325,15 @@ impl Backend for FakeBackend {
         through: Generation,
         halt: Halt,
     ) -> Result<(), BackendError> {
-        self.stop(workspace, through, halt).await
+        self.stop(workspace, through, halt).await?;
+        let mut state = self.state.lock().unwrap();
+        if state.fail_deletes > 0 {
+            state.fail_deletes -= 1;
+            return Err(BackendError::Unavailable(
+                "the fake backend was told to fail deletes".into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {

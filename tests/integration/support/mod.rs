@@ -207,7 +207,7 @@ impl TestServer {
         args.max_calls_per_caller = options.max_calls_per_caller;
         let mut parts = Parts::default();
         if !options.wall_clock {
-            parts.clock = Arc::new(clock.clone());
+            parts.clock = Some(Arc::new(clock.clone()));
         }
         let mut docker = None;
         let mut kind = BackendKind::Process;

@@ -1,0 +1,133 @@
+//! The garbage collector (C17): level-triggered, every reconcile pass. It
+//! lists what each backend actually runs and removes every instance that is
+//! not the serving generation of a live workspace — leftovers of failed
+//! cycles whose clean-up could not reach the backend, of owners that were
+//! paused or partitioned mid-call, of FAILED, STOPPED and DELETED
+//! workspaces. So whatever went wrong, a leak lasts one reconcile interval.
+//!
+//! It never races a cycle: a workspace whose cycle runs is the cycle's
+//! business (its start removes older generations, its failure cleans up),
+//! and the standing is read again right before each removal. One replica
+//! collects at a time (an advisory lock). Instances of
+//! workspaces this database does not know are left alone: they may belong
+//! to another deployment sharing the backend.
+
+use workspace_backends::{Backend, Halt, InstanceRef};
+
+use super::{EngineError, backends::Backends};
+use crate::{
+    domain::Generation,
+    store::{Standing, Store},
+};
+
+/// The advisory lock key of the collector: one replica collects at a time.
+const COLLECTOR_LOCK: i64 = 0x776c_6763; // "wlgc"
+
+/// One pass over every backend, unless another replica is collecting;
+/// returns how many instances it removed.
+pub(super) async fn collect(store: &Store, backends: &Backends) -> Result<usize, EngineError> {
+    match store
+        .exclusive(COLLECTOR_LOCK, collect_now(store, backends))
+        .await?
+    {
+        Some(pass) => pass,
+        None => Ok(0),
+    }
+}
+
+async fn collect_now(store: &Store, backends: &Backends) -> Result<usize, EngineError> {
+    let mut removed = 0;
+    for backend in backends.all() {
+        let inventory = match backend.inventory().await {
+            Ok(inventory) => inventory,
+            Err(err) => {
+                tracing::warn!(backend = %backend.kind(), %err, "collector could not list instances");
+                continue;
+            }
+        };
+        let mut workspaces: Vec<_> = inventory.iter().map(|i| i.workspace).collect();
+        workspaces.sort_unstable();
+        workspaces.dedup();
+        let standings = store.standings(&workspaces).await?;
+        for instance in &inventory {
+            let Some(standing) = standings.get(&instance.workspace) else {
+                continue;
+            };
+            if !doomed(instance, *standing) {
+                continue;
+            }
+            // Read again: a cycle may have claimed the workspace meanwhile.
+            let now = store.standings(&[instance.workspace]).await?;
+            if now.get(&instance.workspace) != Some(standing) {
+                continue;
+            }
+            if remove(backend.as_ref(), instance, *standing).await {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// True if `instance` must go given its workspace's `standing`.
+fn doomed(instance: &InstanceRef, standing: Standing) -> bool {
+    match standing {
+        Standing::Busy => false,
+        // Newer than what serves cannot be (generations are recorded
+        // before their start); never stop through the serving one.
+        Standing::Serving(serving) => instance.generation.is_none_or(|g| g < serving),
+        Standing::Idle { .. } => true,
+    }
+}
+
+async fn remove(backend: &dyn Backend, instance: &InstanceRef, standing: Standing) -> bool {
+    let workspace = instance.workspace;
+    // Unlabelled counts as older than everything.
+    let through = instance.generation.unwrap_or(Generation(0));
+    let result = match standing {
+        Standing::Idle { deleted: true } => backend.delete(workspace, through, Halt::Force).await,
+        _ => backend.stop(workspace, through, Halt::Force).await,
+    };
+    match result {
+        Ok(()) => {
+            tracing::warn!(%workspace, generation = through.0, ?standing, "collector removed a leftover instance");
+            true
+        }
+        Err(err) => {
+            tracing::warn!(%workspace, %err, "collector could not remove a leftover instance");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use workspace_backends::InstancePhase;
+
+    use super::*;
+    use crate::domain::WorkspaceId;
+
+    fn instance(generation: Option<u64>) -> InstanceRef {
+        InstanceRef {
+            workspace: WorkspaceId::new(),
+            generation: generation.map(Generation),
+            phase: InstancePhase::Running,
+        }
+    }
+
+    #[test]
+    fn only_the_serving_generation_of_a_live_workspace_survives() {
+        let serving = Standing::Serving(Generation(3));
+        assert!(!doomed(&instance(Some(3)), serving));
+        assert!(doomed(&instance(Some(2)), serving));
+        assert!(doomed(&instance(None), serving));
+        assert!(
+            !doomed(&instance(Some(4)), serving),
+            "never stop through the serving one"
+        );
+        assert!(!doomed(&instance(Some(1)), Standing::Busy));
+        for deleted in [false, true] {
+            assert!(doomed(&instance(Some(3)), Standing::Idle { deleted }));
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Nothing leaks, nothing wedges (C17, C20), with the counting fake
+//! backend: a failed delete is asked again and ends DELETED, a delete of a
+//! deleted workspace is answered, not refused; a cycle that runs into its
+//! deadline removes its own instance; a watch on a deleted workspace ends.
+
+use std::time::Duration;
+
+use workspace_backends::Backend;
+use workspace_lifecycle::{domain::WorkspaceId, proto as pb};
+
+use crate::support::{Options, TestServer, collect, fake_backend::AgentMode, kinds, last};
+
+async fn delete(s: &TestServer, ws: WorkspaceId) -> Vec<pb::RestartEvent> {
+    let stream = s
+        .client()
+        .delete_workspace(pb::DeleteWorkspaceRequest {
+            workspace_id: ws.to_string(),
+            reason: "test".into(),
+        })
+        .await
+        .expect("delete is accepted")
+        .into_inner();
+    collect(stream).await
+}
+
+/// The workspace's instances the backend still has.
+async fn instances(s: &TestServer, ws: WorkspaceId) -> usize {
+    s.backend
+        .inventory()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|i| i.workspace == ws)
+        .count()
+}
+
+#[tokio::test]
+async fn a_failed_delete_is_retried_until_the_workspace_is_deleted() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("doomed").await;
+    // The delete and its forced retry inside the cycle both fail.
+    s.backend.fail_next_deletes(2);
+    let first = delete(&s, ws).await;
+    assert!(
+        matches!(last(&first), pb::restart_event::Event::Failed(_)),
+        "{:?}",
+        kinds(&first)
+    );
+    // Nobody asks again: the reconciler does, and the delete completes.
+    let deleted = s
+        .wait_for(ws, |w| w.status == pb::WorkspaceStatus::Deleted as i32)
+        .await;
+    assert!(deleted.secret_names.is_empty() && deleted.file_paths.is_empty());
+    assert_eq!(
+        instances(&s, ws).await,
+        0,
+        "the deleted workspace left an instance"
+    );
+    // Asking again is fine and says so.
+    for _ in 0..2 {
+        let again = delete(&s, ws).await;
+        assert_eq!(kinds(&again), ["deleted"], "delete is idempotent");
+    }
+    // Other requests are still refused, and change nothing.
+    let before = s.get(ws).await;
+    let refused = s.restart_stream(ws, pb::Trigger::Manual).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        s.get(ws).await,
+        before,
+        "a refused call changed the workspace"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delete_that_needs_force_still_ends_deleted() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("stubborn").await;
+    s.backend.fail_next_deletes(1);
+    let events = delete(&s, ws).await;
+    assert!(
+        matches!(last(&events), pb::restart_event::Event::Deleted(_)),
+        "{:?}",
+        kinds(&events)
+    );
+    assert_eq!(instances(&s, ws).await, 0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cycle_past_its_deadline_removes_its_own_instance() {
+    let s = TestServer::start(Options {
+        deadline: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let ws = s.create_online("silent").await;
+    s.backend.set_agent(AgentMode::Silent);
+    let events = s.restart(ws, pb::Trigger::Manual).await;
+    assert!(
+        matches!(last(&events), pb::restart_event::Event::Failed(_)),
+        "{:?}",
+        kinds(&events)
+    );
+    assert_eq!(
+        instances(&s, ws).await,
+        0,
+        "the failed generation's instance was left running"
+    );
+    assert!(
+        s.backend.calls(ws).ends_with("TS"),
+        "no forced stop after the failed start: {}",
+        s.backend.calls(ws)
+    );
+    // The next request runs normally.
+    s.backend.set_agent(AgentMode::Register);
+    let events = s.restart(ws, pb::Trigger::Manual).await;
+    assert!(matches!(last(&events), pb::restart_event::Event::Online(_)));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_watch_on_a_deleted_workspace_ends() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("watched").await;
+    let events = delete(&s, ws).await;
+    assert!(matches!(
+        last(&events),
+        pb::restart_event::Event::Deleted(_)
+    ));
+    let stream = s
+        .client()
+        .watch_workspace(pb::WatchWorkspaceRequest {
+            workspace_id: ws.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // `collect` is bounded: the stream must end by itself.
+    let seen = collect(stream).await;
+    assert_eq!(seen.len(), 1, "one snapshot, then the end: {seen:?}");
+    s.shutdown().await;
+}

@@ -1,0 +1,140 @@
+//! The fences written in SQL (C12, C18): once another runner took a cycle
+//! over, the old runner's every write — its generation record, its phase
+//! announcements, its renewals, its end — is refused by the database, and
+//! a refused renewal fences it off the backend at once. Each assertion
+//! goes red if the fencing condition is dropped from its statement.
+
+use std::{sync::Arc, time::Duration};
+
+use workspace_lifecycle::{
+    domain::{Phase, ReplicaId, WorkspaceId},
+    engine::{clock::ManualClock, gate::GateKeeper, ledger::Timing},
+    store::{Finish, Store, StoreConfig},
+};
+
+use crate::support::{TestDb, TestServer};
+
+const LEASE: Duration = Duration::from_secs(10);
+
+async fn store_on(db: &TestDb, clock: &ManualClock) -> Store {
+    let store = Store::connect(
+        &StoreConfig {
+            url: db.url.clone(),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            secrets_key: TestServer::secrets_key(),
+        },
+        ReplicaId::new(),
+        Timing {
+            lease_ttl: LEASE,
+            ..Timing::default()
+        },
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
+    let db = TestDb::create().await;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let a = store_on(&db, &clock).await;
+    let b = store_on(&db, &clock).await;
+    let sql = db.client().await;
+    let ws = WorkspaceId::new();
+    let cycle = uuid::Uuid::new_v4();
+    let now = workspace_lifecycle::engine::clock::Clock::now(&clock);
+    let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
+    sql.execute(
+        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status,
+                                 pending_cycle, pending_created_at, pending_urgent)
+         VALUES ($1, 'fenced', 'process', $2, $3, $3, 'PROVISIONING', $4, $3, true)",
+        &[&ws.as_uuid(), &spec, &now, &cycle],
+    )
+    .await
+    .unwrap();
+    sql.execute(
+        "INSERT INTO cycles (id, workspace_id, state, created_at) VALUES ($1, $2, 'PENDING', $3)",
+        &[&cycle, &ws.as_uuid(), &now],
+    )
+    .await
+    .unwrap();
+
+    let mut old = a
+        .claim(&ws, now)
+        .await
+        .unwrap()
+        .expect("the first runner claims");
+    assert!(old.renew().await.unwrap(), "the holder renews");
+    clock.advance(LEASE + Duration::from_secs(1));
+    let later = workspace_lifecycle::engine::clock::Clock::now(&clock);
+    let mut new = b
+        .claim(&ws, later)
+        .await
+        .unwrap()
+        .expect("the lease expired: taken over");
+    assert!(new.claim().takeover);
+    assert!(new.claim().generation > old.claim().generation);
+
+    assert!(
+        !old.record_generation(b"stale-token").await.unwrap(),
+        "record_generation must be fenced"
+    );
+    assert!(
+        !old.phase(Phase::Provisioning).await.unwrap(),
+        "phase announcements must be fenced"
+    );
+    assert!(!old.renew().await.unwrap(), "renewal must be fenced");
+    assert!(
+        old.fence_left().is_zero(),
+        "a refused renewal fences the runner off the backend at once"
+    );
+    let finished = old
+        .finish(Finish::Failed {
+            reason: "stale".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!finished.recorded, "the stale end must not be recorded");
+
+    let generations = sql
+        .query(
+            "SELECT generation FROM generations WHERE workspace_id = $1",
+            &[&ws.as_uuid()],
+        )
+        .await
+        .unwrap();
+    assert!(
+        generations.is_empty(),
+        "the stale runner recorded a generation"
+    );
+    let row = sql
+        .query_one(
+            "SELECT status, running_takeovers FROM workspaces WHERE id = $1",
+            &[&ws.as_uuid()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, &str>(0),
+        "PROVISIONING",
+        "the stale failure leaked"
+    );
+    assert_eq!(row.get::<_, i32>(1), 1);
+
+    // The new holder is not affected.
+    assert!(new.record_generation(b"fresh-token").await.unwrap());
+    assert!(new.phase(Phase::Provisioning).await.unwrap());
+    assert!(new.renew().await.unwrap());
+    assert!(!new.fence_left().is_zero());
+    let finished = new
+        .finish(Finish::Failed {
+            reason: "test over".into(),
+        })
+        .await
+        .unwrap();
+    assert!(finished.recorded);
+}

@@ -1,0 +1,281 @@
+//! Faults with the real binary and the real process backend, judged by the
+//! backend's journal (every call that changes an instance, from every
+//! server) and by the processes alive on the machine.
+
+use std::{path::Path, time::Duration};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use workspace_backends::process::journal;
+use workspace_lifecycle::{
+    auth::client::LifecycleClient,
+    domain::WorkspaceId,
+    proto::{self as pb, restart_event::Event},
+};
+
+use crate::{
+    replicas::{assert_serial, create, journal_of, replica, settled, started_generation},
+    support::{
+        TestDb, agent_reachable_tempdir, bounded, collect, last, server_binary,
+        server_process::{ServerProcess, slow_agent},
+    },
+};
+
+/// Processes whose command line is `marker`.
+fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.trim_end() == marker {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+async fn delete(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEvent> {
+    let stream = c
+        .delete_workspace(pb::DeleteWorkspaceRequest {
+            workspace_id: ws.to_string(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    collect(stream).await
+}
+
+async fn restart(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEvent> {
+    let stream = c
+        .restart_workspace(pb::RestartWorkspaceRequest {
+            workspace_id: ws.to_string(),
+            trigger: pb::Trigger::Manual as i32,
+            reason: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    collect(stream).await
+}
+
+/// An instance that ignores SIGTERM (a process of its group ignores it; its
+/// agent registers): a stop must escalate to SIGKILL within the
+/// cycle's deadline instead of failing the cycle and leaving it running.
+#[tokio::test]
+async fn an_instance_that_ignores_sigterm_is_forced_on_restart_and_delete() {
+    let db = TestDb::create().await;
+    let dir = agent_reachable_tempdir();
+    let marker = format!("{}", 7000 + std::process::id() % 1000);
+    let server = ServerProcess::start(dir.path(), "server", |command| {
+        command
+            .args(["--database-url", &db.url])
+            .args([
+                "--process-journal",
+                &dir.path().join("journal").to_string_lossy(),
+            ])
+            .args(["--provision-deadline", "8s", "--stop-grace", "30s"]);
+    })
+    .await;
+    let mut c = server.client().await;
+    // The group's leader, a shell, ignores SIGTERM and never exits by
+    // itself; its child is the agent (told the shell is its parent), which
+    // registers and ends on SIGTERM. So the instance comes up, and a
+    // graceful stop of it waits out the whole stop grace.
+    let script = format!(
+        "trap '' TERM; WL_AGENT_PARENT_PID=$$ {} agent & while :; do sleep {marker}; done",
+        server_binary()
+    );
+    let created = c
+        .create_workspace(pb::CreateWorkspaceRequest {
+            name: "stubborn".into(),
+            backend: pb::BackendKind::Process as i32,
+            spec: Some(pb::WorkspaceSpec {
+                command: vec!["sh".into(), "-c".into(), script],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ws: WorkspaceId = created.id.parse().unwrap();
+    settled(&mut c, ws).await;
+    let first = processes_with(&format!("sleep {marker}"));
+    assert_eq!(first.len(), 1);
+
+    let events = restart(&mut c, ws).await;
+    assert!(
+        matches!(last(&events), Event::Online(o) if o.generation == 2),
+        "the restart must force the old instance down and come up: {events:?}"
+    );
+    let second = processes_with(&format!("sleep {marker}"));
+    assert!(
+        !second.contains(&first[0]),
+        "the old generation's instance survived: {first:?} {second:?}"
+    );
+    assert_eq!(second.len(), 1, "the new generation runs");
+    let events = delete(&mut c, ws).await;
+    assert!(matches!(last(&events), Event::Deleted(_)), "{events:?}");
+    assert!(
+        processes_with(&format!("sleep {marker}")).is_empty(),
+        "delete left the instance running"
+    );
+    let again = delete(&mut c, ws).await;
+    assert!(matches!(last(&again), Event::Deleted(_)), "{again:?}");
+
+    let ops = journal_of(dir.path(), ws);
+    assert_serial(ws, &ops);
+    assert!(
+        ops.iter().any(|e| e.halt.as_deref() == Some("force")),
+        "no forced stop in the journal: {ops:?}"
+    );
+}
+
+/// The replica that runs a cycle, paused (SIGSTOP) longer than its lease
+/// while its agent boots, then resumed: another replica took the cycle over
+/// and finished it; the resumed one must not touch the backend again (C18).
+#[tokio::test]
+async fn an_owner_paused_past_its_lease_changes_nothing_when_resumed() {
+    let db = TestDb::create().await;
+    let dir = agent_reachable_tempdir();
+    let agent = slow_agent(dir.path());
+    let slow = ["--agent-command", agent.as_str()];
+    let a = replica(&db.url, dir.path(), "a", &slow).await;
+    let b = replica(&db.url, dir.path(), "b", &slow).await;
+    let mut ca = a.client().await;
+    let mut cb = b.client().await;
+    let ws = create(&mut ca, "paused").await;
+    settled(&mut cb, ws).await;
+
+    // A restart answered by A: A runs it.
+    let mut stream = ca
+        .restart_workspace(pb::RestartWorkspaceRequest {
+            workspace_id: ws.to_string(),
+            trigger: pb::Trigger::Manual as i32,
+            reason: "pause me".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(first.event, Some(Event::Accepted(_))), "{first:?}");
+    started_generation(dir.path(), ws, 2).await;
+    let a_pid = Pid::from_raw(a.child.id().unwrap() as i32);
+    kill(a_pid, Signal::SIGSTOP).unwrap();
+    // B takes the cycle over once A's 3 s lease is out, and finishes it.
+    bounded("B takes over and serves", async {
+        loop {
+            let w = settled(&mut cb, ws).await;
+            if w.generation >= 3 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let resumed_us = journal::now_us();
+    kill(a_pid, Signal::SIGCONT).unwrap();
+    // A resumes mid-cycle; a full cycle on B later, A has had every chance
+    // to act.
+    let events = restart(&mut cb, ws).await;
+    assert!(matches!(last(&events), Event::Online(_)), "{events:?}");
+
+    let ops = journal_of(dir.path(), ws);
+    let by_a: Vec<_> = ops
+        .iter()
+        .filter(|e| e.server_pid == a_pid.as_raw() as u32 && e.begin_us >= resumed_us)
+        .collect();
+    assert!(
+        by_a.is_empty(),
+        "the resumed owner called the backend: {by_a:?}"
+    );
+    assert_serial(ws, &ops);
+    let cycles = ca
+        .list_cycles(pb::ListCyclesRequest {
+            workspace_id: ws.to_string(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cycles;
+    assert!(cycles.iter().any(|c| c.takeovers == 1), "{cycles:?}");
+    drop(stream);
+}
+
+/// A replica whose clock runs 20 s ahead (libfaketime) beside one with the
+/// right time: leases and windows come from the database's clock, so it
+/// steals no healthy cycle (C19).
+#[tokio::test]
+async fn a_replica_whose_clock_runs_ahead_steals_nothing() {
+    let Some(faketime) = libfaketime() else {
+        panic!("libfaketime is not installed (apt-get install faketime)");
+    };
+    let db = TestDb::create().await;
+    let dir = agent_reachable_tempdir();
+    let agent = slow_agent(dir.path());
+    let slow = ["--agent-command", agent.as_str()];
+    let a = replica(&db.url, dir.path(), "a", &slow).await;
+    let ahead = ServerProcess::start(dir.path(), "ahead", |command| {
+        command
+            .env("LD_PRELOAD", &faketime)
+            .env("FAKETIME", "+20s")
+            .env("FAKETIME_DONT_RESET", "1")
+            .args(["--database-url", &db.url])
+            .args([
+                "--process-journal",
+                &dir.path().join("journal").to_string_lossy(),
+            ])
+            .env("WL_LEASE_TTL", "3s")
+            .args(["--sweep-interval", "200ms", "--reconcile-interval", "500ms"])
+            .args(["--debounce-window", "1s"])
+            .args(slow);
+    })
+    .await;
+    let mut ca = a.client().await;
+    let ws = create(&mut ca, "on-time").await;
+    settled(&mut ca, ws).await;
+    for _ in 0..3 {
+        let events = restart(&mut ca, ws).await;
+        assert!(matches!(last(&events), Event::Online(_)), "{events:?}");
+    }
+    let cycles = ca
+        .list_cycles(pb::ListCyclesRequest {
+            workspace_id: ws.to_string(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cycles;
+    assert_eq!(cycles.len(), 4);
+    assert!(
+        cycles.iter().all(|c| c.takeovers == 0),
+        "the replica whose clock is ahead took cycles over: {cycles:?}"
+    );
+    let ahead_pid = ahead.child.id().unwrap();
+    let ops = journal_of(dir.path(), ws);
+    assert!(
+        ops.iter().all(|e| e.server_pid != ahead_pid),
+        "the replica ahead touched the workspace: {ops:?}"
+    );
+    assert_serial(ws, &ops);
+}
+
+fn libfaketime() -> Option<String> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .map(str::to_owned)
+}
