@@ -11,3 +11,7 @@ CREATE INDEX cycles_running ON cycles (workspace_id) WHERE state = 'RUNNING';
 CREATE INDEX cycles_ended_at ON cycles (ended_at) WHERE state = 'ENDED';
 CREATE INDEX workspaces_deleted_at ON workspaces (updated_at) WHERE status = 'DELETED';
 CREATE INDEX generations_created_at ON generations (created_at);
+
+-- An agent's report is recorded, not believed: how it disagrees with what
+-- its generation was handed (empty: it agrees).
+ALTER TABLE generations ADD COLUMN report_mismatch text NOT NULL DEFAULT '';

@@ -116,7 +116,7 @@ pub fn access(path: &str) -> Access {
     Access::Role(match method {
         "GetWorkspace" | "ListWorkspaces" | "WatchWorkspace" | "ListCycles" => Role::Reader,
         "RestartWorkspace" | "StopWorkspace" | "SetSecret" | "DeleteSecret" | "WriteFile"
-        | "ReportUnreachable" => Role::Operator,
+        | "DeleteFile" | "ReportUnreachable" => Role::Operator,
         // CreateWorkspace, DeleteWorkspace, and anything not listed.
         _ => Role::Admin,
     })
@@ -138,6 +138,7 @@ mod tests {
             ("SetSecret", Role::Operator),
             ("DeleteSecret", Role::Operator),
             ("WriteFile", Role::Operator),
+            ("DeleteFile", Role::Operator),
             ("ReportUnreachable", Role::Operator),
             ("CreateWorkspace", Role::Admin),
             ("DeleteWorkspace", Role::Admin),

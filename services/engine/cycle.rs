@@ -177,6 +177,18 @@ async fn run(deps: Arc<CycleDeps>, mut guard: LeaseGuard) {
             }
         };
         let workspace = guard.workspace();
+        let Some(finish) = finish else {
+            // The runner lost its lease (or could not renew it in time): the
+            // cycle is not its to end. It lets go without writing; once the
+            // lease has expired in the database, a runner that can hold it
+            // takes the cycle over and redoes it as a new generation — so a
+            // lapse during a Postgres outage delays the cycle, never fails
+            // it (C13, C18).
+            tracing::warn!(%workspace, "the cycle's lease lapsed; letting another runner take it over");
+            trace.handed_off();
+            guard.disarm();
+            return;
+        };
         trace.end(&finish);
         let finished = finish_with_retry(guard, finish).await;
         match finished {
@@ -221,9 +233,16 @@ async fn finish_with_retry(guard: LeaseGuard, finish: Finish) -> Option<crate::s
 }
 
 /// Runs one cycle, then accounts for its instance whatever happened (C17).
-async fn execute_guarded(deps: &CycleDeps, guard: &LeaseGuard, trace: &CycleTrace) -> Finish {
+/// `None`: the runner may have lost its lease, so the end is not its to
+/// record.
+async fn execute_guarded(
+    deps: &CycleDeps,
+    guard: &LeaseGuard,
+    trace: &CycleTrace,
+) -> Option<Finish> {
     match attempt(deps, guard, trace).await {
-        Ok(finish) => finish,
+        Ok(finish) => Some(finish),
+        Err(err) if err.lost_lease() => None,
         Err(err) => clean_up(deps, guard, err).await,
     }
 }
@@ -271,13 +290,23 @@ const CLEAN_UP_LIMIT: Duration = Duration::from_secs(30);
 /// the cycle still holds its lease. A failed stop or delete whose forced
 /// retry works ends as asked. A runner that lost its lease touches
 /// nothing; the next owner's start, or the collector, removes the instance.
-async fn clean_up(deps: &CycleDeps, guard: &LeaseGuard, err: CycleError) -> Finish {
+async fn clean_up(deps: &CycleDeps, guard: &LeaseGuard, err: CycleError) -> Option<Finish> {
     let reason = err.to_string();
-    if err.lost_lease() {
-        return Finish::Failed { reason };
+    // Confirm the lease in the database first: a runner that was taken over
+    // without noticing (its clock said the lease was still good) touches
+    // nothing, and records nothing.
+    match guard.renew().await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(renewal) => {
+            // Not confirmed: not ours. The lease expires and the next
+            // runner (whose stop covers this generation) accounts for it.
+            tracing::warn!(%renewal, %reason, "cannot confirm the lease before cleaning up");
+            return None;
+        }
     }
     let Ok(backend) = deps.backends.get(guard.backend()) else {
-        return Finish::Failed { reason };
+        return Some(Finish::Failed { reason });
     };
     let claim = *guard.claim();
     let workspace = guard.workspace();
@@ -300,7 +329,7 @@ async fn clean_up(deps: &CycleDeps, guard: &LeaseGuard, err: CycleError) -> Fini
         },
         lost = keep_lease(guard, deps.settings.lease_renewal) => Err(lost),
     };
-    match (claim.goal, result) {
+    Some(match (claim.goal, result) {
         (Goal::Delete, Ok(())) => {
             tracing::warn!(%workspace, %reason, "delete needed force");
             Finish::Deleted
@@ -310,11 +339,12 @@ async fn clean_up(deps: &CycleDeps, guard: &LeaseGuard, err: CycleError) -> Fini
             Finish::Stopped
         }
         (Goal::Provision, Ok(())) => Finish::Failed { reason },
+        (_, Err(cleanup)) if cleanup.lost_lease() => return None,
         (_, Err(cleanup)) => {
             tracing::warn!(%workspace, %cleanup, "could not remove the failed cycle's instance; the collector will");
             Finish::Failed { reason }
         }
-    }
+    })
 }
 
 /// Runs a backend call only while the lease can be trusted, and cuts it

@@ -78,6 +78,11 @@ pub enum Change {
         /// Content.
         content: Vec<u8>,
     },
+    /// Remove the file at `path`.
+    DeleteFile {
+        /// Relative path.
+        path: String,
+    },
 }
 
 /// A workspace to insert, in the same transaction that admits its CREATE
@@ -198,7 +203,10 @@ impl StackRequest for Intent {
     }
 
     fn is_file_write(&self) -> bool {
-        matches!(self.change, Some(Change::WriteFile { .. }))
+        matches!(
+            self.change,
+            Some(Change::WriteFile { .. } | Change::DeleteFile { .. })
+        )
     }
 
     fn is_removal(&self) -> bool {

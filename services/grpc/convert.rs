@@ -194,6 +194,7 @@ pub(super) fn workspace(record: &WorkspaceRecord) -> pb::Workspace {
             last_heartbeat_at: opt_ts(agent.last_heartbeat_at),
             secret_names: agent.secret_names.clone(),
             file_paths: agent.file_paths.clone(),
+            report_mismatch: agent.report_mismatch.clone(),
         }),
         running_cycle_id: id_or_empty(record.running_cycle),
         pending_cycle_id: id_or_empty(record.pending_cycle),

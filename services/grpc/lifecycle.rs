@@ -247,6 +247,22 @@ impl WorkspaceLifecycle for LifecycleService {
         .await
     }
 
+    async fn delete_file(
+        &self,
+        request: Request<pb::DeleteFileRequest>,
+    ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
+        let caller = Caller::of(&request);
+        let request = request.into_inner();
+        let workspace = convert::workspace_id(&request.workspace_id)?;
+        validate::file_path(&request.path)?;
+        self.change(
+            workspace,
+            Change::DeleteFile { path: request.path },
+            (caller, "DeleteFile"),
+        )
+        .await
+    }
+
     async fn report_unreachable(
         &self,
         request: Request<pb::ReportUnreachableRequest>,

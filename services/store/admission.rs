@@ -311,7 +311,39 @@ async fn apply_change(
                 return Err(EngineError::NotFound(format!("secret {name:?}")));
             }
         }
+        Change::DeleteFile { path } => {
+            let delete = tx
+                .prepare_cached("DELETE FROM files WHERE workspace_id = $1 AND path = $2")
+                .await
+                .map_err(db)?;
+            if tx.execute(&delete, &[&id, path]).await.map_err(db)? == 0 {
+                return Err(EngineError::NotFound(format!("file {path:?}")));
+            }
+        }
         Change::WriteFile { path, content } => {
+            // A path is a file or a directory, never both: a file `a` and a
+            // file `a/b` could never be written together.
+            let clash = tx
+                .prepare_cached(
+                    "SELECT path FROM files WHERE workspace_id = $1
+                       AND (path = ANY($2) OR starts_with(path, $3 || '/')) LIMIT 1",
+                )
+                .await
+                .map_err(db)?;
+            let parents: Vec<String> = path
+                .match_indices('/')
+                .map(|(at, _)| path[..at].to_owned())
+                .collect();
+            if let Some(row) = tx
+                .query_opt(&clash, &[&id, &parents, path])
+                .await
+                .map_err(db)?
+            {
+                let other: String = row.get(0);
+                return Err(EngineError::Invalid(format!(
+                    "path {path:?} clashes with the file {other:?}: a path is a file or a directory, not both"
+                )));
+            }
             let usage = tx
                 .prepare_cached(
                     "SELECT count(*), coalesce(sum(length(content)), 0)::bigint

@@ -57,7 +57,14 @@ impl Store {
         let statement = tx
             .prepare_cached(
                 "UPDATE generations g SET registered_at = $2, reported_config_version = $3,
-                        endpoint = $4, secret_names = $5, file_paths = $6, last_heartbeat_at = $2
+                        endpoint = $4, secret_names = $5, file_paths = $6, last_heartbeat_at = $2,
+                        -- Checked against what this generation was handed.
+                        report_mismatch = coalesce((
+                            SELECT format('reported config version %s, was handed %s',
+                                          $3::bigint, c.config_version)
+                            FROM cycles c
+                            WHERE c.id = g.cycle_id AND c.config_version IS DISTINCT FROM $3::bigint
+                        ), '')
                  FROM workspaces w
                  WHERE g.token_hash = $1 AND g.revoked_at IS NULL AND w.id = g.workspace_id
                    AND w.generation = g.generation AND w.desired <> 'deleted'

@@ -29,6 +29,7 @@ fn detail(intent: &Intent) -> serde_json::Value {
             detail["file"] = json!(path);
             detail["bytes"] = json!(content.len());
         }
+        Some(Change::DeleteFile { path }) => detail["file"] = json!(path),
         None => {}
     }
     if let Some(creation) = &intent.creation {

@@ -19,7 +19,7 @@ pub type LimitCheck =
     Arc<dyn Fn(BackendKind, &ConfigFootprint) -> Result<(), LimitExceeded> + Send + Sync>;
 
 /// Sealing adds this many bytes (the AEAD tag) to every secret value.
-const SEAL_OVERHEAD: i64 = 16;
+const SEAL_OVERHEAD: i32 = 16;
 
 impl Store {
     /// Sets the check admission applies to config changes (once; the
@@ -44,7 +44,7 @@ pub(super) async fn check(
         Change::WriteFile { path, .. } => (path.as_str(), ""),
         Change::SetSecret { name, .. } => ("", name.as_str()),
         // Smaller never hurts.
-        Change::DeleteSecret { .. } => return Ok(()),
+        Change::DeleteSecret { .. } | Change::DeleteFile { .. } => return Ok(()),
     };
     let statement = tx
         .prepare_cached(
@@ -97,7 +97,7 @@ pub(super) async fn check(
             footprint.secret_name_bytes += name.len();
             footprint.secret_value_bytes += value.expose().len();
         }
-        Change::DeleteSecret { .. } => {}
+        Change::DeleteSecret { .. } | Change::DeleteFile { .. } => {}
     }
     limits(backend, &footprint).map_err(|exceeded| EngineError::Exhausted(exceeded.to_string()))
 }

@@ -62,6 +62,8 @@ pub struct AgentRecord {
     pub secret_names: Vec<String>,
     /// File paths it saw.
     pub file_paths: Vec<String>,
+    /// How its report disagrees with what it was handed (empty: it agrees).
+    pub report_mismatch: String,
 }
 
 /// A workspace as callers see it.
@@ -372,7 +374,8 @@ async fn fill_details(
         .prepare_cached(
             // One index probe per listed workspace, however long its history.
             "SELECT g.workspace_id, g.generation, g.reported_config_version, g.endpoint,
-                    g.registered_at, g.last_heartbeat_at, g.secret_names, g.file_paths
+                    g.registered_at, g.last_heartbeat_at, g.secret_names, g.file_paths,
+                    g.report_mismatch
              FROM unnest($1::uuid[]) AS w (id),
              LATERAL (SELECT * FROM generations
                       WHERE workspace_id = w.id AND registered_at IS NOT NULL
@@ -389,6 +392,7 @@ async fn fill_details(
             last_heartbeat_at: row.get(5),
             secret_names: row.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
             file_paths: row.get::<_, Option<Vec<String>>>(7).unwrap_or_default(),
+            report_mismatch: row.get(8),
         });
     }
     let stats = client

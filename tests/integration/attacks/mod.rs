@@ -2,6 +2,7 @@
 //! network peer to more than it may have. Each test fails on a server
 //! without the guard it names, and each attack is judged by its effect.
 
+mod agent_reports;
 mod audit;
 mod connections;
 mod env_names;

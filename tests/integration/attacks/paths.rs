@@ -76,3 +76,52 @@ async fn paths_the_backends_cannot_carry_are_refused_and_change_nothing() {
         .expect("a 255-byte segment is accepted");
     s.shutdown().await;
 }
+
+/// A file below a file (`a` and `a/b`) could never be written together:
+/// refused either way round, changing nothing. DeleteFile removes a file
+/// (and a missing one is NOT_FOUND), after which the other path is free.
+#[tokio::test]
+async fn a_path_is_a_file_or_a_directory_and_files_can_be_deleted() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("tree").await;
+    let write = |path: &'static str| {
+        let mut c = s.client();
+        async move {
+            c.write_file(pb::WriteFileRequest {
+                workspace_id: ws.to_string(),
+                path: path.into(),
+                content: b"x".to_vec(),
+            })
+            .await
+        }
+    };
+    let delete = |path: &'static str| {
+        let mut c = s.client();
+        async move {
+            c.delete_file(pb::DeleteFileRequest {
+                workspace_id: ws.to_string(),
+                path: path.into(),
+            })
+            .await
+        }
+    };
+    write("conf/app").await.expect("a first file");
+    let before = files(&s).await;
+    for clash in ["conf", "conf/app/more", "conf/app/x/y"] {
+        let status = write(clash).await.expect_err(clash);
+        assert_eq!(status.code(), Code::InvalidArgument, "{clash}: {status:?}");
+    }
+    assert_eq!(files(&s).await, before, "a refused path changed something");
+    write("conf/other").await.expect("a sibling is fine");
+
+    let missing = delete("conf/none").await.expect_err("nothing there");
+    assert_eq!(missing.code(), Code::NotFound);
+    let bad = delete("../etc/passwd").await.expect_err("not a path");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let deleted = delete("conf/app").await.expect("deleted").into_inner();
+    assert!(deleted.config_version > 0);
+    write("conf/app/more").await.expect("the path is free now");
+    let w = s.get(ws).await;
+    assert_eq!(w.file_paths, ["conf/app/more", "conf/other"]);
+    s.shutdown().await;
+}

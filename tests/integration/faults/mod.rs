@@ -5,6 +5,7 @@
 //! — and judges by the backend's own truth (the fake's record, the process
 //! backend's journal and the processes alive), not by the service's account.
 
+mod callers;
 mod deletes;
 mod fencing;
 mod processes;

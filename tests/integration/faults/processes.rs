@@ -279,3 +279,92 @@ fn libfaketime() -> Option<String> {
     .find(|p| Path::new(p).exists())
     .map(str::to_owned)
 }
+
+/// `kill -9` of the replica running a cycle, in each phase of it: another
+/// replica takes the cycle over once the lease has expired and completes
+/// it; no two backend calls overlap, generations only rise, and exactly
+/// one agent — the serving generation's — is left.
+#[tokio::test]
+async fn kill_9_of_the_owner_in_each_phase_is_completed_by_another_replica() {
+    let db = TestDb::create().await;
+    let dir = agent_reachable_tempdir();
+    let agent = slow_agent(dir.path());
+    let slow = ["--agent-command", agent.as_str()];
+    let b = replica(&db.url, dir.path(), "b", &slow).await;
+    let mut cb = b.client().await;
+    for (round, phase) in [
+        pb::restart_event::Phase::Stopping,
+        pb::restart_event::Phase::Provisioning,
+        pb::restart_event::Phase::WaitingForAgent,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut a = replica(&db.url, dir.path(), &format!("a{round}"), &slow).await;
+        let mut ca = a.client().await;
+        let ws = create(&mut ca, &format!("killed-{round}")).await;
+        settled(&mut cb, ws).await;
+        let mut stream = ca
+            .restart_workspace(pb::RestartWorkspaceRequest {
+                workspace_id: ws.to_string(),
+                trigger: pb::Trigger::Manual as i32,
+                reason: "kill its owner".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(matches!(first.event, Some(Event::Accepted(_))), "{first:?}");
+        bounded("the phase begins", async {
+            loop {
+                let event = stream.message().await.unwrap().expect("the stream goes on");
+                if matches!(event.event, Some(Event::Phase(p)) if p.phase == phase as i32) {
+                    return;
+                }
+            }
+        })
+        .await;
+        a.child.start_kill().unwrap();
+        a.child.wait().await.unwrap();
+
+        let w = settled(&mut cb, ws).await;
+        assert!(w.generation >= 2, "{phase:?}: {w:?}");
+        let ops = journal_of(dir.path(), ws);
+        assert_serial(ws, &ops);
+        let live = live_instances(dir.path(), ws);
+        assert_eq!(
+            live,
+            [w.generation],
+            "{phase:?}: only the serving generation may run"
+        );
+    }
+}
+
+/// The generations of `ws` whose recorded process is alive, by the process
+/// backend's own records.
+fn live_instances(dir: &Path, ws: WorkspaceId) -> Vec<u64> {
+    let mut live = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("process").join(ws.to_string())) else {
+        return live;
+    };
+    for entry in entries.flatten() {
+        let Ok(record) = std::fs::read(entry.path().join("instance.json")) else {
+            continue;
+        };
+        let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+        let pid = record["pid"].as_u64().unwrap();
+        // Running, not a zombie nobody reaped yet.
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(") ")
+                    .map(|(_, rest)| !rest.starts_with('Z'))
+            })
+            .unwrap_or(false);
+        if alive {
+            live.push(record["generation"].as_u64().unwrap());
+        }
+    }
+    live.sort_unstable();
+    live
+}

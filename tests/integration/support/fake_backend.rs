@@ -35,6 +35,8 @@ pub enum AgentMode {
     Register,
     /// Never registers (the cycle runs into its deadline).
     Silent,
+    /// Registers, claiming a config version it was not handed.
+    Misreport,
 }
 
 #[derive(Default)]
@@ -284,12 +286,16 @@ impl Backend for FakeBackend {
             .unwrap()
             .running
             .insert(launch.workspace, launch.generation);
-        if *self.agent.lock().unwrap() == AgentMode::Register {
+        let mode = *self.agent.lock().unwrap();
+        if mode != AgentMode::Silent {
             let url = launch.service_url.clone();
             let request = RegisterRequest {
                 token: launch.token.expose().to_owned(),
                 workspace_id: launch.workspace.to_string(),
-                config_version: launch.config_version.0,
+                config_version: match mode {
+                    AgentMode::Misreport => launch.config_version.0 + 100,
+                    _ => launch.config_version.0,
+                },
                 endpoint: "fake".into(),
                 secret_names: launch.secrets.keys().cloned().collect(),
                 file_paths: launch.files.keys().cloned().collect(),
