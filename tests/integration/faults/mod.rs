@@ -8,4 +8,5 @@
 mod callers;
 mod deletes;
 mod fencing;
+mod postgres;
 mod processes;

@@ -109,7 +109,12 @@ async fn an_instance_that_ignores_sigterm_is_forced_on_restart_and_delete() {
     let first = processes_with(&format!("sleep {marker}"));
     assert_eq!(first.len(), 1);
 
+    let began = std::time::Instant::now();
     let events = restart(&mut c, ws).await;
+    eprintln!(
+        "restart past a SIGTERM-ignoring instance: {:?}",
+        began.elapsed()
+    );
     assert!(
         matches!(last(&events), Event::Online(o) if o.generation == 2),
         "the restart must force the old instance down and come up: {events:?}"
@@ -120,7 +125,12 @@ async fn an_instance_that_ignores_sigterm_is_forced_on_restart_and_delete() {
         "the old generation's instance survived: {first:?} {second:?}"
     );
     assert_eq!(second.len(), 1, "the new generation runs");
+    let began = std::time::Instant::now();
     let events = delete(&mut c, ws).await;
+    eprintln!(
+        "delete of a SIGTERM-ignoring instance: {:?}",
+        began.elapsed()
+    );
     assert!(matches!(last(&events), Event::Deleted(_)), "{events:?}");
     assert!(
         processes_with(&format!("sleep {marker}")).is_empty(),
@@ -168,6 +178,7 @@ async fn an_owner_paused_past_its_lease_changes_nothing_when_resumed() {
     started_generation(dir.path(), ws, 2).await;
     let a_pid = Pid::from_raw(a.child.id().unwrap() as i32);
     kill(a_pid, Signal::SIGSTOP).unwrap();
+    let paused = std::time::Instant::now();
     // B takes the cycle over once A's 3 s lease is out, and finishes it.
     bounded("B takes over and serves", async {
         loop {
@@ -179,6 +190,10 @@ async fn an_owner_paused_past_its_lease_changes_nothing_when_resumed() {
         }
     })
     .await;
+    eprintln!(
+        "paused owner: taken over and ONLINE after {:?}",
+        paused.elapsed()
+    );
     let resumed_us = journal::now_us();
     kill(a_pid, Signal::SIGCONT).unwrap();
     // A resumes mid-cycle; a full cycle on B later, A has had every chance
@@ -326,8 +341,13 @@ async fn kill_9_of_the_owner_in_each_phase_is_completed_by_another_replica() {
         .await;
         a.child.start_kill().unwrap();
         a.child.wait().await.unwrap();
+        let killed = std::time::Instant::now();
 
         let w = settled(&mut cb, ws).await;
+        eprintln!(
+            "kill -9 in {phase:?}: ONLINE again after {:?}",
+            killed.elapsed()
+        );
         assert!(w.generation >= 2, "{phase:?}: {w:?}");
         let ops = journal_of(dir.path(), ws);
         assert_serial(ws, &ops);
@@ -342,7 +362,7 @@ async fn kill_9_of_the_owner_in_each_phase_is_completed_by_another_replica() {
 
 /// The generations of `ws` whose recorded process is alive, by the process
 /// backend's own records.
-fn live_instances(dir: &Path, ws: WorkspaceId) -> Vec<u64> {
+pub(super) fn live_instances(dir: &Path, ws: WorkspaceId) -> Vec<u64> {
     let mut live = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir.join("process").join(ws.to_string())) else {
         return live;

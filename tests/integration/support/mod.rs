@@ -7,6 +7,7 @@ pub mod db;
 pub mod fake_backend;
 pub mod moto;
 pub mod otlp;
+pub mod pg_proxy;
 pub mod server_process;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};

@@ -1,0 +1,145 @@
+//! A TCP proxy between a server and Postgres that a test can slow down or
+//! cut: the faults a network puts between a replica and its database.
+//! `cut` drops every open connection and refuses new ones until `restore`.
+
+use std::{
+    net::SocketAddr,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+/// The proxy; it stops when dropped.
+pub struct PgProxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The database URL through the proxy.
+    pub url: String,
+    open: Arc<AtomicBool>,
+    /// Bumped on every cut: live connections end when it changes.
+    cuts: watch::Sender<u64>,
+    latency_us: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PgProxy {
+    /// A proxy to the Postgres of `url` (a libpq key=value string or URL).
+    pub async fn start(url: &str) -> Self {
+        let config = tokio_postgres::Config::from_str(url).unwrap();
+        let target = match (&config.get_hosts()[0], config.get_ports().first()) {
+            (tokio_postgres::config::Host::Tcp(host), port) => {
+                format!("{host}:{}", port.copied().unwrap_or(5432))
+            }
+            _ => panic!("the proxy needs a TCP Postgres"),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut through = format!(
+            "host=127.0.0.1 port={} user={} dbname={}",
+            addr.port(),
+            config.get_user().unwrap_or("postgres"),
+            config.get_dbname().unwrap_or("postgres"),
+        );
+        if let Some(password) = config.get_password() {
+            through.push_str(&format!(" password={}", String::from_utf8_lossy(password)));
+        }
+        let open = Arc::new(AtomicBool::new(true));
+        let (cuts, _) = watch::channel(0);
+        let latency_us = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (open, cuts, latency_us) = (open.clone(), cuts.clone(), latency_us.clone());
+            async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !open.load(Ordering::SeqCst) {
+                        continue; // dropped: refused
+                    }
+                    let Ok(server) = TcpStream::connect(&target).await else {
+                        continue;
+                    };
+                    tokio::spawn(pipe(client, server, cuts.subscribe(), latency_us.clone()));
+                }
+            }
+        });
+        Self {
+            addr,
+            url: through,
+            open,
+            cuts,
+            latency_us,
+            task,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Delays every chunk forwarded in either direction by `by`.
+    pub fn set_latency(&self, by: Duration) {
+        self.latency_us
+            .store(by.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    client: TcpStream,
+    server: TcpStream,
+    mut cut: watch::Receiver<u64>,
+    latency_us: Arc<AtomicU64>,
+) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = forward(&mut client_read, &mut server_write, &latency_us);
+    let down = forward(&mut server_read, &mut client_write, &latency_us);
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = cut.changed() => {}
+    }
+}
+
+async fn forward(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    latency_us: &AtomicU64,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let delay = latency_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
