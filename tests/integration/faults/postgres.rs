@@ -4,7 +4,9 @@
 //! agent. The acknowledged change is delivered once Postgres is back,
 //! nothing overlaps on the backend and only the serving generation runs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use workspace_lifecycle::proto::{self as pb, restart_event::Event};
 

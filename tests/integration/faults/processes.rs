@@ -109,7 +109,7 @@ async fn an_instance_that_ignores_sigterm_is_forced_on_restart_and_delete() {
     let first = processes_with(&format!("sleep {marker}"));
     assert_eq!(first.len(), 1);
 
-    let began = std::time::Instant::now();
+    let began = tokio::time::Instant::now();
     let events = restart(&mut c, ws).await;
     eprintln!(
         "restart past a SIGTERM-ignoring instance: {:?}",
@@ -125,7 +125,7 @@ async fn an_instance_that_ignores_sigterm_is_forced_on_restart_and_delete() {
         "the old generation's instance survived: {first:?} {second:?}"
     );
     assert_eq!(second.len(), 1, "the new generation runs");
-    let began = std::time::Instant::now();
+    let began = tokio::time::Instant::now();
     let events = delete(&mut c, ws).await;
     eprintln!(
         "delete of a SIGTERM-ignoring instance: {:?}",
@@ -178,7 +178,7 @@ async fn an_owner_paused_past_its_lease_changes_nothing_when_resumed() {
     started_generation(dir.path(), ws, 2).await;
     let a_pid = Pid::from_raw(a.child.id().unwrap() as i32);
     kill(a_pid, Signal::SIGSTOP).unwrap();
-    let paused = std::time::Instant::now();
+    let paused = tokio::time::Instant::now();
     // B takes the cycle over once A's 3 s lease is out, and finishes it.
     bounded("B takes over and serves", async {
         loop {
@@ -341,7 +341,7 @@ async fn kill_9_of_the_owner_in_each_phase_is_completed_by_another_replica() {
         .await;
         a.child.start_kill().unwrap();
         a.child.wait().await.unwrap();
-        let killed = std::time::Instant::now();
+        let killed = tokio::time::Instant::now();
 
         let w = settled(&mut cb, ws).await;
         eprintln!(
