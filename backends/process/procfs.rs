@@ -13,6 +13,29 @@ pub(super) fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// True if some process of group `pgid` still runs. Zombies do not count:
+/// a group whose leader was spawned by a server that is paused (or gone
+/// before reaping) keeps its zombie until that server reaps it, yet nothing
+/// of it runs.
+pub(super) fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        let Some(close) = stat.rfind(')') else {
+            return false;
+        };
+        // Fields after the name: state, ppid, pgrp.
+        let mut fields = stat[close + 1..].split_whitespace();
+        let state = fields.next();
+        let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+        group == Some(pgid) && !matches!(state, Some("Z") | Some("X"))
+    })
+}
+
 /// True if `pid` runs, is not a zombie, and (when given) started at
 /// `started`.
 pub(super) fn is_alive(pid: u32, started: Option<u64>) -> bool {
@@ -35,6 +58,20 @@ pub(super) fn is_alive(pid: u32, started: Option<u64>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_is_alive_while_a_member_runs() {
+        let me = std::process::id();
+        let group = fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        let pgid: u32 = group[group.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(group_alive(pgid));
+        assert!(!group_alive(u32::MAX));
+    }
 
     #[test]
     fn this_process_is_alive_with_its_own_start_time() {

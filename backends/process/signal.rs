@@ -28,7 +28,7 @@ pub(super) async fn terminate(record: &InstanceRecord, halt: Halt, grace: Durati
     wait_until_dead(record, Duration::from_secs(5)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut pause = Duration::from_millis(1);
-    while killpg(group, None).is_ok() && tokio::time::Instant::now() < deadline {
+    while procfs::group_alive(record.pid) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(10));
     }

@@ -349,21 +349,32 @@ async fn clean_up(deps: &CycleDeps, guard: &LeaseGuard, err: CycleError) -> Opti
 
 /// Runs a backend call only while the lease can be trusted, and cuts it
 /// off when it can no longer be (C18): the call is bounded by the lease
-/// time left, which each successful renewal extends.
+/// time left, which each successful renewal extends. The fence is read
+/// from the clock before *every* poll of the call — not left to a timer
+/// having fired — so a runner resumed after a pause drops the call it was
+/// in rather than carrying it one step further.
 async fn bounded<T>(
     guard: &LeaseGuard,
     call: impl std::future::Future<Output = Result<T, BackendError>>,
 ) -> Result<T, CycleError> {
-    if guard.fence_left().is_zero() {
-        return Err(CycleError::LeaseLapsed);
-    }
-    tokio::select! {
-        // A runner resumed after a pause sees its fence first: the call it
-        // was in is dropped, not polled on.
-        biased;
-        _ = guard.fenced() => Err(CycleError::LeaseLapsed),
-        result = call => Ok(result?),
-    }
+    let mut call = std::pin::pin!(call);
+    let mut wake_at_fence = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    std::future::poll_fn(|cx| {
+        let left = guard.fence_left();
+        if left.is_zero() {
+            return std::task::Poll::Ready(Err(CycleError::LeaseLapsed));
+        }
+        if let std::task::Poll::Ready(result) = call.as_mut().poll(cx) {
+            return std::task::Poll::Ready(result.map_err(CycleError::from));
+        }
+        // Be woken when the fence falls, should nothing else wake us first.
+        wake_at_fence
+            .as_mut()
+            .reset(tokio::time::Instant::now() + left);
+        let _ = wake_at_fence.as_mut().poll(cx);
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Renews the lease until it is lost, or until the last successful

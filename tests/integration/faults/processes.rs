@@ -52,6 +52,34 @@ async fn delete(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEven
     collect(stream).await
 }
 
+/// A command whose process group's leader, a shell, ignores SIGTERM and
+/// never exits by itself; its child is the agent (told the shell is its
+/// parent), which registers and ends on SIGTERM. So the instance comes up,
+/// and a graceful stop of it waits out the whole stop grace.
+fn stubborn_script(marker: &str) -> String {
+    format!(
+        "trap '' TERM; WL_AGENT_PARENT_PID=$$ {} agent & while :; do sleep {marker}; done",
+        server_binary()
+    )
+}
+
+/// Creates a process workspace running `sh -c script`.
+async fn create_running(c: &mut LifecycleClient, name: &str, script: String) -> WorkspaceId {
+    let created = c
+        .create_workspace(pb::CreateWorkspaceRequest {
+            name: name.into(),
+            backend: pb::BackendKind::Process as i32,
+            spec: Some(pb::WorkspaceSpec {
+                command: vec!["sh".into(), "-c".into(), script],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    created.id.parse().unwrap()
+}
+
 async fn restart(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEvent> {
     let stream = c
         .restart_workspace(pb::RestartWorkspaceRequest {
@@ -65,11 +93,11 @@ async fn restart(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEve
     collect(stream).await
 }
 
-/// An instance that ignores SIGTERM (a process of its group ignores it; its
-/// agent registers): a stop must escalate to SIGKILL within the
+/// An instance that ignores SIGTERM, on create (it never registers: the
+/// cycle fails and the instance goes with it), then one that registers: a stop must escalate to SIGKILL within the
 /// cycle's deadline instead of failing the cycle and leaving it running.
 #[tokio::test]
-async fn an_instance_that_ignores_sigterm_is_forced_on_restart_and_delete() {
+async fn an_instance_that_ignores_sigterm_is_forced_on_create_restart_and_delete() {
     let db = TestDb::create().await;
     let dir = agent_reachable_tempdir();
     let marker = format!("{}", 7000 + std::process::id() % 1000);
@@ -84,27 +112,39 @@ async fn an_instance_that_ignores_sigterm_is_forced_on_restart_and_delete() {
     })
     .await;
     let mut c = server.client().await;
-    // The group's leader, a shell, ignores SIGTERM and never exits by
-    // itself; its child is the agent (told the shell is its parent), which
-    // registers and ends on SIGTERM. So the instance comes up, and a
-    // graceful stop of it waits out the whole stop grace.
-    let script = format!(
-        "trap '' TERM; WL_AGENT_PARENT_PID=$$ {} agent & while :; do sleep {marker}; done",
-        server_binary()
+
+    // On create: an instance that ignores SIGTERM and never registers. The
+    // cycle fails at its deadline and the instance goes with it.
+    let silent_marker = format!("{}", 8000 + std::process::id() % 1000);
+    let silent = create_running(
+        &mut c,
+        "silent",
+        format!("trap '' TERM; exec sleep {silent_marker}"),
+    )
+    .await;
+    let w = bounded("the create fails at its deadline", async {
+        loop {
+            let w = c
+                .get_workspace(pb::GetWorkspaceRequest {
+                    workspace_id: silent.to_string(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if w.status == pb::WorkspaceStatus::Failed as i32 {
+                return w;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(w.status_reason.contains("deadline"), "{w:?}");
+    assert!(
+        processes_with(&format!("sleep {silent_marker}")).is_empty(),
+        "the failed create left its instance running"
     );
-    let created = c
-        .create_workspace(pb::CreateWorkspaceRequest {
-            name: "stubborn".into(),
-            backend: pb::BackendKind::Process as i32,
-            spec: Some(pb::WorkspaceSpec {
-                command: vec!["sh".into(), "-c".into(), script],
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let ws: WorkspaceId = created.id.parse().unwrap();
+
+    let ws = create_running(&mut c, "stubborn", stubborn_script(&marker)).await;
     settled(&mut c, ws).await;
     let first = processes_with(&format!("sleep {marker}"));
     assert_eq!(first.len(), 1);
@@ -387,4 +427,100 @@ pub(super) fn live_instances(dir: &Path, ws: WorkspaceId) -> Vec<u64> {
     }
     live.sort_unstable();
     live
+}
+
+/// The owner paused (SIGSTOP) longer than its lease during its Stop — a
+/// graceful stop of an instance that ignores SIGTERM, so the Stop is long —
+/// then resumed: the replica that took over forced the stop and served the
+/// new generation; the resumed owner's stop is dropped, not carried on
+/// (C18).
+#[tokio::test]
+async fn an_owner_paused_during_its_stop_changes_nothing_when_resumed() {
+    let db = TestDb::create().await;
+    let dir = agent_reachable_tempdir();
+    let marker = format!("{}", 9000 + std::process::id() % 1000);
+    // A short lease, a stop grace longer than the deadline.
+    let start = |name: &'static str| {
+        let (url, dir) = (db.url.clone(), dir.path().to_path_buf());
+        async move {
+            ServerProcess::start(&dir, name, |command| {
+                command
+                    .args(["--database-url", &url])
+                    .args(["--process-journal", &dir.join("journal").to_string_lossy()])
+                    .env("WL_LEASE_TTL", "3s")
+                    .args(["--sweep-interval", "200ms", "--reconcile-interval", "500ms"])
+                    .args(["--provision-deadline", "12s", "--stop-grace", "30s"]);
+            })
+            .await
+        }
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    let mut ca = a.client().await;
+    let mut cb = b.client().await;
+    let ws = create_running(&mut ca, "paused-stop", stubborn_script(&marker)).await;
+    settled(&mut cb, ws).await;
+    let first = processes_with(&format!("sleep {marker}"));
+
+    let mut stream = ca
+        .restart_workspace(pb::RestartWorkspaceRequest {
+            workspace_id: ws.to_string(),
+            trigger: pb::Trigger::Manual as i32,
+            reason: "pause me while I stop".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let accepted = stream.message().await.unwrap().unwrap();
+    assert!(
+        matches!(accepted.event, Some(Event::Accepted(_))),
+        "{accepted:?}"
+    );
+    bounded("the stop begins", async {
+        loop {
+            let event = stream.message().await.unwrap().expect("the stream goes on");
+            if matches!(event.event, Some(Event::Phase(p)) if p.phase == pb::restart_event::Phase::Stopping as i32)
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    let a_pid = Pid::from_raw(a.child.id().unwrap() as i32);
+    kill(a_pid, Signal::SIGSTOP).unwrap();
+    let paused = tokio::time::Instant::now();
+    bounded("B takes over and serves", async {
+        loop {
+            let w = settled(&mut cb, ws).await;
+            if w.generation >= 3 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    eprintln!(
+        "owner paused in its stop: taken over and ONLINE after {:?}",
+        paused.elapsed()
+    );
+    let resumed_us = journal::now_us();
+    kill(a_pid, Signal::SIGCONT).unwrap();
+    let events = restart(&mut cb, ws).await;
+    assert!(matches!(last(&events), Event::Online(_)), "{events:?}");
+
+    let ops = journal_of(dir.path(), ws);
+    let by_a: Vec<_> = ops
+        .iter()
+        .filter(|e| e.server_pid == a_pid.as_raw() as u32 && e.end_us >= resumed_us)
+        .collect();
+    assert!(
+        by_a.is_empty(),
+        "the resumed owner called the backend: {by_a:?}\n{}",
+        std::fs::read_to_string(&a.log).unwrap_or_default()
+    );
+    assert_serial(ws, &ops);
+    let now = processes_with(&format!("sleep {marker}"));
+    assert!(!now.contains(&first[0]), "the first instance survived");
+    assert_eq!(now.len(), 1, "exactly the serving instance runs: {now:?}");
+    drop(stream);
 }
