@@ -18,6 +18,7 @@ mod error;
 mod lease;
 pub mod listener;
 mod notify;
+mod request_ids;
 mod rows;
 pub mod sealing;
 mod workspaces;
@@ -39,6 +40,7 @@ use crate::{
     engine::{EngineError, clock::SharedClock, ledger::Timing},
 };
 pub(crate) use error::db;
+pub use request_ids::{Claim, RequestClaim};
 
 mod embedded {
     refinery::embed_migrations!("migrations");

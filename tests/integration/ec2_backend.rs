@@ -86,6 +86,7 @@ async fn create_restart_and_delete_on_moto_keep_exactly_the_current_generation()
             workspace_id: ws.to_string(),
             name: "API_KEY".into(),
             value: "sk-ec2".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -110,6 +111,7 @@ async fn create_restart_and_delete_on_moto_keep_exactly_the_current_generation()
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: ws.to_string(),
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .unwrap()

@@ -68,6 +68,7 @@ async fn restart_accepted(
             workspace_id: ws.to_string(),
             trigger: pb::Trigger::Manual as i32,
             reason: reason.into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -169,6 +170,7 @@ async fn create(c: &mut LifecycleClient, name: &str) -> WorkspaceId {
             name: name.into(),
             backend: pb::BackendKind::Process as i32,
             spec: None,
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -228,6 +230,7 @@ async fn one_request(
                     workspace_id: id,
                     trigger: trigger as i32,
                     reason: "storm".into(),
+                    request_id: String::new(),
                 })
                 .await
                 .expect("restart answered")
@@ -249,6 +252,7 @@ async fn one_request(
                     workspace_id: id,
                     name: format!("S{}", rng.below(3)),
                     value: format!("v{n}"),
+                    request_id: String::new(),
                 })
                 .await
                 .expect("set secret")
@@ -261,6 +265,7 @@ async fn one_request(
                     workspace_id: id,
                     path: format!("f{}.txt", rng.below(3)),
                     content: format!("{n}").into_bytes(),
+                    request_id: String::new(),
                 })
                 .await
                 .expect("write file")
@@ -373,6 +378,7 @@ async fn kill_9_of_the_replica_running_a_cycle_is_completed_by_another() {
             workspace_id: ws.to_string(),
             name: "LATE".into(),
             value: "v".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -424,6 +430,7 @@ async fn postgres_restarted_mid_run_gives_unavailable_then_recovers_losing_nothi
             workspace_id: ws.to_string(),
             name: "BEFORE_OUTAGE".into(),
             value: "v".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -442,6 +449,7 @@ async fn postgres_restarted_mid_run_gives_unavailable_then_recovers_losing_nothi
             workspace_id: ws.to_string(),
             trigger: pb::Trigger::Manual as i32,
             reason: "during the outage".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap_err();

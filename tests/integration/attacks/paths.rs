@@ -58,6 +58,7 @@ async fn paths_the_backends_cannot_carry_are_refused_and_change_nothing() {
                 workspace_id: ws.to_string(),
                 path: path.into(),
                 content: b"x".to_vec(),
+                request_id: String::new(),
             })
             .await
             .expect_err(path);
@@ -71,6 +72,7 @@ async fn paths_the_backends_cannot_carry_are_refused_and_change_nothing() {
             workspace_id: ws.to_string(),
             path: format!("dir/{}", "s".repeat(255)),
             content: b"x".to_vec(),
+            request_id: String::new(),
         })
         .await
         .expect("a 255-byte segment is accepted");
