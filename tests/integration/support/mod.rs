@@ -7,6 +7,7 @@ pub mod db;
 pub mod fake_backend;
 pub mod moto;
 pub mod otlp;
+pub mod pg_proxy;
 pub mod server_process;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -272,6 +273,13 @@ impl TestServer {
         lifecycle_client(self.channel().await, token).unwrap()
     }
 
+    /// The client crate's client of this server, with the admin token.
+    pub async fn typed_client(&self) -> workspace_lifecycle_client::Client {
+        workspace_lifecycle_client::Client::connect(format!("http://{}", self.addr), ADMIN_TOKEN)
+            .await
+            .unwrap()
+    }
+
     /// A client of this server that sends no token.
     pub async fn anonymous_client(&self) -> WorkspaceLifecycleClient<tonic::transport::Channel> {
         WorkspaceLifecycleClient::new(self.channel().await)
@@ -333,6 +341,7 @@ impl TestServer {
                 name: name.into(),
                 backend: backend as i32,
                 spec: None,
+                request_id: String::new(),
             })
             .await
             .expect("create")
@@ -361,6 +370,7 @@ impl TestServer {
                 workspace_id: ws.to_string(),
                 trigger: trigger as i32,
                 reason: "test".into(),
+                request_id: String::new(),
             })
             .await
             .map(|r| r.into_inner())
