@@ -315,3 +315,31 @@ async fn tls_and_mtls_work_end_to_end_with_grpcurl() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn grpcurl_prints_the_error_details() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("details").await.to_string();
+    let addr = s.addr.to_string();
+    let body = format!(r#"{{"workspace_id": "{ws}", "name": "LD_PRELOAD", "value": "x"}}"#);
+    let (ok, text) = grpcurl(
+        &addr,
+        &["-H", AUTH, "-d", &body],
+        &["workspace.lifecycle.v1.WorkspaceLifecycle/SetSecret"],
+    )
+    .await;
+    assert!(!ok, "{text}");
+    assert!(text.contains("Code: InvalidArgument"), "{text}");
+    // Decoded through reflection, not raw bytes.
+    assert!(!text.contains("is not recognized"), "{text}");
+    for expected in [
+        r#""@type":"type.googleapis.com/google.rpc.BadRequest""#,
+        r#""fieldViolations":[{"field":"name""#,
+        r#""@type":"type.googleapis.com/google.rpc.ErrorInfo""#,
+        r#""reason":"INVALID_FIELD""#,
+        r#""domain":"workspace-lifecycle""#,
+    ] {
+        assert!(text.contains(expected), "{expected} not in {text}");
+    }
+    s.shutdown().await;
+}
