@@ -201,6 +201,8 @@ impl TestServer {
         args.reconcile_interval = Duration::from_millis(200);
         args.stop_grace = Duration::from_secs(2);
         args.shutdown_grace = Duration::from_secs(5);
+        // In-process servers need no time for a load balancer to notice.
+        args.drain_delay = Duration::ZERO;
         args.heartbeat_interval = Duration::from_secs(1);
         args.db_connections = 16;
         args.auth_tokens = Some(test_token_entries());
