@@ -193,7 +193,7 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// Its engine.
     pub engine: Arc<Engine>,
-    /// What `grpc.health.v1` answers (tests flip it; shutdown drains it).
+    /// What `grpc.health.v1` answers; shutdown turns it NOT_SERVING first.
     pub health: Health,
     stop: CancellationToken,
     served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
