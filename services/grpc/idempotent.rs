@@ -18,6 +18,7 @@
 use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
 
 use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -102,10 +103,17 @@ impl Idempotent for pb::CreateWorkspaceRequest {
 pub(super) enum Plan {
     /// No `request_id`: an ordinary call.
     Unkeyed,
-    /// A new id: run, then [`RequestClaim::record`] or abandon.
-    Run(Box<RequestClaim>),
+    /// A new id: run, then [`settle`].
+    Run(Claimed),
     /// A repeat: the encoded first answer.
     Replay(Vec<u8>),
+}
+
+/// A claimed id, and the right to hold one of the pool's connections for
+/// it while the mutation runs on another.
+pub(super) struct Claimed {
+    claim: Box<RequestClaim>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Request ids over the engine's store.
@@ -113,12 +121,20 @@ pub(super) enum Plan {
 pub(super) struct RequestIds {
     engine: Arc<Engine>,
     retention: Duration,
+    /// A claim holds a connection while its mutation takes another: at
+    /// most half the pool may be claims, so mutations always find one.
+    claims: Arc<Semaphore>,
 }
 
 impl RequestIds {
     /// Remembers answers for `retention`.
     pub(super) fn new(engine: Arc<Engine>, retention: Duration) -> Self {
-        Self { engine, retention }
+        let claims = (engine.store().pool_max_size() / 2).max(1);
+        Self {
+            engine,
+            retention,
+            claims: Arc::new(Semaphore::new(claims)),
+        }
     }
 
     /// Looks `request`'s id up, claiming it if new. Waits while another
@@ -136,11 +152,20 @@ impl RequestIds {
         keyed.push(0);
         keyed.extend_from_slice(&request.canonical());
         let digest = store.sealer().digest(&keyed).to_vec();
+        let permit = self
+            .claims
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         match store
             .claim_request(id, R::METHOD, digest, self.retention)
             .await?
         {
-            Claim::Fresh(claim) => Ok(Plan::Run(claim)),
+            Claim::Fresh(claim) => Ok(Plan::Run(Claimed {
+                claim,
+                _permit: permit,
+            })),
             Claim::Replay(answer) => Ok(Plan::Replay(answer)),
             Claim::Reused => Err(status::request_id_reused(R::METHOD)),
         }
@@ -171,7 +196,8 @@ impl RequestIds {
 /// Records `answer` (or abandons the claim when there is none). A failure
 /// to record is logged, not returned: the mutation happened, and the
 /// caller must hear so.
-pub(super) async fn settle<A: Message>(claim: Box<RequestClaim>, answer: Option<&A>) {
+pub(super) async fn settle<A: Message>(claimed: Claimed, answer: Option<&A>) {
+    let claim = claimed.claim;
     match answer {
         Some(answer) => {
             if let Err(err) = claim.record(&answer.encode_to_vec()).await {

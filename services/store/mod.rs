@@ -204,6 +204,11 @@ impl Store {
         &self.pg_config
     }
 
+    /// The most connections the pool opens.
+    pub fn pool_max_size(&self) -> usize {
+        self.pool.status().max_size
+    }
+
     /// Connections in use and idle (for operators and benchmarks).
     pub fn pool_status(&self) -> (usize, usize) {
         let status = self.pool.status();

@@ -247,3 +247,27 @@ async fn a_failed_request_leaves_its_id_free_for_the_retry() {
     assert!(s.get(ws.parse().unwrap()).await.secret_names.is_empty());
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn many_keyed_mutations_at_once_do_not_starve_the_pool() {
+    // Each claim holds a connection while its mutation needs another: more
+    // concurrent claims than connections must still all complete.
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("idem-crowd").await;
+    let before = s.get(ws).await.config_version;
+    let calls = (0..64).map(|i| {
+        let mut client = s.client();
+        let request = pb::SetSecretRequest {
+            workspace_id: ws.to_string(),
+            name: format!("KEY_{i}"),
+            value: "v".into(),
+            request_id: new_id(),
+        };
+        async move { client.set_secret(request).await }
+    });
+    for answer in join_all(calls).await {
+        answer.expect("every keyed mutation completes");
+    }
+    assert_eq!(s.get(ws).await.config_version, before + 64);
+    s.shutdown().await;
+}
