@@ -17,7 +17,7 @@ pub enum Error {
     #[error("cannot connect: {0}")]
     Connect(#[from] tonic::transport::Error),
     /// The server refused or could not serve the call.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Box<tonic::Status>),
     /// The cycle ran and failed.
     #[error("generation {generation} failed: {reason}")]
