@@ -58,6 +58,7 @@ async fn measure<B: Backend>(
             name: "bench".into(),
             backend: kind as i32,
             spec: None,
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -104,6 +105,7 @@ async fn measure<B: Backend>(
                 workspace_id: id.clone(),
                 trigger: pb::Trigger::Manual as i32,
                 reason: "bench".into(),
+                request_id: String::new(),
             })
             .await
             .unwrap()
@@ -182,6 +184,7 @@ async fn measure<B: Backend>(
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: id,
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .map(|r| r.into_inner());

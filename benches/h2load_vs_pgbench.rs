@@ -76,6 +76,7 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
                 name: format!("h2load-{i}"),
                 backend: pb::BackendKind::Process as i32,
                 spec: None,
+                request_id: String::new(),
             })
             .await
             .expect("CreateWorkspace")
@@ -94,6 +95,7 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
                 workspace_id: id.clone(),
                 name: "BENCH_SECRET".into(),
                 value: "a value of the length of a typical token 0123456789".into(),
+                request_id: String::new(),
             };
             std::fs::write(&path, grpc_frame(&request)).unwrap();
             path

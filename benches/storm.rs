@@ -94,6 +94,7 @@ async fn restart(
             workspace_id: workspace.to_owned(),
             trigger: trigger as i32,
             reason: "storm".into(),
+            request_id: String::new(),
         })
         .await;
     let mut stream = match answer {
@@ -305,6 +306,7 @@ async fn storm(
                         name: format!("storm-{i}"),
                         backend: pb::BackendKind::Process as i32,
                         spec: None,
+                        request_id: String::new(),
                     })
                     .await
                     .expect("create")

@@ -308,6 +308,22 @@ pub struct ServeArgs {
     /// peer) with a count.
     #[arg(long, env = "WL_AUDIT_FLUSH_INTERVAL", default_value = "10s", value_parser = duration)]
     pub audit_flush_interval: Duration,
+
+    /// How often the health checker pings Postgres; `grpc.health.v1`
+    /// answers NOT_SERVING while the ping fails.
+    #[arg(long, env = "WL_HEALTH_CHECK_INTERVAL", default_value = "500ms", value_parser = duration)]
+    pub health_check_interval: Duration,
+
+    /// How long SIGTERM keeps the listener open answering NOT_SERVING
+    /// before it stops accepting, so load balancers move traffic away
+    /// first.
+    #[arg(long, env = "WL_DRAIN_DELAY", default_value = "1s", value_parser = duration)]
+    pub drain_delay: Duration,
+
+    /// How long a mutation's `request_id` is remembered: a repeat within
+    /// it gets the first answer and changes nothing (AIP-155).
+    #[arg(long, env = "WL_REQUEST_ID_RETENTION", default_value = "24h", value_parser = duration)]
+    pub request_id_retention: Duration,
 }
 
 impl fmt::Debug for ServeArgs {

@@ -10,6 +10,7 @@
 //! - [`store`]: Postgres, the truth every replica shares;
 //! - [`grpc`]: thin adapters from the wire to the engine;
 //! - [`auth`]: who may call what, and how often;
+//! - [`health`]: what `grpc.health.v1` says, and why;
 //! - [`transport`]: which connections the server holds, and how long;
 //! - [`server`]: assembling and serving it all.
 
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod embedded_pg;
 pub mod engine;
 pub mod grpc;
+pub mod health;
 pub mod private_file;
 pub mod proto;
 pub mod server;

@@ -32,6 +32,7 @@ use crate::{
         ledger::Timing,
     },
     grpc::{AgentService, LifecycleService},
+    health::{Health, HealthGrpc},
     proto::{
         self, workspace_agent_server::WorkspaceAgentServer,
         workspace_lifecycle_server::WorkspaceLifecycleServer,
@@ -184,9 +185,12 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// Its engine.
     pub engine: Arc<Engine>,
+    /// What `grpc.health.v1` answers; shutdown turns it NOT_SERVING first.
+    pub health: Health,
     stop: CancellationToken,
     served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     shutdown_grace: Duration,
+    drain_delay: Duration,
     /// The refused-call counter's flusher (ends after a last flush).
     audit: tokio::task::JoinHandle<()>,
     embedded: Option<embedded_pg::Owned>,
@@ -196,8 +200,15 @@ impl RunningServer {
     /// Stops accepting, drains running cycles (up to the grace period), and
     /// returns. It never touches an instance: process-backend agents end
     /// with the server process that launched them.
+    ///
+    /// Health says NOT_SERVING first, and the listener stays open for the
+    /// drain delay, so load balancers stop sending calls before the port
+    /// closes.
     pub async fn shutdown(self) {
+        self.health.drain().await;
+        tokio::time::sleep(self.drain_delay).await;
         self.engine.close_streams();
+        self.health.close();
         self.stop.cancel();
         let mut served = self.served;
         if tokio::time::timeout(Duration::from_secs(10), &mut served)
@@ -222,6 +233,7 @@ impl RunningServer {
     /// Stops serving without draining (what a crash looks like to peers,
     /// minus the dead process).
     pub fn abort(self) {
+        self.health.close();
         self.served.abort();
         self.stop.cancel();
     }
@@ -331,9 +343,20 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         args.audit_flush_interval,
         stop.clone(),
     ));
+    let (health, health_grpc) = Health::new().await;
+    health.check_database(engine.store(), args.health_check_interval, stop.clone());
+    // Expired request ids go in the background, a few times per retention
+    // period (a claim treats an expired row as absent meanwhile).
+    engine.store().prune_request_ids_every(
+        args.request_id_retention,
+        (args.request_id_retention / 8).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+        stop.clone(),
+    );
     let served = tokio::spawn(serve(
         listener,
         engine.clone(),
+        health_grpc,
+        args.request_id_retention,
         guarding,
         args.heartbeat_interval,
         stop.clone().cancelled_owned(),
@@ -343,9 +366,11 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         addr,
         metrics_addr,
         engine,
+        health,
         stop,
         served,
         shutdown_grace: args.shutdown_grace,
+        drain_delay: args.drain_delay,
         audit,
         embedded,
     })
@@ -403,33 +428,31 @@ async fn enabled_backends(args: &ServeArgs) -> Result<Backends, ServeError> {
     Ok(backends)
 }
 
-/// Serves the gRPC API, health and reflection on `listener` until
+/// Serves the gRPC API, `health` and reflection on `listener` until
 /// `shutdown` resolves: connections under `guarding.transport`, every call
 /// through authentication (refusals counted for the audit log) and the
 /// in-flight limits.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
+    health: HealthGrpc,
+    request_id_retention: Duration,
     guarding: Guarding,
     heartbeat: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<WorkspaceLifecycleServer<LifecycleService>>()
-        .await;
-    health_reporter
-        .set_serving::<WorkspaceAgentServer<AgentService>>()
-        .await;
     // grpcurl 1.8 asks reflection v1alpha, newer clients v1: serve both.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So grpcurl can print the google.rpc error details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("descriptor sets are valid");
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("descriptor sets are valid");
 
@@ -455,8 +478,11 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            WorkspaceLifecycleServer::new(LifecycleService::new(engine.clone()))
-                .max_decoding_message_size(limit),
+            WorkspaceLifecycleServer::new(LifecycleService::new(
+                engine.clone(),
+                request_id_retention,
+            ))
+            .max_decoding_message_size(limit),
         )
         .add_service(
             WorkspaceAgentServer::new(AgentService::new(engine, heartbeat))

@@ -63,8 +63,9 @@ pub struct AuthService<S> {
 
 /// The token of an `authorization: Bearer <token>` header.
 fn bearer<B>(request: &http::Request<B>) -> Result<&str, Status> {
-    let missing =
-        || Status::unauthenticated("a bearer token is required (authorization: Bearer …)");
+    let missing = || {
+        crate::grpc::status::unauthenticated("a bearer token is required (authorization: Bearer …)")
+    };
     let value = request
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -91,12 +92,12 @@ fn authorize<B>(tokens: &Tokens, request: &http::Request<B>) -> Result<Option<Ca
     let token = bearer(request).map_err(|status| (status, None))?;
     let caller = tokens.verify(token).ok_or_else(|| {
         (
-            Status::unauthenticated("the bearer token is not valid"),
+            crate::grpc::status::unauthenticated("the bearer token is not valid"),
             None,
         )
     })?;
     if caller.role < required {
-        let status = Status::permission_denied(format!(
+        let status = crate::grpc::status::permission_denied(format!(
             "{path} requires the {required} role; {:?} has {}",
             caller.name, caller.role
         ));

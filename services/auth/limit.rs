@@ -111,9 +111,10 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let refuse = |message: String| -> Self::Future {
-            Box::pin(std::future::ready(Ok(
-                Status::resource_exhausted(message).into_http()
-            )))
+            Box::pin(std::future::ready(Ok(crate::grpc::status::too_many_calls(
+                message,
+            )
+            .into_http())))
         };
         let (permit, deadline) = match request.extensions().get::<Caller>() {
             Some(caller) => match self.layer.permit(&caller.name) {

@@ -39,11 +39,11 @@ impl AgentService {
 /// workspaces from the answer.
 fn check_token(token: &str, workspace: &str) -> Result<WorkspaceId, Status> {
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-        return Err(Status::unauthenticated("an agent token is required"));
+        return Err(super::status::unauthenticated("an agent token is required"));
     }
-    workspace
-        .parse()
-        .map_err(|_| Status::unauthenticated("the agent token is not valid for this workspace"))
+    workspace.parse().map_err(|_| {
+        super::status::unauthenticated("the agent token is not valid for this workspace")
+    })
 }
 
 #[tonic::async_trait]
@@ -54,11 +54,20 @@ impl WorkspaceAgent for AgentService {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let request = request.into_inner();
         let workspace = check_token(&request.token, &request.workspace_id)?;
-        if request.endpoint.len() > 1024
-            || request.secret_names.len() > MAX_REPORTED
-            || request.file_paths.len() > MAX_REPORTED
-        {
-            return Err(Status::invalid_argument("registration report too large"));
+        let oversized = if request.endpoint.len() > 1024 {
+            Some("endpoint")
+        } else if request.secret_names.len() > MAX_REPORTED {
+            Some("secret_names")
+        } else if request.file_paths.len() > MAX_REPORTED {
+            Some("file_paths")
+        } else {
+            None
+        };
+        if let Some(field) = oversized {
+            return Err(super::status::invalid_field(
+                field,
+                "registration report too large",
+            ));
         }
         let report = AgentReport {
             config_version: ConfigVersion(request.config_version),

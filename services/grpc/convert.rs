@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use tonic::Status;
 
-use super::status::invalid;
+use super::status::invalid_field;
 use crate::{
     domain::{
         BackendKind, CycleId, CycleState, Outcome, Phase, Timestamp, Trigger, WorkspaceId,
@@ -30,9 +30,14 @@ fn opt_ts(at: Option<Timestamp>) -> Option<prost_types::Timestamp> {
 /// A workspace id from the wire: malformed → `INVALID_ARGUMENT`.
 pub(super) fn workspace_id(raw: &str) -> Result<WorkspaceId, Status> {
     if raw.is_empty() {
-        return Err(invalid("workspace_id is required"));
+        return Err(invalid_field("workspace_id", "workspace_id is required"));
     }
-    WorkspaceId::from_str(raw).map_err(|_| invalid(format!("workspace_id {raw:?} is not a UUID")))
+    WorkspaceId::from_str(raw).map_err(|_| {
+        invalid_field(
+            "workspace_id",
+            format!("workspace_id {raw:?} is not a UUID"),
+        )
+    })
 }
 
 /// A page token: empty (start) or a position we handed out.
@@ -43,7 +48,7 @@ pub(super) fn page_token(raw: &str) -> Result<i64, Status> {
     raw.parse::<i64>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| invalid("page_token is not one this server issued"))
+        .ok_or_else(|| invalid_field("page_token", "page_token is not one this server issued"))
 }
 
 /// A page size: 0 means 100; at most 1000.
@@ -51,7 +56,7 @@ pub(super) fn page_size(raw: u32) -> Result<usize, Status> {
     match raw {
         0 => Ok(100),
         1..=1000 => Ok(raw as usize),
-        _ => Err(invalid("page_size must be at most 1000")),
+        _ => Err(invalid_field("page_size", "page_size must be at most 1000")),
     }
 }
 
@@ -62,8 +67,14 @@ pub(super) fn restart_trigger(raw: i32) -> Result<Trigger, Status> {
         Ok(pb::Trigger::ConfigChanged) => Ok(Trigger::ConfigChanged),
         Ok(pb::Trigger::HealthProbe) => Ok(Trigger::HealthProbe),
         Ok(pb::Trigger::Reconciler) => Ok(Trigger::Reconciler),
-        Ok(pb::Trigger::Create) => Err(invalid("trigger CREATE is reserved for CreateWorkspace")),
-        Err(_) => Err(invalid(format!("unknown trigger value {raw}"))),
+        Ok(pb::Trigger::Create) => Err(invalid_field(
+            "trigger",
+            "trigger CREATE is reserved for CreateWorkspace",
+        )),
+        Err(_) => Err(invalid_field(
+            "trigger",
+            format!("unknown trigger value {raw}"),
+        )),
     }
 }
 
@@ -73,10 +84,14 @@ pub(super) fn backend_kind(raw: i32) -> Result<BackendKind, Status> {
         Ok(pb::BackendKind::Process) => Ok(BackendKind::Process),
         Ok(pb::BackendKind::Docker) => Ok(BackendKind::Docker),
         Ok(pb::BackendKind::Ec2) => Ok(BackendKind::Ec2),
-        Ok(pb::BackendKind::Unspecified) => {
-            Err(invalid("backend is required (PROCESS, DOCKER or EC2)"))
-        }
-        Err(_) => Err(invalid(format!("unknown backend value {raw}"))),
+        Ok(pb::BackendKind::Unspecified) => Err(invalid_field(
+            "backend",
+            "backend is required (PROCESS, DOCKER or EC2)",
+        )),
+        Err(_) => Err(invalid_field(
+            "backend",
+            format!("unknown backend value {raw}"),
+        )),
     }
 }
 

@@ -4,7 +4,7 @@
 //! the task ends or the caller goes away — closing a stream never cancels a
 //! cycle, which is durable.
 
-use std::{sync::Arc, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +30,7 @@ pub(super) type WatchStream = ReceiverStream<Result<pb::WorkspaceEvent, Status>>
 /// What an open stream gets when the server shuts down: the cycle goes on
 /// (durably); the caller can watch it again on another replica.
 fn shutting_down() -> Status {
-    Status::unavailable("the server is shutting down; the cycle continues")
+    super::status::shutting_down("the server is shutting down; the cycle continues")
 }
 
 /// How often a follower re-reads its cycle in case an event was missed.
@@ -71,53 +71,80 @@ fn terminal(outcome: Outcome, generation: Generation, config_version: u64, reaso
 pub(super) fn cycle_stream(
     engine: Arc<Engine>,
     admission: Admission,
+    events: Subscription,
+) -> RestartStream {
+    let now = engine.store().clock().now();
+    match first_event(admission, now) {
+        Some(first) => stream_from(engine, first, events, false),
+        None => ReceiverStream::new(mpsc::channel(1).1),
+    }
+}
+
+/// The first event of a request's stream: how it was admitted (`None` for
+/// an admission that answers nothing).
+pub(super) fn first_event(
+    admission: Admission,
+    now: crate::domain::Timestamp,
+) -> Option<pb::RestartEvent> {
+    let (first, cycle) = match admission.verdict {
+        Verdict::Accepted {
+            cycle, generation, ..
+        } => (
+            Ev::Accepted(pb::restart_event::Accepted {
+                cycle_id: cycle.to_string(),
+                generation: generation.0,
+            }),
+            Some(cycle),
+        ),
+        Verdict::Coalesced {
+            cycle, not_before, ..
+        } => (
+            Ev::Coalesced(pb::restart_event::Coalesced {
+                cycle_id: cycle.to_string(),
+                not_before: Some(ts(not_before)),
+            }),
+            Some(cycle),
+        ),
+        Verdict::Dropped { reason, until } => (
+            Ev::Debounced(pb::restart_event::Debounced {
+                until: until.map(ts),
+                reason: reason.describe().to_owned(),
+            }),
+            None,
+        ),
+        Verdict::Stored => (
+            Ev::Debounced(pb::restart_event::Debounced {
+                until: None,
+                reason: "the workspace is stopped; the change is stored for its next start".into(),
+            }),
+            None,
+        ),
+        Verdict::AlreadyDeleted => (Ev::Deleted(pb::restart_event::Deleted {}), None),
+        Verdict::Idle => return None,
+    };
+    Some(restart_event(cycle, now, first))
+}
+
+/// `first`, then the phases of the cycle it names up to its end. With
+/// `resync_first` (a replayed answer, whose cycle may be long over) the
+/// cycle's state is read from Postgres before waiting for events.
+pub(super) fn stream_from(
+    engine: Arc<Engine>,
+    first: pb::RestartEvent,
     mut events: Subscription,
+    resync_first: bool,
 ) -> RestartStream {
     let (tx, rx) = mpsc::channel(16);
+    let cycle = match &first.event {
+        Some(Ev::Accepted(_) | Ev::Coalesced(_)) => CycleId::from_str(&first.cycle_id).ok(),
+        _ => None,
+    };
     tokio::spawn(async move {
-        let now = engine.store().clock().now();
-        let (first, cycle) = match admission.verdict {
-            Verdict::Accepted {
-                cycle, generation, ..
-            } => (
-                Ev::Accepted(pb::restart_event::Accepted {
-                    cycle_id: cycle.to_string(),
-                    generation: generation.0,
-                }),
-                Some(cycle),
-            ),
-            Verdict::Coalesced {
-                cycle, not_before, ..
-            } => (
-                Ev::Coalesced(pb::restart_event::Coalesced {
-                    cycle_id: cycle.to_string(),
-                    not_before: Some(ts(not_before)),
-                }),
-                Some(cycle),
-            ),
-            Verdict::Dropped { reason, until } => (
-                Ev::Debounced(pb::restart_event::Debounced {
-                    until: until.map(ts),
-                    reason: reason.describe().to_owned(),
-                }),
-                None,
-            ),
-            Verdict::Stored => (
-                Ev::Debounced(pb::restart_event::Debounced {
-                    until: None,
-                    reason: "the workspace is stopped; the change is stored for its next start"
-                        .into(),
-                }),
-                None,
-            ),
-            Verdict::AlreadyDeleted => (Ev::Deleted(pb::restart_event::Deleted {}), None),
-            Verdict::Idle => return,
-        };
-        if tx.send(Ok(restart_event(cycle, now, first))).await.is_err() {
+        if tx.send(Ok(first)).await.is_err() {
             return;
         }
         let Some(cycle) = cycle else { return };
-        follow_cycle(&engine, cycle, &mut events, &tx).await;
+        follow_cycle(&engine, cycle, &mut events, &tx, resync_first).await;
     });
     ReceiverStream::new(rx)
 }
@@ -127,9 +154,13 @@ async fn follow_cycle(
     cycle: CycleId,
     events: &mut Subscription,
     tx: &mpsc::Sender<Result<pb::RestartEvent, Status>>,
+    mut resync: bool,
 ) {
     loop {
-        let event = tokio::select! {
+        let event = if std::mem::take(&mut resync) {
+            None
+        } else {
+            tokio::select! {
             received = events.recv() => match received {
                 Received::Event(event) => Some(event),
                 Received::Lagged | Received::Closed => None,
@@ -139,6 +170,7 @@ async fn follow_cycle(
             _ = engine.closing() => {
                 let _ = tx.send(Err(shutting_down())).await;
                 return;
+            }
             }
         };
         match event.as_deref() {

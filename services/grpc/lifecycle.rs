@@ -7,6 +7,8 @@ use tonic::{Request, Response, Status};
 use super::{
     convert::{self, ts},
     follow::{self, RestartStream, WatchStream},
+    idempotent::{self, Idempotent, Plan, RequestIds},
+    status,
 };
 use crate::{
     auth::Caller,
@@ -23,37 +25,74 @@ use crate::{
 #[derive(Clone)]
 pub struct LifecycleService {
     engine: Arc<Engine>,
+    request_ids: RequestIds,
 }
 
 impl LifecycleService {
-    /// Serves `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// Serves `engine`, remembering mutations' request ids for
+    /// `request_id_retention`.
+    pub fn new(engine: Arc<Engine>, request_id_retention: std::time::Duration) -> Self {
+        Self {
+            request_ids: RequestIds::new(engine.clone(), request_id_retention),
+            engine,
+        }
     }
 
     /// Submits a request that asks for a cycle and streams what follows.
-    async fn cycle_request(&self, intent: Intent) -> Result<Response<RestartStream>, Status> {
+    /// With a request id, the first event is the recorded answer: a repeat
+    /// gets it and follows the same cycle, and submits nothing.
+    async fn cycle_request<R: Idempotent>(
+        &self,
+        request: &R,
+        intent: Intent,
+    ) -> Result<Response<RestartStream>, Status> {
         let events = self.engine.subscribe(intent.workspace);
-        let admission = self.engine.submit(intent).await?;
-        Ok(Response::new(follow::cycle_stream(
-            self.engine.clone(),
-            admission,
-            events,
-        )))
+        let engine = self.engine.clone();
+        let stream = match self.request_ids.plan(request).await? {
+            Plan::Unkeyed => {
+                let admission = self.engine.submit(intent).await?;
+                follow::cycle_stream(engine, admission, events)
+            }
+            Plan::Replay(answer) => {
+                follow::stream_from(engine, idempotent::decode(&answer)?, events, true)
+            }
+            Plan::Run(claim) => {
+                let admitted = self.engine.submit(intent).await;
+                let now = self.engine.store().clock().now();
+                let first = admitted
+                    .as_ref()
+                    .ok()
+                    .map(|admission| follow::first_event(admission.clone(), now));
+                idempotent::settle(claim, first.as_ref().and_then(Option::as_ref)).await;
+                admitted?;
+                match first.flatten() {
+                    Some(first) => follow::stream_from(engine, first, events, false),
+                    None => follow::cycle_stream(engine, Admission::of(Verdict::Idle), events),
+                }
+            }
+        };
+        Ok(Response::new(stream))
     }
 
     /// Submits a config mutation and says how it will be delivered.
-    async fn change(
+    async fn change<R: Idempotent>(
         &self,
+        request: &R,
         workspace: WorkspaceId,
         change: Change,
         by: (String, &'static str),
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let admission = self
-            .engine
-            .submit(Intent::change(workspace, change).by(by.0, by.1))
+        let answer = self
+            .request_ids
+            .unary(request, async {
+                let admission = self
+                    .engine
+                    .submit(Intent::change(workspace, change).by(by.0, by.1))
+                    .await?;
+                Ok(config_change_response(admission))
+            })
             .await?;
-        Ok(Response::new(config_change_response(admission)))
+        Ok(Response::new(answer))
     }
 }
 
@@ -93,24 +132,33 @@ impl WorkspaceLifecycle for LifecycleService {
         let request = request.into_inner();
         validate::workspace_name(&request.name)?;
         let backend = convert::backend_kind(request.backend)?;
-        let spec = convert::spec_from(request.spec);
+        let spec = convert::spec_from(request.spec.clone());
         validate::spec(&spec)?;
         if !self.engine.backends().enabled(backend) {
-            return Err(Status::failed_precondition(format!(
-                "backend {backend} is not enabled on this server"
-            )));
+            return Err(status::failed_precondition(
+                status::reason::BACKEND_NOT_ENABLED,
+                "CONFIGURATION",
+                "backend",
+                format!("backend {backend} is not enabled on this server"),
+            ));
         }
-        let workspace = WorkspaceId::new();
-        let creation = Creation {
-            name: request.name,
-            backend,
-            spec,
-        };
-        self.engine
-            .submit(Intent::create(workspace, creation).by(caller, "CreateWorkspace"))
+        let answer = self
+            .request_ids
+            .unary(&request, async {
+                let workspace = WorkspaceId::new();
+                let creation = Creation {
+                    name: request.name.clone(),
+                    backend,
+                    spec,
+                };
+                self.engine
+                    .submit(Intent::create(workspace, creation).by(caller, "CreateWorkspace"))
+                    .await?;
+                let record = self.engine.store().workspace(workspace).await?;
+                Ok(convert::workspace(&record))
+            })
             .await?;
-        let record = self.engine.store().workspace(workspace).await?;
-        Ok(Response::new(convert::workspace(&record)))
+        Ok(Response::new(answer))
     }
 
     async fn get_workspace(
@@ -151,10 +199,9 @@ impl WorkspaceLifecycle for LifecycleService {
         let workspace = convert::workspace_id(&request.workspace_id)?;
         let trigger = convert::restart_trigger(request.trigger)?;
         validate::reason("reason", &request.reason)?;
-        self.cycle_request(
-            Intent::restart(workspace, trigger, request.reason).by(caller, "RestartWorkspace"),
-        )
-        .await
+        let intent = Intent::restart(workspace, trigger, request.reason.clone())
+            .by(caller, "RestartWorkspace");
+        self.cycle_request(&request, intent).await
     }
 
     type StopWorkspaceStream = RestartStream;
@@ -167,11 +214,14 @@ impl WorkspaceLifecycle for LifecycleService {
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::reason("reason", &request.reason)?;
-        self.cycle_request(
-            Intent::new(workspace, Ask::Stop, Trigger::Manual, request.reason)
-                .by(caller, "StopWorkspace"),
+        let intent = Intent::new(
+            workspace,
+            Ask::Stop,
+            Trigger::Manual,
+            request.reason.clone(),
         )
-        .await
+        .by(caller, "StopWorkspace");
+        self.cycle_request(&request, intent).await
     }
 
     type DeleteWorkspaceStream = RestartStream;
@@ -184,11 +234,14 @@ impl WorkspaceLifecycle for LifecycleService {
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::reason("reason", &request.reason)?;
-        self.cycle_request(
-            Intent::new(workspace, Ask::Delete, Trigger::Manual, request.reason)
-                .by(caller, "DeleteWorkspace"),
+        let intent = Intent::new(
+            workspace,
+            Ask::Delete,
+            Trigger::Manual,
+            request.reason.clone(),
         )
-        .await
+        .by(caller, "DeleteWorkspace");
+        self.cycle_request(&request, intent).await
     }
 
     async fn set_secret(
@@ -201,10 +254,11 @@ impl WorkspaceLifecycle for LifecycleService {
         validate::env_name("name", &request.name)?;
         validate::secret_value(&request.value)?;
         self.change(
+            &request,
             workspace,
             Change::SetSecret {
-                name: request.name,
-                value: Secret::new(request.value),
+                name: request.name.clone(),
+                value: Secret::new(request.value.clone()),
             },
             (caller, "SetSecret"),
         )
@@ -220,8 +274,11 @@ impl WorkspaceLifecycle for LifecycleService {
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::secret_name_to_delete(&request.name)?;
         self.change(
+            &request,
             workspace,
-            Change::DeleteSecret { name: request.name },
+            Change::DeleteSecret {
+                name: request.name.clone(),
+            },
             (caller, "DeleteSecret"),
         )
         .await
@@ -237,10 +294,11 @@ impl WorkspaceLifecycle for LifecycleService {
         validate::file_path(&request.path)?;
         validate::file_content(&request.content)?;
         self.change(
+            &request,
             workspace,
             Change::WriteFile {
-                path: request.path,
-                content: request.content,
+                path: request.path.clone(),
+                content: request.content.clone(),
             },
             (caller, "WriteFile"),
         )
@@ -256,8 +314,11 @@ impl WorkspaceLifecycle for LifecycleService {
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::file_path(&request.path)?;
         self.change(
+            &request,
             workspace,
-            Change::DeleteFile { path: request.path },
+            Change::DeleteFile {
+                path: request.path.clone(),
+            },
             (caller, "DeleteFile"),
         )
         .await

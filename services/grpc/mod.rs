@@ -3,8 +3,10 @@
 //! become gRPC statuses in exactly one place ([`status`]).
 
 mod agent;
+pub mod codec;
 mod convert;
 mod follow;
+mod idempotent;
 mod lifecycle;
 pub mod status;
 

@@ -19,6 +19,7 @@ mod lease;
 mod limits;
 pub mod listener;
 mod notify;
+mod request_ids;
 mod retention;
 mod rows;
 pub mod sealing;
@@ -49,6 +50,7 @@ use crate::{
     },
 };
 pub(crate) use error::db;
+pub use request_ids::{Claim, RequestClaim};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -250,6 +252,11 @@ impl Store {
     /// The connection settings, for the listener's dedicated connection.
     pub(crate) fn pg_config(&self) -> &tokio_postgres::Config {
         &self.pg_config
+    }
+
+    /// The most connections the pool opens.
+    pub fn pool_max_size(&self) -> usize {
+        self.pool.status().max_size
     }
 
     /// Connections in use and idle (for operators and benchmarks).

@@ -11,6 +11,7 @@ use chacha20poly1305::{
     Key, KeyInit as _, XChaCha20Poly1305, XNonce,
     aead::{Aead as _, Payload},
 };
+use sha2::{Digest as _, Sha256};
 
 use crate::{
     domain::{Secret, WorkspaceId},
@@ -77,6 +78,9 @@ impl SecretsKey {
 #[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    /// Keys [`Sealer::digest`]: derived from the secrets key, so a digest
+    /// of a request that carries a secret reveals nothing without the key.
+    digest_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Sealer {
@@ -103,9 +107,22 @@ pub struct Sealed {
 impl Sealer {
     /// Seals with `key`.
     pub fn new(key: &SecretsKey) -> Self {
+        let mut derive = Sha256::new();
+        derive.update(b"workspace-lifecycle request digest key\0");
+        derive.update(key.0.as_slice());
         Self {
             cipher: XChaCha20Poly1305::new(&key.0),
+            digest_key: derive.finalize().into(),
         }
+    }
+
+    /// A keyed digest of `data`: equal for equal data under one key, and
+    /// useless for guessing `data` without the key (it may hold secrets).
+    pub fn digest(&self, data: &[u8]) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(self.digest_key);
+        hash.update(data);
+        hash.finalize().into()
     }
 
     /// Seals the value of secret `name` of `workspace`.

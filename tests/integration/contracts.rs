@@ -54,6 +54,7 @@ async fn set_secret(
             workspace_id: ws.to_string(),
             name: name.into(),
             value: value.into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -70,6 +71,7 @@ async fn write_file(
             workspace_id: ws.to_string(),
             path: path.into(),
             content: path.as_bytes().to_vec(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -229,6 +231,7 @@ async fn c5_one_stop_start_at_a_time_across_every_entry_point(replicas: usize) {
                 workspace_id: id,
                 name: format!("S{i}"),
                 value: "v".into(),
+                request_id: String::new(),
             })
             .await
         }
@@ -240,6 +243,7 @@ async fn c5_one_stop_start_at_a_time_across_every_entry_point(replicas: usize) {
         .stop_workspace(pb::StopWorkspaceRequest {
             workspace_id: id.clone(),
             reason: "test".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -482,6 +486,7 @@ async fn c8_fifty_concurrent_writes_give_one_cycle(replicas: usize) {
                 workspace_id: id,
                 path: format!("f{i}"),
                 content: vec![b'x'; 10],
+                request_id: String::new(),
             })
             .await
         }

@@ -101,6 +101,7 @@ async fn create_restart_config_stop_and_delete_on_real_containers() {
             workspace_id: ws.to_string(),
             path: "conf/app.toml".into(),
             content: b"x = 1".to_vec(),
+            request_id: String::new(),
         })
         .await
         .unwrap();
@@ -110,6 +111,7 @@ async fn create_restart_config_stop_and_delete_on_real_containers() {
             workspace_id: ws.to_string(),
             name: "API_KEY".into(),
             value: "sk-docker".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -138,6 +140,7 @@ async fn create_restart_config_stop_and_delete_on_real_containers() {
         .stop_workspace(pb::StopWorkspaceRequest {
             workspace_id: ws.to_string(),
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -152,6 +155,7 @@ async fn create_restart_config_stop_and_delete_on_real_containers() {
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: ws.to_string(),
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .unwrap()

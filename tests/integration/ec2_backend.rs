@@ -86,6 +86,7 @@ async fn create_restart_and_delete_on_moto_keep_exactly_the_current_generation()
             workspace_id: ws.to_string(),
             name: "API_KEY".into(),
             value: "sk-ec2".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -110,6 +111,7 @@ async fn create_restart_and_delete_on_moto_keep_exactly_the_current_generation()
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: ws.to_string(),
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -374,6 +376,7 @@ async fn a_file_too_big_for_user_data_is_refused_and_changes_nothing() {
             workspace_id: ws.to_string(),
             path: "big.bin".into(),
             content: vec![b'x'; 20 * 1024],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -398,6 +401,7 @@ async fn a_file_too_big_for_user_data_is_refused_and_changes_nothing() {
             workspace_id: ws.to_string(),
             path: "small.txt".into(),
             content: vec![b'y'; 1024],
+            ..Default::default()
         })
         .await
         .expect("a file that fits is accepted");

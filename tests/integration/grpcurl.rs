@@ -315,3 +315,72 @@ async fn tls_and_mtls_work_end_to_end_with_grpcurl() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn grpcurl_prints_the_error_details() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("details").await.to_string();
+    let addr = s.addr.to_string();
+    let body = format!(r#"{{"workspace_id": "{ws}", "name": "LD_PRELOAD", "value": "x"}}"#);
+    let (ok, text) = grpcurl(
+        &addr,
+        &["-H", AUTH, "-d", &body],
+        &["workspace.lifecycle.v1.WorkspaceLifecycle/SetSecret"],
+    )
+    .await;
+    assert!(!ok, "{text}");
+    assert!(text.contains("Code: InvalidArgument"), "{text}");
+    // Decoded through reflection, not raw bytes.
+    assert!(!text.contains("is not recognized"), "{text}");
+    for expected in [
+        r#""@type":"type.googleapis.com/google.rpc.BadRequest""#,
+        r#""fieldViolations":[{"field":"name""#,
+        r#""@type":"type.googleapis.com/google.rpc.ErrorInfo""#,
+        r#""reason":"INVALID_FIELD""#,
+        r#""domain":"workspace-lifecycle""#,
+    ] {
+        assert!(text.contains(expected), "{expected} not in {text}");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_crate_connects_over_tls_and_mtls() {
+    use workspace_lifecycle_client::{Client, Tls};
+    let pki = Pki::new();
+    let read = |name: &str| std::fs::read(pki.path(name)).unwrap();
+    let s = tls_server(&pki, true).await;
+    let endpoint = format!("https://127.0.0.1:{}", s.addr.port());
+    // mTLS: the CA verifies the server, the client certificate the client,
+    // and the token still decides access.
+    let client = Client::builder(endpoint.clone())
+        .token(crate::support::ADMIN_TOKEN)
+        .tls(Tls {
+            ca_pem: Some(read("ca.pem")),
+            identity: Some((read("client.pem"), read("client.key"))),
+            domain: None,
+        })
+        .connect()
+        .await
+        .expect("mTLS connects");
+    client
+        .all_workspaces(false)
+        .await
+        .expect("served over mTLS");
+    // Without a client certificate the handshake (or the first call) fails.
+    let anonymous = Client::builder(endpoint)
+        .token(crate::support::ADMIN_TOKEN)
+        .retry(workspace_lifecycle_client::RetryPolicy::never())
+        .tls(Tls {
+            ca_pem: Some(read("ca.pem")),
+            ..Tls::default()
+        })
+        .connect()
+        .await;
+    let refused = match anonymous {
+        Err(_) => true,
+        Ok(client) => client.all_workspaces(false).await.is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+    s.shutdown().await;
+}

@@ -10,12 +10,17 @@ mod support;
 
 mod attacks;
 mod bad_input;
+mod cli;
+mod client;
 mod contracts;
 mod docker_backend;
 mod ec2_backend;
 mod faults;
 mod grpcurl;
+mod health;
+mod idempotency;
 mod process_backend;
 mod replicas;
 mod security;
+mod server_image;
 mod telemetry;

@@ -61,6 +61,7 @@ async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
             workspace_id: ws.to_string(),
             name: "API_KEY".into(),
             value: "sk-live-1".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -91,6 +92,7 @@ async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
         .stop_workspace(pb::StopWorkspaceRequest {
             workspace_id: ws.to_string(),
             reason: "done".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -108,6 +110,7 @@ async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: ws.to_string(),
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -146,6 +149,7 @@ async fn the_agent_ends_with_the_server_process_that_launched_it() {
             name: "parent".into(),
             backend: pb::BackendKind::Process as i32,
             spec: None,
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -196,6 +200,7 @@ async fn the_agent_runs_unprivileged_with_private_files() {
             workspace_id: ws.to_string(),
             path: "conf/app.toml".into(),
             content: b"x = 1".to_vec(),
+            request_id: String::new(),
         })
         .await
         .unwrap();
@@ -262,6 +267,7 @@ async fn the_lost_secret_race_ends_on_a_generation_that_has_both_secrets() {
                     workspace_id: id,
                     name: name.into(),
                     value: format!("{name}-value"),
+                    request_id: String::new(),
                 })
                 .await
                 .unwrap()

@@ -73,6 +73,7 @@ async fn restart_accepted(
             workspace_id: ws.to_string(),
             trigger: pb::Trigger::Manual as i32,
             reason: reason.into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -176,6 +177,7 @@ pub(crate) async fn create(c: &mut LifecycleClient, name: &str) -> WorkspaceId {
             name: name.into(),
             backend: pb::BackendKind::Process as i32,
             spec: None,
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -235,6 +237,7 @@ async fn one_request(
                     workspace_id: id,
                     trigger: trigger as i32,
                     reason: "storm".into(),
+                    request_id: String::new(),
                 })
                 .await
                 .expect("restart answered")
@@ -256,6 +259,7 @@ async fn one_request(
                     workspace_id: id,
                     name: format!("S{}", rng.below(3)),
                     value: format!("v{n}"),
+                    request_id: String::new(),
                 })
                 .await
                 .expect("set secret")
@@ -268,6 +272,7 @@ async fn one_request(
                     workspace_id: id,
                     path: format!("f{}.txt", rng.below(3)),
                     content: format!("{n}").into_bytes(),
+                    request_id: String::new(),
                 })
                 .await
                 .expect("write file")
@@ -380,6 +385,7 @@ async fn kill_9_of_the_replica_running_a_cycle_is_completed_by_another() {
             workspace_id: ws.to_string(),
             name: "LATE".into(),
             value: "v".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -431,6 +437,7 @@ async fn postgres_restarted_mid_run_gives_unavailable_then_recovers_losing_nothi
             workspace_id: ws.to_string(),
             name: "BEFORE_OUTAGE".into(),
             value: "v".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -449,6 +456,7 @@ async fn postgres_restarted_mid_run_gives_unavailable_then_recovers_losing_nothi
             workspace_id: ws.to_string(),
             trigger: pb::Trigger::Manual as i32,
             reason: "during the outage".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap_err();

@@ -274,6 +274,7 @@ async fn secrets_are_sealed_at_rest() {
                 workspace_id: ws.to_string(),
                 name: name.into(),
                 value: value.into(),
+                request_id: String::new(),
             })
             .await
             .unwrap();
@@ -349,6 +350,7 @@ async fn every_mutation_leaves_an_audit_record() {
             workspace_id: id.clone(),
             name: "API_KEY".into(),
             value: "sk-audit-value-never-recorded".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap();
@@ -358,6 +360,7 @@ async fn every_mutation_leaves_an_audit_record() {
             workspace_id: id.clone(),
             path: "conf/app.toml".into(),
             content: b"x = 1".to_vec(),
+            request_id: String::new(),
         })
         .await
         .unwrap();
@@ -366,6 +369,7 @@ async fn every_mutation_leaves_an_audit_record() {
         .delete_secret(pb::DeleteSecretRequest {
             workspace_id: id.clone(),
             name: "API_KEY".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap();
@@ -375,6 +379,7 @@ async fn every_mutation_leaves_an_audit_record() {
             workspace_id: id.clone(),
             trigger: pb::Trigger::Manual as i32,
             reason: "audit".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -398,6 +403,7 @@ async fn every_mutation_leaves_an_audit_record() {
         .stop_workspace(pb::StopWorkspaceRequest {
             workspace_id: id.clone(),
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -408,6 +414,7 @@ async fn every_mutation_leaves_an_audit_record() {
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: id.clone(),
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -424,6 +431,7 @@ async fn every_mutation_leaves_an_audit_record() {
             workspace_id: id.clone(),
             name: "X".into(),
             value: "v".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -625,6 +633,7 @@ async fn known_secret_values_appear_in_no_log_line_error_or_response() {
             name: "canary".into(),
             backend: pb::BackendKind::Process as i32,
             spec: None,
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -639,6 +648,7 @@ async fn known_secret_values_appear_in_no_log_line_error_or_response() {
         workspace_id: workspace_id.into(),
         name: name.into(),
         value,
+        request_id: String::new(),
     };
     let accepted = c
         .set_secret(set(&id, "API_KEY", known[0].into()))
@@ -675,6 +685,7 @@ async fn known_secret_values_appear_in_no_log_line_error_or_response() {
             workspace_id: id.clone(),
             trigger: pb::Trigger::Manual as i32,
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -704,6 +715,7 @@ async fn known_secret_values_appear_in_no_log_line_error_or_response() {
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: id.clone(),
             reason: String::new(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -750,6 +762,7 @@ async fn a_callers_deadline_is_honoured() {
         name: "held".into(),
         backend: pb::BackendKind::Process as i32,
         spec: None,
+        request_id: String::new(),
     });
     request.set_timeout(std::time::Duration::from_millis(300));
     let started = tokio::time::Instant::now();

@@ -125,6 +125,7 @@ async fn create(c: &mut LifecycleClient, name: &str, command: &[&str]) -> String
             command: command.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }),
+        request_id: String::new(),
     })
     .await
     .unwrap()
@@ -166,6 +167,7 @@ async fn first_event(
                 workspace_id: ws.into(),
                 trigger: pb::Trigger::Manual as i32,
                 reason: "telemetry test".into(),
+                request_id: String::new(),
             },
             traceparent,
         ))
@@ -229,6 +231,7 @@ async fn every_cycle_is_one_trace_with_phases_events_and_the_callers_context() {
                 workspace_id: ws.clone(),
                 name: name.into(),
                 value: value.into(),
+                request_id: String::new(),
             })
             .await
             .unwrap();

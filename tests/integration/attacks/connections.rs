@@ -288,6 +288,7 @@ async fn anonymous_floods_cannot_slow_a_real_caller() {
             name: "flooded".into(),
             backend: pb::BackendKind::Process as i32,
             spec: None,
+            request_id: String::new(),
         })
         .await
         .unwrap()

@@ -59,6 +59,7 @@ async fn hooks_are_refused_as_secret_and_spec_env_names() {
                     workspace_id: ws.to_string(),
                     name: spelling.clone(),
                     value: "/workspace/files/evil.so".into(),
+                    request_id: String::new(),
                 })
                 .await
                 .expect_err(&spelling);
@@ -76,6 +77,7 @@ async fn hooks_are_refused_as_secret_and_spec_env_names() {
                 name: "hooked".into(),
                 backend: pb::BackendKind::Process as i32,
                 spec: Some(spec),
+                request_id: String::new(),
             })
             .await
             .expect_err(name);
@@ -94,6 +96,7 @@ async fn hooks_are_refused_as_secret_and_spec_env_names() {
             workspace_id: ws.to_string(),
             name: "API_KEY".into(),
             value: "v".into(),
+            request_id: String::new(),
         })
         .await
         .expect("an application's own name is accepted");

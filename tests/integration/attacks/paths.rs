@@ -58,6 +58,7 @@ async fn paths_the_backends_cannot_carry_are_refused_and_change_nothing() {
                 workspace_id: ws.to_string(),
                 path: path.into(),
                 content: b"x".to_vec(),
+                request_id: String::new(),
             })
             .await
             .expect_err(path);
@@ -71,6 +72,7 @@ async fn paths_the_backends_cannot_carry_are_refused_and_change_nothing() {
             workspace_id: ws.to_string(),
             path: format!("dir/{}", "s".repeat(255)),
             content: b"x".to_vec(),
+            request_id: String::new(),
         })
         .await
         .expect("a 255-byte segment is accepted");
@@ -91,6 +93,7 @@ async fn a_path_is_a_file_or_a_directory_and_files_can_be_deleted() {
                 workspace_id: ws.to_string(),
                 path: path.into(),
                 content: b"x".to_vec(),
+                ..Default::default()
             })
             .await
         }
@@ -101,6 +104,7 @@ async fn a_path_is_a_file_or_a_directory_and_files_can_be_deleted() {
             c.delete_file(pb::DeleteFileRequest {
                 workspace_id: ws.to_string(),
                 path: path.into(),
+                ..Default::default()
             })
             .await
         }

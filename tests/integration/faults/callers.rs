@@ -30,6 +30,7 @@ async fn callers_cancelling_mid_admission_leave_nothing_half_done() {
                 workspace_id: ws.to_string(),
                 name: format!("K{}", i % 3),
                 value: format!("v{i}"),
+                ..Default::default()
             });
             match tokio::time::timeout(Duration::from_micros(i % 5 * 1000), call).await {
                 Ok(Ok(answer)) => Some((ws, answer.into_inner().config_version)),

@@ -16,6 +16,7 @@ async fn delete(s: &TestServer, ws: WorkspaceId) -> Vec<pb::RestartEvent> {
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: ws.to_string(),
             reason: "test".into(),
+            ..Default::default()
         })
         .await
         .expect("delete is accepted")

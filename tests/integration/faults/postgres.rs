@@ -25,7 +25,7 @@ async fn a_cut_longer_than_a_lease_delays_the_cycle_and_loses_nothing() {
     let dir = agent_reachable_tempdir();
     let agent = slow_agent(dir.path());
     let server = replica(
-        &proxy.url,
+        &proxy.url(),
         dir.path(),
         "server",
         &["--agent-command", &agent],
@@ -42,6 +42,7 @@ async fn a_cut_longer_than_a_lease_delays_the_cycle_and_loses_nothing() {
             workspace_id: ws.to_string(),
             name: "DURING_LATENCY".into(),
             value: "v".into(),
+            ..Default::default()
         })
         .await
         .expect("a slow database still answers")
@@ -57,6 +58,7 @@ async fn a_cut_longer_than_a_lease_delays_the_cycle_and_loses_nothing() {
             workspace_id: ws.to_string(),
             name: "BEFORE_THE_CUT".into(),
             value: "v".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -66,6 +68,7 @@ async fn a_cut_longer_than_a_lease_delays_the_cycle_and_loses_nothing() {
             workspace_id: ws.to_string(),
             trigger: pb::Trigger::Manual as i32,
             reason: "cut me".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -45,6 +45,7 @@ async fn delete(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEven
         .delete_workspace(pb::DeleteWorkspaceRequest {
             workspace_id: ws.to_string(),
             reason: "test".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -73,6 +74,7 @@ async fn create_running(c: &mut LifecycleClient, name: &str, script: String) -> 
                 command: vec!["sh".into(), "-c".into(), script],
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -86,6 +88,7 @@ async fn restart(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEve
             workspace_id: ws.to_string(),
             trigger: pb::Trigger::Manual as i32,
             reason: "test".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -209,6 +212,7 @@ async fn an_owner_paused_past_its_lease_changes_nothing_when_resumed() {
             workspace_id: ws.to_string(),
             trigger: pb::Trigger::Manual as i32,
             reason: "pause me".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -364,6 +368,7 @@ async fn kill_9_of_the_owner_in_each_phase_is_completed_by_another_replica() {
                 workspace_id: ws.to_string(),
                 trigger: pb::Trigger::Manual as i32,
                 reason: "kill its owner".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -467,6 +472,7 @@ async fn an_owner_paused_during_its_stop_changes_nothing_when_resumed() {
             workspace_id: ws.to_string(),
             trigger: pb::Trigger::Manual as i32,
             reason: "pause me while I stop".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -201,6 +201,8 @@ impl TestServer {
         args.reconcile_interval = Duration::from_millis(200);
         args.stop_grace = Duration::from_secs(2);
         args.shutdown_grace = Duration::from_secs(5);
+        // In-process servers need no time for a load balancer to notice.
+        args.drain_delay = Duration::ZERO;
         args.heartbeat_interval = Duration::from_secs(1);
         args.db_connections = 16;
         args.auth_tokens = Some(test_token_entries());
@@ -273,6 +275,13 @@ impl TestServer {
         lifecycle_client(self.channel().await, token).unwrap()
     }
 
+    /// The client crate's client of this server, with the admin token.
+    pub async fn typed_client(&self) -> workspace_lifecycle_client::Client {
+        workspace_lifecycle_client::Client::connect(format!("http://{}", self.addr), ADMIN_TOKEN)
+            .await
+            .unwrap()
+    }
+
     /// A client of this server that sends no token.
     pub async fn anonymous_client(&self) -> WorkspaceLifecycleClient<tonic::transport::Channel> {
         WorkspaceLifecycleClient::new(self.channel().await)
@@ -334,6 +343,7 @@ impl TestServer {
                 name: name.into(),
                 backend: backend as i32,
                 spec: None,
+                request_id: String::new(),
             })
             .await
             .expect("create")
@@ -362,6 +372,7 @@ impl TestServer {
                 workspace_id: ws.to_string(),
                 trigger: trigger as i32,
                 reason: "test".into(),
+                request_id: String::new(),
             })
             .await
             .map(|r| r.into_inner())

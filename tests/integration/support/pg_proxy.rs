@@ -22,8 +22,7 @@ use tokio::{
 pub struct PgProxy {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The database URL through the proxy.
-    pub url: String,
+    url: String,
     open: Arc<AtomicBool>,
     /// Bumped on every cut: live connections end when it changes.
     cuts: watch::Sender<u64>,
@@ -56,7 +55,8 @@ impl PgProxy {
             config.get_dbname().unwrap_or("postgres"),
         );
         if let Some(password) = config.get_password() {
-            through.push_str(&format!(" password={}", String::from_utf8_lossy(password)));
+            let password = String::from_utf8_lossy(password).replace('\\', "\\\\");
+            through.push_str(&format!(" password='{}'", password.replace('\'', "\\'")));
         }
         let open = Arc::new(AtomicBool::new(true));
         let (cuts, _) = watch::channel(0);
@@ -86,6 +86,11 @@ impl PgProxy {
             latency_us,
             task,
         }
+    }
+
+    /// A URL for the same database through the proxy.
+    pub fn url(&self) -> String {
+        self.url.clone()
     }
 
     /// Drops every open connection and refuses new ones.
