@@ -13,27 +13,38 @@ pub(super) fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// True if some process of group `pgid` still runs. Zombies do not count:
-/// a group whose leader was spawned by a server that is paused (or gone
-/// before reaping) keeps its zombie until that server reaps it, yet nothing
-/// of it runs.
-pub(super) fn group_alive(pgid: u32) -> bool {
+/// True if group `pgid` still has a member worth waiting for: one that
+/// runs, or a zombie whose parent can reap it. A zombie whose parent is
+/// stopped (a paused server that spawned the group) runs nothing and will
+/// not be reaped until that server resumes, so it is not worth waiting for.
+pub(super) fn group_pending(pgid: u32) -> bool {
     let Ok(entries) = fs::read_dir("/proc") else {
         return false;
     };
     entries.flatten().any(|entry| {
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+        let Some((state, parent, group)) = stat_fields(&entry.path().join("stat")) else {
             return false;
         };
-        let Some(close) = stat.rfind(')') else {
+        if group != pgid {
             return false;
-        };
-        // Fields after the name: state, ppid, pgrp.
-        let mut fields = stat[close + 1..].split_whitespace();
-        let state = fields.next();
-        let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
-        group == Some(pgid) && !matches!(state, Some("Z") | Some("X"))
+        }
+        match state.as_str() {
+            "Z" | "X" => stat_fields(std::path::Path::new(&format!("/proc/{parent}/stat")))
+                .is_some_and(|(parent_state, _, _)| parent_state != "T"),
+            _ => true,
+        }
     })
+}
+
+/// State, parent pid and process group of a `/proc/<pid>/stat`.
+fn stat_fields(path: &std::path::Path) -> Option<(String, u32, u32)> {
+    let stat = fs::read_to_string(path).ok()?;
+    // Fields after the name: state, ppid, pgrp.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.to_owned();
+    let parent = fields.next()?.parse().ok()?;
+    let group = fields.next()?.parse().ok()?;
+    Some((state, parent, group))
 }
 
 /// True if `pid` runs, is not a zombie, and (when given) started at
@@ -60,7 +71,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_group_is_alive_while_a_member_runs() {
+    fn a_group_is_pending_while_a_member_runs() {
         let me = std::process::id();
         let group = fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
         let pgid: u32 = group[group.rfind(')').unwrap() + 1..]
@@ -69,8 +80,8 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(group_alive(pgid));
-        assert!(!group_alive(u32::MAX));
+        assert!(group_pending(pgid));
+        assert!(!group_pending(u32::MAX));
     }
 
     #[test]

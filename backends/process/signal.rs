@@ -23,12 +23,17 @@ pub(super) async fn terminate(record: &InstanceRecord, halt: Halt, grace: Durati
         }
     }
     // Whatever is left in the group (the leader, or processes it forked)
-    // gets SIGKILL, and we wait until the group is empty.
+    // gets SIGKILL, and we wait until the group is empty — except for
+    // zombies of a paused server, which run nothing and which nobody will
+    // reap until that server resumes.
     let _ = killpg(group, Signal::SIGKILL);
     wait_until_dead(record, Duration::from_secs(5)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut pause = Duration::from_millis(1);
-    while procfs::group_alive(record.pid) && tokio::time::Instant::now() < deadline {
+    while killpg(group, None).is_ok()
+        && procfs::group_pending(record.pid)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(10));
     }

@@ -12,7 +12,7 @@
 //! workspaces this database does not know are left alone: they may belong
 //! to another deployment sharing the backend.
 
-use workspace_backends::{Backend, Halt, InstanceRef};
+use workspace_backends::{Backend, Halt, InstancePhase, InstanceRef};
 
 use super::{EngineError, backends::Backends};
 use crate::{
@@ -71,6 +71,10 @@ async fn collect_now(store: &Store, backends: &Backends) -> Result<usize, Engine
 
 /// True if `instance` must go given its workspace's `standing`.
 fn doomed(instance: &InstanceRef, standing: Standing) -> bool {
+    // Already gone (a terminated EC2 instance stays listed for a while).
+    if instance.phase == InstancePhase::Missing {
+        return false;
+    }
     match standing {
         Standing::Busy => false,
         // Newer than what serves cannot be (generations are recorded
@@ -102,8 +106,6 @@ async fn remove(backend: &dyn Backend, instance: &InstanceRef, standing: Standin
 
 #[cfg(test)]
 mod tests {
-    use workspace_backends::InstancePhase;
-
     use super::*;
     use crate::domain::WorkspaceId;
 
@@ -129,5 +131,13 @@ mod tests {
         for deleted in [false, true] {
             assert!(doomed(&instance(Some(3)), Standing::Idle { deleted }));
         }
+        let gone = InstanceRef {
+            phase: InstancePhase::Missing,
+            ..instance(Some(1))
+        };
+        assert!(
+            !doomed(&gone, Standing::Idle { deleted: true }),
+            "already gone"
+        );
     }
 }

@@ -98,16 +98,6 @@ pub enum EventKind {
     Resync,
 }
 
-impl EventKind {
-    /// The cycle this event is about, if any.
-    pub fn cycle(&self) -> Option<CycleId> {
-        match self {
-            Self::Cycle { cycle, .. } => Some(*cycle),
-            _ => None,
-        }
-    }
-}
-
 /// How many events a slow subscriber may fall behind before it must resync.
 const SUBSCRIBER_BUFFER: usize = 256;
 
@@ -115,7 +105,6 @@ const SUBSCRIBER_BUFFER: usize = 256;
 #[derive(Clone, Default)]
 pub struct EventBus {
     channels: KeyedSlots<WorkspaceId, broadcast::Sender<Arc<Event>>>,
-    all: Arc<std::sync::OnceLock<broadcast::Sender<Arc<Event>>>>,
 }
 
 /// A subscription to one workspace's events; keeps its channel alive.
@@ -163,26 +152,12 @@ impl EventBus {
         }
     }
 
-    /// Receives every workspace's events (the scheduler and tests use it).
-    pub fn subscribe_all(&self) -> Subscription {
-        Subscription {
-            receiver: self.all_sender().subscribe(),
-            _slot: None,
-        }
-    }
-
-    fn all_sender(&self) -> &broadcast::Sender<Arc<Event>> {
-        self.all
-            .get_or_init(|| broadcast::channel(4 * SUBSCRIBER_BUFFER).0)
-    }
-
     /// Hands an event to the workspace's subscribers (if any).
     pub fn publish(&self, event: Event) {
         let event = Arc::new(event);
         if let Some(channel) = self.channels.get(&event.workspace) {
-            let _ = channel.send(event.clone());
+            let _ = channel.send(event);
         }
-        let _ = self.all_sender().send(event);
     }
 
     /// Tells every subscriber that events may have been missed.

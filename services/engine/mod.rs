@@ -202,11 +202,6 @@ impl Engine {
         self.bus.subscribe(workspace)
     }
 
-    /// Every workspace's events from now on.
-    pub fn subscribe_all(&self) -> Subscription {
-        self.bus.subscribe_all()
-    }
-
     /// Postgres.
     pub fn store(&self) -> &Store {
         &self.store

@@ -258,13 +258,4 @@ impl Store {
     pub fn pool_max_size(&self) -> usize {
         self.pool.status().max_size
     }
-
-    /// Connections in use and idle (for operators and benchmarks).
-    pub fn pool_status(&self) -> (usize, usize) {
-        let status = self.pool.status();
-        (status.size - status.available, status.available)
-    }
 }
-
-/// A store shared by the engine's components.
-pub type SharedStore = Arc<Store>;

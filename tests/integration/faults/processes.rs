@@ -111,7 +111,7 @@ async fn an_instance_that_ignores_sigterm_is_forced_on_create_restart_and_delete
                 "--process-journal",
                 &dir.path().join("journal").to_string_lossy(),
             ])
-            .args(["--provision-deadline", "8s", "--stop-grace", "30s"]);
+            .args(["--provision-deadline", "10s", "--stop-grace", "30s"]);
     })
     .await;
     let mut c = server.client().await;
@@ -454,7 +454,7 @@ async fn an_owner_paused_during_its_stop_changes_nothing_when_resumed() {
                     .args(["--process-journal", &dir.join("journal").to_string_lossy()])
                     .env("WL_LEASE_TTL", "3s")
                     .args(["--sweep-interval", "200ms", "--reconcile-interval", "500ms"])
-                    .args(["--provision-deadline", "12s", "--stop-grace", "30s"]);
+                    .args(["--provision-deadline", "16s", "--stop-grace", "30s"]);
             })
             .await
         }
