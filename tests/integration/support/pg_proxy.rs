@@ -7,7 +7,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -23,9 +23,8 @@ pub struct PgProxy {
     /// Where it listens.
     pub addr: SocketAddr,
     url: String,
-    open: Arc<AtomicBool>,
-    /// Bumped on every cut: live connections end when it changes.
-    cuts: watch::Sender<u64>,
+    /// `true` while cut: live connections end, new ones are refused.
+    cut: watch::Sender<bool>,
     latency_us: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -58,31 +57,32 @@ impl PgProxy {
             let password = String::from_utf8_lossy(password).replace('\\', "\\\\");
             through.push_str(&format!(" password='{}'", password.replace('\'', "\\'")));
         }
-        let open = Arc::new(AtomicBool::new(true));
-        let (cuts, _) = watch::channel(0);
+        let (cut, _) = watch::channel(false);
         let latency_us = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
-            let (open, cuts, latency_us) = (open.clone(), cuts.clone(), latency_us.clone());
+            let (state, latency_us) = (cut.clone(), latency_us.clone());
             async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
                         continue;
                     };
-                    if !open.load(Ordering::SeqCst) {
+                    if *state.borrow() {
                         continue; // dropped: refused
                     }
-                    let Ok(server) = TcpStream::connect(&target).await else {
-                        continue;
-                    };
-                    tokio::spawn(pipe(client, server, cuts.subscribe(), latency_us.clone()));
+                    let (cut, latency_us, target) =
+                        (state.subscribe(), latency_us.clone(), target.clone());
+                    tokio::spawn(async move {
+                        if let Ok(server) = TcpStream::connect(&target).await {
+                            pipe(client, server, cut, latency_us).await;
+                        }
+                    });
                 }
             }
         });
         Self {
             addr,
             url: through,
-            open,
-            cuts,
+            cut,
             latency_us,
             task,
         }
@@ -95,13 +95,12 @@ impl PgProxy {
 
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        self.cuts.send_modify(|n| *n += 1);
+        self.cut.send_replace(true);
     }
 
     /// Lets connections through again.
     pub fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
+        self.cut.send_replace(false);
     }
 
     /// Delays every chunk forwarded in either direction by `by`.
@@ -114,7 +113,7 @@ impl PgProxy {
 async fn pipe(
     client: TcpStream,
     server: TcpStream,
-    mut cut: watch::Receiver<u64>,
+    mut cut: watch::Receiver<bool>,
     latency_us: Arc<AtomicU64>,
 ) {
     let (mut client_read, mut client_write) = client.into_split();
@@ -124,7 +123,7 @@ async fn pipe(
     tokio::select! {
         _ = up => {}
         _ = down => {}
-        _ = cut.changed() => {}
+        _ = cut.wait_for(|cut| *cut) => {}
     }
 }
 
