@@ -96,6 +96,48 @@ async fn restart(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEve
     collect(stream).await
 }
 
+/// Pauses the owner `a` (SIGSTOP) until the replica behind `cb` has taken
+/// its cycle over and served a newer generation, resumes it, runs one more
+/// whole cycle on `cb` (the resumed owner has every chance to act), then
+/// asserts that the owner began no backend call after its resume (C18) and
+/// that no two calls overlapped.
+async fn pause_until_taken_over(
+    a: &ServerProcess,
+    cb: &mut LifecycleClient,
+    dir: &Path,
+    ws: WorkspaceId,
+    what: &str,
+) {
+    let a_pid = Pid::from_raw(a.child.id().unwrap() as i32);
+    kill(a_pid, Signal::SIGSTOP).unwrap();
+    let paused = tokio::time::Instant::now();
+    bounded("the other replica takes over and serves", async {
+        while settled(cb, ws).await.generation < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    eprintln!("{what}: taken over and ONLINE after {:?}", paused.elapsed());
+    let resumed_us = journal::now_us();
+    kill(a_pid, Signal::SIGCONT).unwrap();
+    let events = restart(cb, ws).await;
+    assert!(matches!(last(&events), Event::Online(_)), "{events:?}");
+
+    let ops = journal_of(dir, ws);
+    let by_a: Vec<_> = ops
+        .iter()
+        // A call begun after the resume; one it was in when paused is not a
+        // further call (C18), and dropping it is best effort.
+        .filter(|e| e.server_pid == a_pid.as_raw() as u32 && e.begin_us >= resumed_us)
+        .collect();
+    assert!(
+        by_a.is_empty(),
+        "{what}: the resumed owner called the backend: {by_a:?}\n{}",
+        std::fs::read_to_string(&a.log).unwrap_or_default()
+    );
+    assert_serial(ws, &ops);
+}
+
 /// An instance that ignores SIGTERM, on create (it never registers: the
 /// cycle fails and the instance goes with it), then one that registers: a stop must escalate to SIGKILL within the
 /// cycle's deadline instead of failing the cycle and leaving it running.
@@ -220,41 +262,7 @@ async fn an_owner_paused_past_its_lease_changes_nothing_when_resumed() {
     let first = stream.message().await.unwrap().unwrap();
     assert!(matches!(first.event, Some(Event::Accepted(_))), "{first:?}");
     started_generation(dir.path(), ws, 2).await;
-    let a_pid = Pid::from_raw(a.child.id().unwrap() as i32);
-    kill(a_pid, Signal::SIGSTOP).unwrap();
-    let paused = tokio::time::Instant::now();
-    // B takes the cycle over once A's 3 s lease is out, and finishes it.
-    bounded("B takes over and serves", async {
-        loop {
-            let w = settled(&mut cb, ws).await;
-            if w.generation >= 3 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    eprintln!(
-        "paused owner: taken over and ONLINE after {:?}",
-        paused.elapsed()
-    );
-    let resumed_us = journal::now_us();
-    kill(a_pid, Signal::SIGCONT).unwrap();
-    // A resumes mid-cycle; a full cycle on B later, A has had every chance
-    // to act.
-    let events = restart(&mut cb, ws).await;
-    assert!(matches!(last(&events), Event::Online(_)), "{events:?}");
-
-    let ops = journal_of(dir.path(), ws);
-    let by_a: Vec<_> = ops
-        .iter()
-        .filter(|e| e.server_pid == a_pid.as_raw() as u32 && e.begin_us >= resumed_us)
-        .collect();
-    assert!(
-        by_a.is_empty(),
-        "the resumed owner called the backend: {by_a:?}"
-    );
-    assert_serial(ws, &ops);
+    pause_until_taken_over(&a, &mut cb, dir.path(), ws, "paused owner").await;
     let cycles = ca
         .list_cycles(pb::ListCyclesRequest {
             workspace_id: ws.to_string(),
@@ -492,41 +500,7 @@ async fn an_owner_paused_during_its_stop_changes_nothing_when_resumed() {
         }
     })
     .await;
-    let a_pid = Pid::from_raw(a.child.id().unwrap() as i32);
-    kill(a_pid, Signal::SIGSTOP).unwrap();
-    let paused = tokio::time::Instant::now();
-    bounded("B takes over and serves", async {
-        loop {
-            let w = settled(&mut cb, ws).await;
-            if w.generation >= 3 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    eprintln!(
-        "owner paused in its stop: taken over and ONLINE after {:?}",
-        paused.elapsed()
-    );
-    let resumed_us = journal::now_us();
-    kill(a_pid, Signal::SIGCONT).unwrap();
-    let events = restart(&mut cb, ws).await;
-    assert!(matches!(last(&events), Event::Online(_)), "{events:?}");
-
-    let ops = journal_of(dir.path(), ws);
-    let by_a: Vec<_> = ops
-        .iter()
-        // A call begun after the resume; the stop it was in when paused is
-        // not a further call (C18), and dropping it is best effort.
-        .filter(|e| e.server_pid == a_pid.as_raw() as u32 && e.begin_us >= resumed_us)
-        .collect();
-    assert!(
-        by_a.is_empty(),
-        "the resumed owner called the backend: {by_a:?}\n{}",
-        std::fs::read_to_string(&a.log).unwrap_or_default()
-    );
-    assert_serial(ws, &ops);
+    pause_until_taken_over(&a, &mut cb, dir.path(), ws, "owner paused in its stop").await;
     let now = processes_with(&format!("sleep {marker}"));
     assert!(!now.contains(&first[0]), "the first instance survived");
     assert_eq!(now.len(), 1, "exactly the serving instance runs: {now:?}");
