@@ -4,9 +4,10 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::domain::BackendKind;
+use crate::telemetry::LogFormat;
 
 /// The command line.
 #[derive(Parser, Debug)]
@@ -42,15 +43,6 @@ pub enum Command {
         #[arg(long)]
         name: String,
     },
-}
-
-/// How logs are written.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 fn duration(raw: &str) -> Result<Duration, String> {

@@ -16,6 +16,7 @@ use workspace_backends::{
 
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::domain::Error;
 use crate::{
     auth::{
         AuthLayer, Tokens, TokensError, limit::CallerLimitLayer, load_or_create_admin_token,
@@ -23,14 +24,12 @@ use crate::{
     },
     config::ServeArgs,
     domain::{BackendKind, ReplicaId},
-    embedded_pg::{self, EmbeddedPostgres},
-    engine::{
-        Engine, EngineConfig, EngineError,
-        backends::Backends,
+    domain::{
         clock::{DatabaseClock, SharedClock},
-        cycle::CycleSettings,
         ledger::Timing,
     },
+    embedded_pg::{self, EmbeddedPostgres},
+    engine::{Engine, EngineConfig, backends::Backends, cycle::CycleSettings},
     grpc::{AgentService, LifecycleService},
     health::{Health, HealthGrpc},
     proto::{
@@ -52,7 +51,7 @@ pub enum ServeError {
     Embedded(#[from] crate::embedded_pg::EmbeddedError),
     /// The engine or store could not start.
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Engine(#[from] Error),
     /// A backend could not start.
     #[error(transparent)]
     Backend(#[from] workspace_backends::BackendError),

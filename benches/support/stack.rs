@@ -13,10 +13,11 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneSyncService};
 use workspace_lifecycle::{
-    domain::{CycleId, Generation, Goal, Timestamp, Trigger, WorkspaceId},
-    engine::{
-        EngineError,
+    domain::{
+        CycleId, Error, Generation, Goal, Timestamp, Trigger, WorkspaceId,
         clock::{SharedClock, WallClock},
+    },
+    engine::{
         coalesce::{Admit, CoalesceLayer, Ticket},
         debounce::{DebounceLayer, DropCheck, EarlyDrop},
         gate::{GateGuard, GateKeeper, GateLayer, Gated},
@@ -25,7 +26,7 @@ use workspace_lifecycle::{
 };
 
 /// What every service in these benchmarks is.
-pub type Svc = BoxCloneSyncService<Intent, Admission, EngineError>;
+pub type Svc = BoxCloneSyncService<Intent, Admission, Error>;
 
 /// The reason that makes the fake admission wait for [`Parking::release`].
 pub const PARK: &str = "park";
@@ -39,7 +40,7 @@ impl DropCheck<WorkspaceId> for NeverDrop {
         _: &WorkspaceId,
         _: Trigger,
         _: Timestamp,
-    ) -> Result<Option<EarlyDrop>, EngineError> {
+    ) -> Result<Option<EarlyDrop>, Error> {
         Ok(None)
     }
 }
@@ -73,7 +74,7 @@ impl Admit<Intent> for Parking {
         _: &WorkspaceId,
         batch: &[Intent],
         _: Timestamp,
-    ) -> Result<Vec<Result<Ticket, EngineError>>, EngineError> {
+    ) -> Result<Vec<Result<Ticket, Error>>, Error> {
         if self.parked.load(Ordering::Relaxed) && batch.iter().any(|i| i.reason == PARK) {
             let _ = self.release.subscribe().wait_for(|r| *r).await;
         }
@@ -104,7 +105,7 @@ struct AlwaysOpen(CycleId);
 impl GateKeeper<WorkspaceId> for AlwaysOpen {
     type Guard = Guard;
 
-    async fn claim(&self, _: &WorkspaceId, _: Timestamp) -> Result<Option<Guard>, EngineError> {
+    async fn claim(&self, _: &WorkspaceId, _: Timestamp) -> Result<Option<Guard>, Error> {
         Ok(Some(Guard(self.0)))
     }
 }
@@ -121,7 +122,7 @@ fn accepted(cycle: CycleId) -> Admission {
 pub fn bare() -> Svc {
     let cycle = CycleId::new();
     BoxCloneSyncService::new(service_fn(move |_: Intent| async move {
-        Ok::<_, EngineError>(accepted(cycle))
+        Ok::<_, Error>(accepted(cycle))
     }))
 }
 
@@ -142,9 +143,7 @@ pub fn keyed() -> Keyed {
     });
     let coalesce = CoalesceLayer::new(parking.clone(), clock.clone());
     let inner =
-        service_fn(
-            move |_: Gated<Intent, Guard>| async move { Ok::<_, EngineError>(accepted(cycle)) },
-        );
+        service_fn(move |_: Gated<Intent, Guard>| async move { Ok::<_, Error>(accepted(cycle)) });
     let svc = ServiceBuilder::new()
         .layer(DebounceLayer::new(Arc::new(NeverDrop), clock.clone()))
         .layer(coalesce.clone())

@@ -122,6 +122,8 @@ where
         match authorize(&self.tokens, &request) {
             Ok(caller) => {
                 if let Some(caller) = caller {
+                    let actor = crate::domain::change::Actor(caller.name.clone());
+                    request.extensions_mut().insert(actor);
                     request.extensions_mut().insert(caller);
                 }
                 Either::Left(self.inner.call(request))

@@ -71,18 +71,6 @@ pub struct Caller {
     pub role: Role,
 }
 
-impl Caller {
-    /// The caller a request carries, or "unknown" (a request that did not
-    /// pass the auth layer, e.g. in a unit test of a handler).
-    pub fn of<T>(request: &tonic::Request<T>) -> String {
-        request
-            .extensions()
-            .get::<Self>()
-            .map(|c| c.name.clone())
-            .unwrap_or_else(|| "unknown".into())
-    }
-}
-
 /// What a method requires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {

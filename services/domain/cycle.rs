@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{ConfigVersion, WorkspaceStatus};
+
 /// Where a cycle is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CycleState {
@@ -40,3 +42,52 @@ pub enum Outcome {
 named_enum!(CycleState { Pending => "PENDING", Running => "RUNNING", Ended => "ENDED" });
 named_enum!(Phase { Stopping => "STOPPING", Provisioning => "PROVISIONING", WaitingForAgent => "WAITING_FOR_AGENT" });
 named_enum!(Outcome { Succeeded => "SUCCEEDED", Failed => "FAILED", Stopped => "STOPPED", Deleted => "DELETED" });
+
+/// How a cycle ends, as the guard records it.
+#[derive(Clone, Debug)]
+pub enum Finish {
+    /// The generation's agent registered with `config_version`.
+    Online {
+        /// What the agent booted with.
+        config_version: ConfigVersion,
+    },
+    /// The cycle failed.
+    Failed {
+        /// Why, safe to show.
+        reason: String,
+    },
+    /// The workspace was stopped.
+    Stopped,
+    /// The workspace was deleted.
+    Deleted,
+}
+
+impl Finish {
+    /// The outcome recorded for this end.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Online { .. } => Outcome::Succeeded,
+            Self::Failed { .. } => Outcome::Failed,
+            Self::Stopped => Outcome::Stopped,
+            Self::Deleted => Outcome::Deleted,
+        }
+    }
+
+    /// The workspace status this end leaves.
+    pub fn status(&self) -> WorkspaceStatus {
+        match self {
+            Self::Online { .. } => WorkspaceStatus::Online,
+            Self::Failed { .. } => WorkspaceStatus::Failed,
+            Self::Stopped => WorkspaceStatus::Stopped,
+            Self::Deleted => WorkspaceStatus::Deleted,
+        }
+    }
+
+    /// Why, for a failure; empty otherwise.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Failed { reason } => reason,
+            _ => "",
+        }
+    }
+}

@@ -30,13 +30,20 @@ macro_rules! named_enum {
     };
 }
 
+pub mod change;
+pub mod clock;
 mod cycle;
+mod error;
+mod event;
 mod ids;
+pub mod ledger;
 mod status;
 mod trigger;
 pub mod validate;
 
-pub use cycle::{CycleState, Outcome, Phase};
+pub use cycle::{CycleState, Finish, Outcome, Phase};
+pub use error::Error;
+pub use event::{Event, EventKind, Handling};
 pub use ids::{CycleId, ReplicaId};
 pub use status::{Desired, Goal, WorkspaceStatus};
 pub use trigger::Trigger;

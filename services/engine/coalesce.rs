@@ -28,12 +28,10 @@ use tokio::sync::oneshot;
 use tower::{Layer, Service};
 
 use super::{
-    EngineError,
-    clock::SharedClock,
     intent::{Admission, StackRequest, Stage},
     keyed::{KeyedSlots, SlotRef},
 };
-use crate::domain::{ConfigVersion, CycleId, Timestamp};
+use crate::domain::{ConfigVersion, CycleId, Error, Timestamp, clock::SharedClock};
 
 /// The outcome of admitting one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,10 +60,10 @@ pub trait Admit<R: StackRequest>: Send + Sync + 'static {
         key: &R::Key,
         batch: &[R],
         now: Timestamp,
-    ) -> Result<Vec<Result<Ticket, EngineError>>, EngineError>;
+    ) -> Result<Vec<Result<Ticket, Error>>, Error>;
 }
 
-type Reply<R> = oneshot::Sender<(R, Result<Ticket, EngineError>)>;
+type Reply<R> = oneshot::Sender<(R, Result<Ticket, Error>)>;
 
 /// One workspace's queue of requests waiting for admission.
 struct Lane<R> {
@@ -167,7 +165,7 @@ impl Lanes {
         admit: Arc<A>,
         clock: SharedClock,
         request: R,
-    ) -> Result<(R, Ticket), EngineError> {
+    ) -> Result<(R, Ticket), Error> {
         let key = request.key();
         let lane = lanes.acquire(&key, Lane::new);
         let (reply, answer) = oneshot::channel();
@@ -186,7 +184,7 @@ impl Lanes {
         }
         let (request, ticket) = answer
             .await
-            .map_err(|_| EngineError::Internal("admission task ended without an answer".into()))?;
+            .map_err(|_| Error::Internal("admission task ended without an answer".into()))?;
         drop(lane);
         ticket.map(|ticket| (request, ticket))
     }
@@ -211,10 +209,9 @@ impl Lanes {
             let results = admit.admit(&key, &requests, clock.now()).await;
             let results = match results {
                 Ok(results) if results.len() == requests.len() => results,
-                Ok(_) => vec![
-                    Err(EngineError::Internal("admission lost a request".into()));
-                    requests.len()
-                ],
+                Ok(_) => {
+                    vec![Err(Error::Internal("admission lost a request".into())); requests.len()]
+                }
                 Err(err) => vec![Err(err); requests.len()],
             };
             for ((request, reply), result) in requests.into_iter().zip(replies).zip(results) {
@@ -227,15 +224,15 @@ impl Lanes {
 impl<S, A, R> Service<R> for Coalesce<S, A, R>
 where
     R: StackRequest,
-    S: Service<R, Response = Admission, Error = EngineError> + Clone + Send + 'static,
+    S: Service<R, Response = Admission, Error = Error> + Clone + Send + 'static,
     S::Future: Send + 'static,
     A: Admit<R>,
 {
     type Response = Admission;
-    type Error = EngineError;
-    type Future = BoxFuture<'static, Result<Admission, EngineError>>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Admission, Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), EngineError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 

@@ -14,7 +14,8 @@
 
 use workspace_backends::{Backend, Halt, InstancePhase, InstanceRef};
 
-use super::{EngineError, backends::Backends};
+use super::backends::Backends;
+use crate::domain::Error;
 use crate::{
     domain::Generation,
     store::{Standing, Store},
@@ -25,7 +26,7 @@ const COLLECTOR_LOCK: i64 = 0x776c_6763; // "wlgc"
 
 /// One pass over every backend, unless another replica is collecting;
 /// returns how many instances it removed.
-pub(super) async fn collect(store: &Store, backends: &Backends) -> Result<usize, EngineError> {
+pub(super) async fn collect(store: &Store, backends: &Backends) -> Result<usize, Error> {
     match store
         .exclusive(COLLECTOR_LOCK, collect_now(store, backends))
         .await?
@@ -35,7 +36,7 @@ pub(super) async fn collect(store: &Store, backends: &Backends) -> Result<usize,
     }
 }
 
-async fn collect_now(store: &Store, backends: &Backends) -> Result<usize, EngineError> {
+async fn collect_now(store: &Store, backends: &Backends) -> Result<usize, Error> {
     let mut removed = 0;
     for backend in backends.all() {
         let inventory = match backend.inventory().await {

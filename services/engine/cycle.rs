@@ -32,17 +32,17 @@ use tracing::Instrument;
 use workspace_backends::{AgentToken, Backend, BackendError, Halt, Launch};
 
 use super::{
-    EngineError,
     backends::Backends,
-    events::{EventBus, EventKind, Received},
+    events::{EventBus, Received},
     gate::Gated,
     intent::{Admission, Intent, Verdict},
+    lease::LeaseGuard,
     scheduler::SchedulerHandle,
 };
 use crate::{
-    domain::{Generation, Goal, Phase},
-    store::{Finish, LeaseGuard, Registration, Store, token_hash},
-    telemetry::cycle_trace::CycleTrace,
+    domain::{Error, EventKind, Finish, Generation, Goal, Phase},
+    store::{Registration, Store, token_hash},
+    telemetry::cycle_trace::{AdmittedCycle, CycleStart, CycleTrace},
 };
 
 /// The knobs of a cycle.
@@ -88,7 +88,7 @@ enum CycleError {
     #[error("{0}")]
     Backend(#[from] BackendError),
     #[error("{0}")]
-    Engine(#[from] EngineError),
+    Engine(#[from] Error),
     #[error("the cycle lost the gate to a newer cycle")]
     Fenced,
     #[error("the cycle could not renew its lease in time; it stopped acting")]
@@ -128,10 +128,10 @@ impl CycleService {
 
 impl Service<Gated<Intent, LeaseGuard>> for CycleService {
     type Response = Admission;
-    type Error = EngineError;
-    type Future = BoxFuture<'static, Result<Admission, EngineError>>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Admission, Error>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), EngineError>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
@@ -160,10 +160,38 @@ impl Service<Gated<Intent, LeaseGuard>> for CycleService {
     }
 }
 
+/// What the cycle's trace needs of it, with its admission read from the
+/// store (a cycle whose admission cannot be read still runs, untraced).
+async fn cycle_start(store: &Store, guard: &LeaseGuard) -> CycleStart {
+    let claim = *guard.claim();
+    let admitted = match store.cycle(claim.cycle).await {
+        Ok(record) => Some(AdmittedCycle {
+            created_at: record.created_at,
+            trace_id: record.trace_id,
+            parent_span_id: record.parent_span_id,
+            triggers: record.triggers,
+        }),
+        Err(err) => {
+            tracing::warn!(%err, "cannot read the cycle for its trace");
+            None
+        }
+    };
+    CycleStart {
+        cycle: claim.cycle,
+        workspace: guard.workspace(),
+        goal: claim.goal,
+        generation: claim.generation,
+        takeovers: claim.takeovers,
+        claimed_at: guard.started_at(),
+        config_version: guard.snapshot().map(|s| s.config_version),
+        admitted,
+    }
+}
+
 /// Runs the guard's cycle, then every follow-up that is due when it ends.
 async fn run(deps: Arc<CycleDeps>, mut guard: LeaseGuard) {
     loop {
-        let trace = CycleTrace::begin(&deps.store, &guard).await;
+        let trace = CycleTrace::begin(cycle_start(&deps.store, &guard).await);
         let finish = tokio::select! {
             finish = execute_guarded(&deps, &guard, &trace) => finish,
             _ = deps.hand_off.cancelled() => {
@@ -192,7 +220,7 @@ async fn run(deps: Arc<CycleDeps>, mut guard: LeaseGuard) {
         trace.end(&finish);
         let finished = finish_with_retry(guard, finish).await;
         match finished {
-            Some(crate::store::Finished {
+            Some(super::lease::Finished {
                 next: Some(next), ..
             }) => guard = next,
             Some(finished) => {
@@ -210,13 +238,13 @@ async fn run(deps: Arc<CycleDeps>, mut guard: LeaseGuard) {
 }
 
 /// Records the end of a cycle, retrying briefly while Postgres is away.
-async fn finish_with_retry(guard: LeaseGuard, finish: Finish) -> Option<crate::store::Finished> {
+async fn finish_with_retry(guard: LeaseGuard, finish: Finish) -> Option<super::lease::Finished> {
     let mut guard = guard;
     let mut delay = Duration::from_millis(100);
     for _ in 0..6 {
         match guard.finish(finish.clone()).await {
             Ok(finished) => return Some(finished),
-            Err(EngineError::Unavailable(err)) => {
+            Err(Error::Unavailable(err)) => {
                 tracing::warn!(%err, "recording a cycle's end failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -458,7 +486,7 @@ async fn execute(
 
     let snapshot = guard
         .snapshot()
-        .ok_or_else(|| EngineError::Internal("provisioning cycle without config".into()))?;
+        .ok_or_else(|| Error::Internal("provisioning cycle without config".into()))?;
     let token = mint_token()?;
     // Listen before starting, so the registration cannot slip past.
     let registrations = deps.bus.subscribe(workspace);
@@ -535,9 +563,9 @@ async fn wait_for_agent(
 }
 
 /// A fresh 256-bit agent token.
-fn mint_token() -> Result<AgentToken, EngineError> {
+fn mint_token() -> Result<AgentToken, Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
-        .map_err(|e| EngineError::Internal(format!("no randomness for a token: {e}")))?;
+        .map_err(|e| Error::Internal(format!("no randomness for a token: {e}")))?;
     Ok(AgentToken::new(format!("wla_{}", hex::encode(bytes))))
 }

@@ -22,13 +22,12 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 
-use super::{
-    EngineError,
+use super::intent::{Admission, StackRequest, Stage, Verdict};
+use crate::domain::{
+    Error, Timestamp, Trigger,
     clock::SharedClock,
-    intent::{Admission, StackRequest, Stage, Verdict},
     ledger::{DropReason, Treatment},
 };
-use crate::domain::{Timestamp, Trigger};
 
 /// How the debounce treats a trigger.
 pub fn treatment(trigger: Trigger, file_write: bool) -> Treatment {
@@ -60,7 +59,7 @@ pub trait DropCheck<K>: Send + Sync + 'static {
         key: &K,
         trigger: Trigger,
         now: Timestamp,
-    ) -> Result<Option<EarlyDrop>, EngineError>;
+    ) -> Result<Option<EarlyDrop>, Error>;
 }
 
 /// Adds the debounce in front of a service.
@@ -110,15 +109,15 @@ impl<S: Clone, P> Clone for Debounce<S, P> {
 impl<S, P, R> Service<R> for Debounce<S, P>
 where
     R: StackRequest,
-    S: Service<R, Response = Admission, Error = EngineError> + Clone + Send + 'static,
+    S: Service<R, Response = Admission, Error = Error> + Clone + Send + 'static,
     S::Future: Send + 'static,
     P: DropCheck<R::Key>,
 {
     type Response = Admission;
-    type Error = EngineError;
-    type Future = BoxFuture<'static, Result<Admission, EngineError>>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Admission, Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), EngineError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 

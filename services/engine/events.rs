@@ -1,5 +1,5 @@
-//! What happens to workspaces, as events, and the in-process bus that hands
-//! them to watchers and waiting cycles.
+//! The in-process bus that hands workspace events to watchers and waiting
+//! cycles, one channel per watched workspace that vanishes when idle (C15).
 //!
 //! Events are published through Postgres (`NOTIFY` inside the transaction
 //! that made the change, see `store::notify`), so they are sent only if the
@@ -9,94 +9,10 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::keyed::{KeyedSlots, SlotRef};
-use crate::domain::{
-    ConfigVersion, CycleId, CycleState, Generation, Outcome, Phase, Timestamp, Trigger,
-    WorkspaceId, WorkspaceStatus,
-};
-
-/// How a request was handled, as watchers see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Handling {
-    /// Started a cycle of its own.
-    Accepted,
-    /// Joined a follow-up.
-    Coalesced,
-    /// Waits for the window or a burst.
-    Deferred,
-    /// Dropped.
-    Dropped,
-}
-
-/// One change to one workspace.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// The workspace.
-    pub workspace: WorkspaceId,
-    /// When.
-    pub at: Timestamp,
-    /// What.
-    pub kind: EventKind,
-}
-
-/// What changed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum EventKind {
-    /// The status changed.
-    Status {
-        /// New status.
-        status: WorkspaceStatus,
-        /// Why (for FAILED).
-        reason: String,
-        /// The generation it concerns.
-        generation: Generation,
-    },
-    /// A cycle was admitted, started, moved on, or ended.
-    Cycle {
-        /// The cycle.
-        cycle: CycleId,
-        /// Its state.
-        state: CycleState,
-        /// Its generation (once started).
-        generation: Generation,
-        /// Its phase, while running.
-        phase: Option<Phase>,
-        /// How it ended.
-        outcome: Option<Outcome>,
-        /// Why it ended so (for failures).
-        reason: String,
-        /// The config version it read.
-        config_version: ConfigVersion,
-    },
-    /// A request was handled.
-    Trigger {
-        /// Who asked.
-        trigger: Trigger,
-        /// What happened to it.
-        handling: Handling,
-        /// The cycle that serves it, if any.
-        cycle: Option<CycleId>,
-        /// Why (for drops).
-        reason: String,
-        /// How many requests were handled alike in one admission.
-        count: u32,
-    },
-    /// A generation's agent registered.
-    Agent {
-        /// Its generation.
-        generation: Generation,
-        /// The config version it booted with.
-        config_version: ConfigVersion,
-        /// Where it can be reached.
-        endpoint: String,
-    },
-    /// The listener lost and regained its connection: events may have been
-    /// missed, so subscribers should re-read state.
-    Resync,
-}
+use crate::domain::{Event, EventKind, Timestamp, WorkspaceId};
 
 /// How many events a slow subscriber may fall behind before it must resync.
 const SUBSCRIBER_BUFFER: usize = 256;
@@ -178,6 +94,16 @@ impl EventBus {
     }
 }
 
+impl crate::store::listener::EventSink for EventBus {
+    fn publish(&self, event: Event) {
+        EventBus::publish(self, event);
+    }
+
+    fn resync_all(&self, at: Timestamp) {
+        EventBus::resync_all(self, at);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,24 +141,5 @@ mod tests {
             bus.publish(event(ws));
         }
         assert!(matches!(sub.recv().await, Received::Lagged));
-    }
-
-    #[test]
-    fn events_round_trip_through_json() {
-        let e = Event {
-            workspace: WorkspaceId::new(),
-            at: chrono::Utc::now(),
-            kind: EventKind::Cycle {
-                cycle: CycleId::new(),
-                state: CycleState::Ended,
-                generation: Generation(3),
-                phase: None,
-                outcome: Some(Outcome::Failed),
-                reason: "deadline".into(),
-                config_version: ConfigVersion(9),
-            },
-        };
-        let json = serde_json::to_string(&e).unwrap();
-        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
     }
 }

@@ -19,11 +19,13 @@ use futures::future::BoxFuture;
 use tower::{Layer, Service};
 
 use super::{
-    EngineError,
-    clock::SharedClock,
     intent::{Admission, StackRequest, Stage, Verdict, Waiting},
+    lease::LeaseGuard,
 };
-use crate::domain::{CycleId, Timestamp};
+use crate::{
+    domain::{CycleId, Error, Timestamp, WorkspaceId, clock::SharedClock},
+    store::{Locked, RowTx, Store},
+};
 
 /// Proof that a flow holds a workspace's gate.
 pub trait GateGuard: Send + 'static {
@@ -40,7 +42,7 @@ pub trait GateKeeper<K>: Send + Sync + 'static {
     /// Takes `key`'s gate for whatever may run now (a due follow-up, or a
     /// cycle whose holder's lease expired). `None` if the gate is held or
     /// nothing is due. Never waits for the gate.
-    async fn claim(&self, key: &K, now: Timestamp) -> Result<Option<Self::Guard>, EngineError>;
+    async fn claim(&self, key: &K, now: Timestamp) -> Result<Option<Self::Guard>, Error>;
 }
 
 /// A request together with the gate it holds.
@@ -100,17 +102,14 @@ impl<S, G, R> Service<R> for Gate<S, G>
 where
     R: StackRequest,
     G: GateKeeper<R::Key>,
-    S: Service<Gated<R, G::Guard>, Response = Admission, Error = EngineError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Gated<R, G::Guard>, Response = Admission, Error = Error> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Admission;
-    type Error = EngineError;
-    type Future = BoxFuture<'static, Result<Admission, EngineError>>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Admission, Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), EngineError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
@@ -120,7 +119,7 @@ where
             Stage::Resume => None,
             stage => {
                 return Box::pin(async move {
-                    Err(EngineError::Internal(format!(
+                    Err(Error::Internal(format!(
                         "request reached the gate unadmitted ({stage:?})"
                     )))
                 });
@@ -172,6 +171,58 @@ where
                 _ => admission,
             })
         })
+    }
+}
+
+/// The one place a cycle takes the gate (C5, C11): a fresh claim, a
+/// takeover of an expired lease, or — inside `finish` — the follow-up the
+/// ending cycle hands the gate to. Applies the ledger's `claim` to the
+/// locked row and starts the claimed cycle in the same transaction.
+pub(super) async fn claim_locked(
+    tx: &mut RowTx<'_>,
+    locked: &mut Locked,
+    store: &Store,
+    now: Timestamp,
+    sent: tokio::time::Instant,
+) -> Result<Option<LeaseGuard>, Error> {
+    let Some(claim) = locked.ledger.claim(store.replica(), now, store.timing()) else {
+        return Ok(None);
+    };
+    let started = tx.start_claimed(&claim, now).await?;
+    Ok(Some(LeaseGuard::started(
+        store,
+        tx.workspace(),
+        claim,
+        started,
+        now,
+        sent,
+    )))
+}
+
+#[async_trait]
+impl GateKeeper<WorkspaceId> for Store {
+    type Guard = LeaseGuard;
+
+    async fn claim(
+        &self,
+        workspace: &WorkspaceId,
+        now: Timestamp,
+    ) -> Result<Option<LeaseGuard>, Error> {
+        let sent = tokio::time::Instant::now();
+        let mut conn = self.connection().await?;
+        let mut tx = RowTx::begin(&mut conn, self, *workspace).await?;
+        let mut locked = match tx.lock().await {
+            Ok(locked) => locked,
+            // Deleted from under a resumption: nothing to claim.
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let Some(guard) = claim_locked(&mut tx, &mut locked, self, now, sent).await? else {
+            return Ok(None);
+        };
+        tx.save(&locked, now).await?;
+        tx.commit().await?;
+        Ok(Some(guard))
     }
 }
 

@@ -5,11 +5,10 @@
 
 use std::{fmt, hash::Hash};
 
-use super::ledger::{Ask, DropReason, Treatment};
-use crate::domain::{
-    BackendKind, ConfigVersion, CycleId, Generation, Goal, Secret, Timestamp, Trigger, WorkspaceId,
-    WorkspaceSpec,
-};
+use crate::domain::change::{Audited, Change, Creation};
+use crate::domain::ledger::{Ask, DropReason, Treatment};
+use crate::domain::{ConfigVersion, CycleId, Generation, Goal, Timestamp, Trigger, WorkspaceId};
+use crate::telemetry::metrics::Answered;
 
 /// Where a request is in the stack. Each layer advances it one step, so a
 /// layer can tell a fresh request from one an earlier layer already handled
@@ -54,49 +53,6 @@ pub trait StackRequest: Send + 'static {
     fn set_stage(&mut self, stage: Stage);
 }
 
-/// A config mutation, applied in the same transaction that admits its
-/// CONFIG_CHANGED request, so a change can never commit without the cycle
-/// that delivers it (the "lost restart" of SPEC failure 1).
-#[derive(Clone, Debug)]
-pub enum Change {
-    /// Set or replace a secret.
-    SetSecret {
-        /// Secret name.
-        name: String,
-        /// Secret value (redacted in `Debug`).
-        value: Secret,
-    },
-    /// Remove a secret.
-    DeleteSecret {
-        /// Secret name.
-        name: String,
-    },
-    /// Write (or replace) a file.
-    WriteFile {
-        /// Relative path.
-        path: String,
-        /// Content.
-        content: Vec<u8>,
-    },
-    /// Remove the file at `path`.
-    DeleteFile {
-        /// Relative path.
-        path: String,
-    },
-}
-
-/// A workspace to insert, in the same transaction that admits its CREATE
-/// request.
-#[derive(Clone, Debug)]
-pub struct Creation {
-    /// Unique among live workspaces.
-    pub name: String,
-    /// Where it runs.
-    pub backend: BackendKind,
-    /// What it runs.
-    pub spec: WorkspaceSpec,
-}
-
 /// One request for a cycle (or for a config change that may need one).
 #[derive(Debug)]
 pub struct Intent {
@@ -122,15 +78,6 @@ pub struct Intent {
     /// Who asked, through which RPC: recorded in the audit log with the
     /// admission (`None` for the service's own requests).
     pub audit: Option<Audited>,
-}
-
-/// The audit identity of a request made by a caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Audited {
-    /// The caller's name (its token's name).
-    pub actor: String,
-    /// The RPC, e.g. `SetSecret`.
-    pub action: &'static str,
 }
 
 impl Intent {
@@ -162,6 +109,17 @@ impl Intent {
             action,
         });
         self
+    }
+
+    /// What the audit log records of this request, if a caller made it.
+    pub fn audit_row(&self) -> Option<crate::store::AuditRow<'_>> {
+        Some(crate::store::AuditRow {
+            by: self.audit.as_ref()?,
+            trigger: self.trigger,
+            reason: &self.reason,
+            change: self.change.as_ref(),
+            creation: self.creation.as_ref(),
+        })
     }
 
     /// A restart with `trigger`.
@@ -266,6 +224,51 @@ pub enum Verdict {
     Idle,
     /// A delete of a workspace that is already deleted: done, nothing to do.
     AlreadyDeleted,
+}
+
+impl Verdict {
+    /// The one reading of this verdict that metrics, traces and logs use.
+    pub fn answered(&self) -> Answered {
+        let handling = match self {
+            Self::Accepted { .. } => "accepted",
+            Self::Coalesced {
+                waiting: Waiting::Coalesced,
+                ..
+            } => "coalesced",
+            Self::Coalesced {
+                waiting: Waiting::Deferred,
+                ..
+            } => "deferred",
+            Self::Dropped {
+                reason: DropReason::Debounced,
+                ..
+            } => "debounced",
+            Self::Dropped { .. } => "dropped",
+            Self::Stored => "stored",
+            Self::Idle => "idle",
+            Self::AlreadyDeleted => "already_deleted",
+        };
+        let mut answered = Answered {
+            handling,
+            ..Answered::default()
+        };
+        match self {
+            Self::Accepted { cycle, .. } => answered.cycle = Some(*cycle),
+            Self::Coalesced {
+                cycle, not_before, ..
+            } => {
+                answered.cycle = Some(*cycle);
+                answered.not_before = Some(*not_before);
+            }
+            Self::Dropped { reason, until } => {
+                answered.drop_reason = reason.label();
+                answered.drop_description = reason.describe();
+                answered.until = *until;
+            }
+            Self::Stored | Self::Idle | Self::AlreadyDeleted => {}
+        }
+        answered
+    }
 }
 
 /// The answer to an [`Intent`].

@@ -11,17 +11,19 @@
 //! the in-process parts are per-key lanes and channels that vanish when
 //! idle (C15). The engine knows nothing of gRPC.
 
+mod admission;
 pub mod backends;
-pub mod clock;
+
 pub mod coalesce;
 mod collector;
 pub mod cycle;
 pub mod debounce;
-mod error;
+
 pub mod events;
 pub mod gate;
 pub mod intent;
 pub mod keyed;
+pub mod lease;
 pub mod ledger;
 pub mod observe;
 pub mod probe;
@@ -38,11 +40,8 @@ use std::{sync::Arc, time::Duration};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
-pub use error::EngineError;
-
 use self::{
     backends::Backends,
-    clock::SharedClock,
     coalesce::CoalesceLayer,
     cycle::{CycleDeps, CycleService, CycleSettings},
     debounce::DebounceLayer,
@@ -53,10 +52,13 @@ use self::{
     probe::ProbeCheck,
     scheduler::SchedulerHandle,
 };
-use crate::{domain::WorkspaceId, store::Store};
+use crate::{
+    domain::{Error, WorkspaceId, clock::SharedClock},
+    store::Store,
+};
 
 /// The assembled stack, as every entry point calls it.
-pub type Stack = BoxCloneSyncService<Intent, Admission, EngineError>;
+pub type Stack = BoxCloneSyncService<Intent, Admission, Error>;
 
 /// How the engine behaves.
 #[derive(Clone, Debug)]
@@ -97,7 +99,7 @@ impl Engine {
         backends: Backends,
         clock: SharedClock,
         config: EngineConfig,
-    ) -> Result<Arc<Self>, EngineError> {
+    ) -> Result<Arc<Self>, Error> {
         let bus = EventBus::new();
         let shutdown = CancellationToken::new();
         store.set_limits({
@@ -120,8 +122,8 @@ impl Engine {
         ));
         tokio::time::timeout(Duration::from_secs(10), ready)
             .await
-            .map_err(|_| EngineError::Unavailable("event listener did not connect".into()))?
-            .map_err(|_| EngineError::Unavailable("event listener stopped".into()))?;
+            .map_err(|_| Error::Unavailable("event listener did not connect".into()))?
+            .map_err(|_| Error::Unavailable("event listener stopped".into()))?;
 
         let scheduler = SchedulerHandle::default();
         let deps = Arc::new(CycleDeps {
@@ -184,7 +186,7 @@ impl Engine {
 
     /// Sends one request through the stack. The answer comes once the
     /// request is durable.
-    pub async fn submit(&self, intent: Intent) -> Result<Admission, EngineError> {
+    pub async fn submit(&self, intent: Intent) -> Result<Admission, Error> {
         let admission = self.stack.clone().oneshot(intent).await?;
         if let Verdict::Coalesced {
             not_before,

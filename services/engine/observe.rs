@@ -6,15 +6,17 @@
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
+use opentelemetry::trace::SpanContext;
 use tower::{Layer, Service};
 
-use super::{
-    EngineError,
-    intent::{Admission, Intent, Stage},
-};
+use super::intent::{Admission, Intent, Stage};
 use crate::{
+    domain::{Error, Trigger, WorkspaceId},
     store::Store,
-    telemetry::{self, cycle_trace, metrics},
+    telemetry::{
+        self, cycle_trace,
+        metrics::{self, Answered},
+    },
 };
 
 /// See the module docs.
@@ -50,14 +52,14 @@ pub struct Observe<S> {
 
 impl<S> Service<Intent> for Observe<S>
 where
-    S: Service<Intent, Response = Admission, Error = EngineError>,
+    S: Service<Intent, Response = Admission, Error = Error>,
     S::Future: Send + 'static,
 {
     type Response = Admission;
-    type Error = EngineError;
-    type Future = BoxFuture<'static, Result<Admission, EngineError>>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Admission, Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), EngineError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
@@ -71,17 +73,38 @@ where
         let answered = self.inner.call(intent);
         Box::pin(async move {
             let admission = answered.await?;
-            metrics::get().request(trigger, &admission.verdict);
+            let answered = admission.verdict.answered();
+            metrics::get().request(trigger, &answered);
             if telemetry::traces_enabled() {
-                tokio::spawn(cycle_trace::record_request(
-                    store,
-                    workspace,
-                    trigger,
-                    caller,
-                    admission.verdict.clone(),
-                ));
+                tokio::spawn(record_request(store, workspace, trigger, caller, answered));
             }
             Ok(admission)
         })
+    }
+}
+
+/// Records how a request was handled as a span in the trace of the cycle
+/// that answers it — the cycle it opened or joined, or for a dropped
+/// request the latest one. Off the request's path: the caller never waits.
+async fn record_request(
+    store: Store,
+    workspace: WorkspaceId,
+    trigger: Trigger,
+    caller: Option<SpanContext>,
+    answered: Answered,
+) {
+    let found = match answered.cycle {
+        Some(cycle) => store
+            .cycle_trace_id(cycle)
+            .await
+            .map(|t| t.map(|t| (cycle, t))),
+        None => store.latest_cycle_trace_id(workspace).await,
+    };
+    match found {
+        Ok(Some((cycle, trace_id))) => {
+            cycle_trace::record_request(cycle, &trace_id, workspace, trigger, caller, &answered)
+        }
+        Ok(None) => {}
+        Err(err) => tracing::debug!(%err, "no trace for a request"),
     }
 }

@@ -7,13 +7,11 @@
 use async_trait::async_trait;
 
 use super::{
-    EngineError,
     backends::Backends,
     debounce::{DropCheck, EarlyDrop},
-    ledger::DropReason,
 };
 use crate::{
-    domain::{Desired, Timestamp, Trigger, WorkspaceId},
+    domain::{Desired, Error, Timestamp, Trigger, WorkspaceId, ledger::DropReason},
     store::Store,
 };
 
@@ -52,13 +50,11 @@ impl DropCheck<WorkspaceId> for ProbeCheck {
         workspace: &WorkspaceId,
         trigger: Trigger,
         now: Timestamp,
-    ) -> Result<Option<EarlyDrop>, EngineError> {
+    ) -> Result<Option<EarlyDrop>, Error> {
         let peek = self.store.peek(*workspace).await?;
         let until = peek.window_until.filter(|until| *until > now);
         let reason = if peek.desired == Desired::Deleted {
-            return Err(EngineError::FailedPrecondition(
-                "workspace is deleted".into(),
-            ));
+            return Err(Error::FailedPrecondition("workspace is deleted".into()));
         } else if peek.desired != Desired::Running {
             DropReason::NotRunning
         } else if peek.cycle_in_flight {

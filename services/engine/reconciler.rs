@@ -47,7 +47,11 @@ pub(super) async fn run(
     }
 }
 
-async fn pass(store: &Store, backends: &Backends, stack: &Stack) -> Result<(), super::EngineError> {
+async fn pass(
+    store: &Store,
+    backends: &Backends,
+    stack: &Stack,
+) -> Result<(), crate::domain::Error> {
     let mut after = None;
     loop {
         let page = store.serving_workspaces(after, PAGE).await?;
@@ -87,12 +91,12 @@ async fn check(stack: &Stack, backends: &Backends, serving: &Serving) {
 
 /// A delete whose cycle failed is asked again until it completes (C17):
 /// through the stack, so it never races another cycle.
-async fn retry_deletes(store: &Store, stack: &Stack) -> Result<(), super::EngineError> {
+async fn retry_deletes(store: &Store, stack: &Stack) -> Result<(), crate::domain::Error> {
     for (workspace, _) in store.unfinished_deletes(PAGE).await? {
         tracing::info!(%workspace, "retrying a delete that failed");
         let intent = Intent::new(
             workspace,
-            super::ledger::Ask::Delete,
+            crate::domain::ledger::Ask::Delete,
             Trigger::Reconciler,
             "retrying a delete that failed",
         );

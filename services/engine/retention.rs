@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::clock::SharedClock;
-use crate::store::Store;
+use crate::{domain::clock::SharedClock, store::Store};
 
 /// How often a pass runs.
 const EVERY: Duration = Duration::from_secs(300);

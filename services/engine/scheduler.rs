@@ -18,8 +18,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{Stack, clock::SharedClock, intent::Intent};
-use crate::{domain::Timestamp, store::Store};
+use super::{Stack, intent::Intent};
+use crate::{
+    domain::{Timestamp, clock::SharedClock},
+    store::Store,
+};
 
 /// Tells the scheduler that something may be due sooner.
 #[derive(Clone, Default)]

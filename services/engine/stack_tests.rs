@@ -7,26 +7,22 @@ use async_trait::async_trait;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use super::{
-    EngineError,
-    clock::{ManualClock, SharedClock},
     coalesce::{Admit, CoalesceLayer, Ticket},
     debounce::{DebounceLayer, DropCheck, EarlyDrop},
     gate::{GateGuard, GateKeeper, GateLayer, Gated},
     intent::{Admission, Verdict},
     test_support::TestRequest,
 };
-use crate::domain::{CycleId, Generation, Goal, Timestamp, Trigger};
+use crate::domain::{
+    CycleId, Error, Generation, Goal, Timestamp, Trigger,
+    clock::{ManualClock, SharedClock},
+};
 
 struct NeverDrop;
 
 #[async_trait]
 impl DropCheck<u32> for NeverDrop {
-    async fn check(
-        &self,
-        _: &u32,
-        _: Trigger,
-        _: Timestamp,
-    ) -> Result<Option<EarlyDrop>, EngineError> {
+    async fn check(&self, _: &u32, _: Trigger, _: Timestamp) -> Result<Option<EarlyDrop>, Error> {
         Ok(None)
     }
 }
@@ -40,7 +36,7 @@ impl Admit<TestRequest> for OpenEach {
         _: &u32,
         batch: &[TestRequest],
         _: Timestamp,
-    ) -> Result<Vec<Result<Ticket, EngineError>>, EngineError> {
+    ) -> Result<Vec<Result<Ticket, Error>>, Error> {
         Ok(batch
             .iter()
             .map(|_| {
@@ -68,7 +64,7 @@ struct AlwaysOpen;
 impl GateKeeper<u32> for AlwaysOpen {
     type Guard = Guard;
 
-    async fn claim(&self, _: &u32, _: Timestamp) -> Result<Option<Guard>, EngineError> {
+    async fn claim(&self, _: &u32, _: Timestamp) -> Result<Option<Guard>, Error> {
         Ok(Some(Guard(CycleId::new())))
     }
 }
@@ -78,7 +74,7 @@ async fn a_million_distinct_workspaces_leave_no_per_key_state() {
     let clock: SharedClock = Arc::new(ManualClock::new(chrono::Utc::now()));
     let coalesce = CoalesceLayer::new(Arc::new(OpenEach), clock.clone());
     let cycles = service_fn(|gated: Gated<TestRequest, Guard>| async move {
-        Ok::<_, EngineError>(Admission::of(Verdict::Accepted {
+        Ok::<_, Error>(Admission::of(Verdict::Accepted {
             cycle: gated.guard.cycle(),
             generation: Generation(1),
             goal: Goal::Provision,

@@ -4,7 +4,7 @@ use tower::{ServiceBuilder, util::MapErr};
 use tower_test::mock;
 
 use super::{
-    EngineError,
+    Error,
     intent::{Admission, StackRequest, Stage},
 };
 use crate::domain::Trigger;
@@ -66,14 +66,14 @@ impl StackRequest for TestRequest {
     }
 }
 
-fn to_engine(err: Box<dyn std::error::Error + Send + Sync>) -> EngineError {
-    EngineError::Internal(err.to_string())
+fn to_engine(err: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    Error::Internal(err.to_string())
 }
 
-/// tower_test's mock, speaking `EngineError`.
+/// tower_test's mock, speaking `Error`.
 pub(crate) type MockInner = MapErr<
     mock::Mock<TestRequest, Admission>,
-    fn(Box<dyn std::error::Error + Send + Sync>) -> EngineError,
+    fn(Box<dyn std::error::Error + Send + Sync>) -> Error,
 >;
 /// The test's end of [`MockInner`].
 pub(crate) type MockHandle = mock::Handle<TestRequest, Admission>;

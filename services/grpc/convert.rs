@@ -6,11 +6,11 @@ use tonic::Status;
 
 use super::status::invalid_field;
 use crate::{
+    domain::Handling,
     domain::{
         BackendKind, CycleId, CycleState, Outcome, Phase, Timestamp, Trigger, WorkspaceId,
         WorkspaceSpec, WorkspaceStatus,
     },
-    engine::events::Handling,
     proto as pb,
     store::{CycleRecord, WorkspaceRecord},
 };

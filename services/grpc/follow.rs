@@ -11,11 +11,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::convert::{self, ts};
+use crate::domain::Event;
+use crate::domain::EventKind;
 use crate::{
     domain::{CycleId, CycleState, Generation, Outcome, WorkspaceId},
     engine::{
         Engine,
-        events::{Event, EventKind, Received, Subscription},
+        events::{Received, Subscription},
         intent::{Admission, Verdict},
     },
     proto as pb,
@@ -245,7 +247,7 @@ pub(super) fn watch_stream(
     tokio::spawn(async move {
         let snapshot = |engine: Arc<Engine>| async move {
             let record = engine.store().workspace(workspace).await?;
-            Ok::<_, crate::engine::EngineError>(pb::WorkspaceEvent {
+            Ok::<_, crate::domain::Error>(pb::WorkspaceEvent {
                 at: Some(ts(engine.store().clock().now())),
                 workspace_id: workspace.to_string(),
                 event: Some(pb::workspace_event::Event::Snapshot(convert::workspace(

@@ -212,7 +212,7 @@ pub(super) async fn settle<A: Message>(claimed: Claimed, answer: Option<&A>) {
 /// A recorded answer.
 pub(super) fn decode<A: Message + Default>(answer: &[u8]) -> Result<A, Status> {
     A::decode(answer).map_err(|_| {
-        status::to_status(crate::engine::EngineError::Internal(
+        status::to_status(crate::domain::Error::Internal(
             "a recorded answer could not be decoded".into(),
         ))
     })

@@ -11,12 +11,15 @@ use super::{
     status,
 };
 use crate::{
-    auth::Caller,
-    domain::{Secret, Trigger, WorkspaceId, validate},
+    domain::{
+        Secret, Trigger, WorkspaceId,
+        change::{Actor, Change, Creation},
+        ledger::{Ask, DropReason},
+        validate,
+    },
     engine::{
         Engine,
-        intent::{Admission, Change, Creation, Intent, Verdict, Waiting},
-        ledger::{Ask, DropReason},
+        intent::{Admission, Intent, Verdict, Waiting},
     },
     proto::{self as pb, workspace_lifecycle_server::WorkspaceLifecycle},
 };
@@ -128,7 +131,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::CreateWorkspaceRequest>,
     ) -> Result<Response<pb::Workspace>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Actor::of(&request);
         let request = request.into_inner();
         validate::workspace_name(&request.name)?;
         let backend = convert::backend_kind(request.backend)?;
@@ -194,7 +197,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::RestartWorkspaceRequest>,
     ) -> Result<Response<RestartStream>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Actor::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         let trigger = convert::restart_trigger(request.trigger)?;
@@ -210,7 +213,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::StopWorkspaceRequest>,
     ) -> Result<Response<RestartStream>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Actor::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::reason("reason", &request.reason)?;
@@ -230,7 +233,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::DeleteWorkspaceRequest>,
     ) -> Result<Response<RestartStream>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Actor::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::reason("reason", &request.reason)?;
@@ -248,7 +251,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::SetSecretRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Actor::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::env_name("name", &request.name)?;
@@ -269,7 +272,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Actor::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::secret_name_to_delete(&request.name)?;
@@ -288,7 +291,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::WriteFileRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Actor::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::file_path(&request.path)?;
@@ -309,7 +312,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Actor::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::file_path(&request.path)?;
@@ -329,7 +332,7 @@ impl WorkspaceLifecycle for LifecycleService {
         request: Request<pb::ReportUnreachableRequest>,
     ) -> Result<Response<pb::ReportUnreachableResponse>, Status> {
         use pb::report_unreachable_response::Outcome;
-        let caller = Caller::of(&request);
+        let caller = Actor::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::reason("detail", &request.detail)?;

@@ -10,7 +10,7 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{domain::validate::Invalid, engine::EngineError};
+use crate::domain::{Error, validate::Invalid};
 
 /// The `ErrorInfo.domain` of every error this service produces.
 pub const DOMAIN: &str = "workspace-lifecycle";
@@ -172,29 +172,29 @@ pub fn permission_denied(message: impl Into<String>) -> Status {
 
 /// The status a caller gets for `err`. Messages never carry secret values
 /// (the engine's errors are built without them).
-pub fn to_status(err: EngineError) -> Status {
+pub fn to_status(err: Error) -> Status {
     match err {
-        EngineError::NotFound(what) => plain(
+        Error::NotFound(what) => plain(
             Code::NotFound,
             reason::NOT_FOUND,
             format!("{what} not found"),
         ),
         // The engine's own `Invalid` comes from configuration, not from a
         // request field; name the request as a whole.
-        EngineError::Invalid(msg) => invalid_field("request", msg),
-        EngineError::FailedPrecondition(msg) => precondition(msg),
-        EngineError::AlreadyExists(msg) => plain(Code::AlreadyExists, reason::ALREADY_EXISTS, msg),
-        EngineError::Unauthenticated(msg) => unauthenticated(msg),
-        EngineError::PermissionDenied(msg) => permission_denied(msg),
+        Error::Invalid(msg) => invalid_field("request", msg),
+        Error::FailedPrecondition(msg) => precondition(msg),
+        Error::AlreadyExists(msg) => plain(Code::AlreadyExists, reason::ALREADY_EXISTS, msg),
+        Error::Unauthenticated(msg) => unauthenticated(msg),
+        Error::PermissionDenied(msg) => permission_denied(msg),
         // Per-workspace counts and sizes: waiting does not free anything,
         // so no RetryInfo.
-        EngineError::Exhausted(msg) => plain(Code::ResourceExhausted, reason::LIMIT_REACHED, msg),
-        EngineError::Unavailable(msg) => unavailable(
+        Error::Exhausted(msg) => plain(Code::ResourceExhausted, reason::LIMIT_REACHED, msg),
+        Error::Unavailable(msg) => unavailable(
             reason::DATABASE_UNAVAILABLE,
             format!("unavailable: {msg}"),
             DATABASE_RETRY_DELAY,
         ),
-        EngineError::Internal(msg) => {
+        Error::Internal(msg) => {
             tracing::error!(%msg, "internal error");
             plain(Code::Internal, reason::INTERNAL, msg)
         }
@@ -211,8 +211,8 @@ fn precondition(msg: String) -> Status {
     }
 }
 
-impl From<EngineError> for Status {
-    fn from(err: EngineError) -> Self {
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
         to_status(err)
     }
 }
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn unavailable_says_when_to_retry() {
-        let status = to_status(EngineError::Unavailable("database connection lost".into()));
+        let status = to_status(Error::Unavailable("database connection lost".into()));
         assert_eq!(status.code(), Code::Unavailable);
         let details = status.get_error_details();
         assert_eq!(
@@ -258,9 +258,7 @@ mod tests {
 
     #[test]
     fn a_deleted_workspace_is_a_precondition_with_a_stable_reason() {
-        let status = to_status(EngineError::FailedPrecondition(
-            "workspace is deleted".into(),
-        ));
+        let status = to_status(Error::FailedPrecondition("workspace is deleted".into()));
         let details = status.get_error_details();
         let violation = &details.precondition_failure().unwrap().violations[0];
         assert_eq!(violation.subject, "workspace");
@@ -272,7 +270,7 @@ mod tests {
 
     #[test]
     fn limits_carry_no_retry_info_but_busy_pools_do() {
-        let limit = to_status(EngineError::Exhausted("too many secrets".into()));
+        let limit = to_status(Error::Exhausted("too many secrets".into()));
         assert!(limit.get_error_details().retry_info().is_none());
         let busy = too_many_calls("busy");
         assert_eq!(

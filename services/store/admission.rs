@@ -1,69 +1,43 @@
-//! Admission: requests become durable here. One transaction per batch of
-//! requests for one workspace: lock the row, apply each request's config
-//! change (if any) and its ledger transition in arrival order, record new
-//! cycles, absorbed triggers and counters, publish the events, commit. A
-//! caller is answered only after this commit.
+//! Admission's writes: new workspaces, config changes within their limits,
+//! and what a batch did (cycles opened, triggers absorbed, counters, audit
+//! rows, events), all in the batch's one transaction (C2, C13). The
+//! decisions are the engine's (`engine::admission`).
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 
-use super::{Store, audit, db, notify, rows};
+use super::{RowTx, audit, audit::AuditRow, db};
 use crate::{
-    domain::{CycleId, CycleState, Generation, Timestamp, Trigger, WorkspaceId, validate},
-    engine::{
-        EngineError,
-        coalesce::{Admit, Ticket},
-        events::{Event, EventKind, Handling},
-        intent::{Admission, Change, Creation, Intent, Stage, Verdict, Waiting},
-        ledger::{AdmitRequest, Admitted, Refusal},
+    domain::{
+        CycleId, CycleState, Error, Event, EventKind, Generation, Handling, Timestamp, Trigger,
+        WorkspaceId,
+        change::{Change, Creation},
+        validate,
     },
     telemetry::cycle_trace::TraceOrigin,
 };
 
-/// Counters and events gathered while a batch is admitted, written once.
+/// What one admission batch did, counted: the counters, absorbed triggers,
+/// opened cycles and handling events the store writes once per batch.
 #[derive(Default)]
-struct Tally {
-    /// trigger → [accepted, coalesced, deferred, dropped]
-    stats: BTreeMap<Trigger, [i64; 4]>,
+pub struct Tally {
+    /// trigger → requests per handling (indexed by `Handling`).
+    stats: BTreeMap<Trigger, [i64; Handling::COUNT]>,
     /// (cycle, trigger) → requests absorbed
     absorbed: BTreeMap<(CycleId, Trigger), i64>,
     /// (trigger, handling, cycle, reason) → requests
-    handled: BTreeMap<(Trigger, HandlingKey, Option<CycleId>, String), u32>,
+    handled: BTreeMap<(Trigger, Handling, Option<CycleId>, String), u32>,
     /// Cycles opened, with where their traces hang.
     opened: Vec<(CycleId, TraceOrigin)>,
 }
 
-/// `Handling` as a map key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum HandlingKey {
-    Accepted,
-    Coalesced,
-    Deferred,
-    Dropped,
-}
-
-impl HandlingKey {
-    fn handling(self) -> Handling {
-        match self {
-            Self::Accepted => Handling::Accepted,
-            Self::Coalesced => Handling::Coalesced,
-            Self::Deferred => Handling::Deferred,
-            Self::Dropped => Handling::Dropped,
-        }
-    }
-
-    fn column(self) -> usize {
-        self as usize
-    }
-}
-
 impl Tally {
-    fn count(&mut self, trigger: Trigger, how: HandlingKey, cycle: Option<CycleId>, reason: &str) {
-        self.stats.entry(trigger).or_default()[how.column()] += 1;
+    /// Counts one request handled `how` (into `cycle`, for `reason`).
+    pub fn count(&mut self, trigger: Trigger, how: Handling, cycle: Option<CycleId>, reason: &str) {
+        self.stats.entry(trigger).or_default()[how.index()] += 1;
         if let Some(cycle) = cycle {
-            if how != HandlingKey::Dropped {
+            if how != Handling::Dropped {
                 *self.absorbed.entry((cycle, trigger)).or_default() += 1;
             }
         }
@@ -72,155 +46,40 @@ impl Tally {
             .entry((trigger, how, cycle, reason.to_owned()))
             .or_default() += 1;
     }
+
+    /// Records a cycle opened in this batch and where its trace hangs.
+    pub fn opened(&mut self, cycle: CycleId, origin: TraceOrigin) {
+        self.opened.push((cycle, origin));
+    }
 }
 
-#[async_trait]
-impl Admit<Intent> for Store {
-    async fn admit(
-        &self,
-        workspace: &WorkspaceId,
-        batch: &[Intent],
+impl RowTx<'_> {
+    /// Inserts a new workspace (before `lock`); `AlreadyExists` if its name
+    /// is taken by a live one.
+    pub async fn insert_workspace(&self, creation: &Creation, now: Timestamp) -> Result<(), Error> {
+        insert_workspace(&self.tx, self.workspace, creation, now).await
+    }
+
+    /// Applies a config mutation to the locked row's workspace, within the
+    /// workspace's and the backend's limits.
+    pub async fn apply_change(&self, change: &Change, now: Timestamp) -> Result<(), Error> {
+        super::limits::check(&self.tx, &self.store, self.workspace, change).await?;
+        apply_change(&self.tx, self.workspace, change, self.store.sealer(), now).await
+    }
+
+    /// Writes `tally`'s cycles, counters and audit rows and queues its
+    /// events.
+    pub async fn record_tally(
+        &mut self,
+        tally: &Tally,
+        audit: &[AuditRow<'_>],
         now: Timestamp,
-    ) -> Result<Vec<Result<Ticket, EngineError>>, EngineError> {
-        let workspace = *workspace;
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(db)?;
-
-        let mut creation_failed = None;
-        for creation in batch.iter().filter_map(|i| i.creation.as_ref()) {
-            if let Err(err) = insert_workspace(&tx, workspace, creation, now).await {
-                creation_failed = Some(err);
-            }
-        }
-        if let Some(err) = creation_failed {
-            return Ok(vec![Err(err); batch.len()]);
-        }
-
-        let mut locked = rows::lock(&tx, workspace).await?;
-        let before = (locked.ledger.clone(), locked.config_version);
-        let mut tally = Tally::default();
-        let mut results = Vec::with_capacity(batch.len());
-        for intent in batch {
-            let result =
-                admit_one(&tx, workspace, intent, &mut locked, &mut tally, self, now).await;
-            results.push(result);
-        }
-
-        write_tally(&tx, workspace, &tally, now).await?;
-        audit::record(&tx, workspace, batch, &results, now).await?;
-        // A batch that changed nothing (refusals, drops) leaves the row as
-        // it was, `updated_at` included: bad input changes nothing.
-        if (&locked.ledger, locked.config_version) != (&before.0, before.1) {
-            rows::save(&tx, workspace, &locked, self.timing(), now).await?;
-        }
-        let events = tally_events(workspace, &tally, now);
-        notify::publish(&tx, &events).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(results)
-    }
-}
-
-/// Applies one request to the locked row.
-async fn admit_one(
-    tx: &impl GenericClient,
-    workspace: WorkspaceId,
-    intent: &Intent,
-    locked: &mut rows::Locked,
-    tally: &mut Tally,
-    store: &Store,
-    now: Timestamp,
-) -> Result<Ticket, EngineError> {
-    let Stage::Treated(treatment) = intent.stage else {
-        return Err(EngineError::Internal(format!(
-            "admission of an untreated request ({:?})",
-            intent.stage
-        )));
-    };
-    if locked.ledger.desired == crate::domain::Desired::Deleted
-        && intent.ask != crate::engine::ledger::Ask::Delete
-    {
-        return Err(refused(Refusal::Deleted));
-    }
-    if let Some(change) = &intent.change {
-        super::limits::check(tx, store, workspace, change).await?;
-        apply_change(tx, workspace, change, store.sealer(), now).await?;
-        locked.config_version.0 += 1;
-    }
-    let config_version = Some(locked.config_version);
-    let request = AdmitRequest {
-        ask: intent.ask,
-        trigger: intent.trigger,
-        treatment,
-    };
-    let admitted = locked
-        .ledger
-        .admit(request, now, CycleId::new(), store.timing())
-        .map_err(refused)?;
-    let waiting = if locked.ledger.running.is_some() {
-        Waiting::Coalesced
-    } else {
-        Waiting::Deferred
-    };
-    let (cycle, due, ready, opened) = match admitted {
-        Admitted::Opened { cycle, due, ready } => (cycle, due, ready, true),
-        Admitted::Joined { cycle, due, ready } => (cycle, due, ready, false),
-        Admitted::Stored => {
-            return Ok(Ticket::Done(Admission {
-                verdict: Verdict::Stored,
-                config_version,
-            }));
-        }
-        Admitted::AlreadyDeleted => {
-            return Ok(Ticket::Done(Admission {
-                verdict: Verdict::AlreadyDeleted,
-                config_version,
-            }));
-        }
-        Admitted::Dropped { reason, until } => {
-            tally.count(
-                intent.trigger,
-                HandlingKey::Dropped,
-                None,
-                reason.describe(),
-            );
-            return Ok(Ticket::Done(Admission {
-                verdict: Verdict::Dropped { reason, until },
-                config_version,
-            }));
-        }
-    };
-    if opened {
-        tally
-            .opened
-            .push((cycle, TraceOrigin::of(cycle, intent.caller.as_ref())));
-    }
-    let how = match (ready, opened, waiting) {
-        (true, true, _) => HandlingKey::Accepted,
-        (true, false, _) | (false, _, Waiting::Coalesced) => HandlingKey::Coalesced,
-        (false, _, Waiting::Deferred) => HandlingKey::Deferred,
-    };
-    tally.count(intent.trigger, how, Some(cycle), "");
-    Ok(if ready {
-        Ticket::Ready {
-            cycle,
-            opened,
-            config_version,
-        }
-    } else {
-        Ticket::Done(Admission {
-            verdict: Verdict::Coalesced {
-                cycle,
-                not_before: due,
-                waiting,
-            },
-            config_version,
-        })
-    })
-}
-
-fn refused(refusal: Refusal) -> EngineError {
-    match refusal {
-        Refusal::Deleted => EngineError::FailedPrecondition("workspace is deleted".into()),
+    ) -> Result<(), Error> {
+        write_tally(&self.tx, self.workspace, tally, now).await?;
+        audit::record(&self.tx, self.workspace, audit, now).await?;
+        let events = tally_events(self.workspace, tally, now);
+        self.publish(events);
+        Ok(())
     }
 }
 
@@ -229,9 +88,9 @@ async fn insert_workspace(
     workspace: WorkspaceId,
     creation: &Creation,
     now: Timestamp,
-) -> Result<(), EngineError> {
-    let spec = serde_json::to_value(&creation.spec)
-        .map_err(|e| EngineError::Internal(format!("spec: {e}")))?;
+) -> Result<(), Error> {
+    let spec =
+        serde_json::to_value(&creation.spec).map_err(|e| Error::Internal(format!("spec: {e}")))?;
     let statement = tx
         .prepare_cached(
             "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
@@ -254,7 +113,7 @@ async fn insert_workspace(
         .await
         .map_err(db)?;
     if inserted == 0 {
-        return Err(EngineError::AlreadyExists(format!(
+        return Err(Error::AlreadyExists(format!(
             "a workspace named {:?} already exists",
             creation.name
         )));
@@ -269,7 +128,7 @@ async fn apply_change(
     change: &Change,
     sealer: &super::Sealer,
     now: Timestamp,
-) -> Result<(), EngineError> {
+) -> Result<(), Error> {
     let id = workspace.as_uuid();
     match change {
         Change::SetSecret { name, value } => {
@@ -281,7 +140,7 @@ async fn apply_change(
                 .map_err(db)?;
             let others: i64 = tx.query_one(&count, &[&id, name]).await.map_err(db)?.get(0);
             if others >= validate::MAX_SECRETS {
-                return Err(EngineError::Exhausted(format!(
+                return Err(Error::Exhausted(format!(
                     "a workspace holds at most {} secrets",
                     validate::MAX_SECRETS
                 )));
@@ -308,7 +167,7 @@ async fn apply_change(
                 .await
                 .map_err(db)?;
             if tx.execute(&delete, &[&id, name]).await.map_err(db)? == 0 {
-                return Err(EngineError::NotFound(format!("secret {name:?}")));
+                return Err(Error::NotFound(format!("secret {name:?}")));
             }
         }
         Change::DeleteFile { path } => {
@@ -317,7 +176,7 @@ async fn apply_change(
                 .await
                 .map_err(db)?;
             if tx.execute(&delete, &[&id, path]).await.map_err(db)? == 0 {
-                return Err(EngineError::NotFound(format!("file {path:?}")));
+                return Err(Error::NotFound(format!("file {path:?}")));
             }
         }
         Change::WriteFile { path, content } => {
@@ -340,7 +199,7 @@ async fn apply_change(
                 .map_err(db)?
             {
                 let other: String = row.get(0);
-                return Err(EngineError::Invalid(format!(
+                return Err(Error::Invalid(format!(
                     "path {path:?} clashes with the file {other:?}: a path is a file or a directory, not both"
                 )));
             }
@@ -354,13 +213,13 @@ async fn apply_change(
             let row = tx.query_one(&usage, &[&id, path]).await.map_err(db)?;
             let (others, bytes): (i64, i64) = (row.get(0), row.get(1));
             if others >= validate::MAX_FILES {
-                return Err(EngineError::Exhausted(format!(
+                return Err(Error::Exhausted(format!(
                     "a workspace holds at most {} files",
                     validate::MAX_FILES
                 )));
             }
             if bytes + content.len() as i64 > validate::MAX_TOTAL_FILE_BYTES {
-                return Err(EngineError::Exhausted(format!(
+                return Err(Error::Exhausted(format!(
                     "a workspace's files total at most {} bytes",
                     validate::MAX_TOTAL_FILE_BYTES
                 )));
@@ -386,7 +245,7 @@ async fn write_tally(
     workspace: WorkspaceId,
     tally: &Tally,
     now: Timestamp,
-) -> Result<(), EngineError> {
+) -> Result<(), Error> {
     let id = workspace.as_uuid();
     if !tally.opened.is_empty() {
         let ids: Vec<uuid::Uuid> = tally.opened.iter().map(|(c, _)| c.as_uuid()).collect();
@@ -441,10 +300,10 @@ async fn write_tally(
 pub(super) async fn record_stats(
     tx: &impl GenericClient,
     workspace: WorkspaceId,
-    stats: &BTreeMap<Trigger, [i64; 4]>,
-) -> Result<(), EngineError> {
+    stats: &BTreeMap<Trigger, [i64; Handling::COUNT]>,
+) -> Result<(), Error> {
     let mut triggers = Vec::new();
-    let mut columns: [Vec<i64>; 4] = Default::default();
+    let mut columns: [Vec<i64>; Handling::COUNT] = Default::default();
     for (trigger, counts) in stats {
         triggers.push(trigger.as_str());
         for (column, count) in columns.iter_mut().zip(counts) {
@@ -480,18 +339,15 @@ pub(super) async fn record_stats(
 }
 
 fn tally_events(workspace: WorkspaceId, tally: &Tally, now: Timestamp) -> Vec<Event> {
-    let opened = tally.opened.iter().map(|(cycle, _)| Event {
-        workspace,
-        at: now,
-        kind: EventKind::Cycle {
-            cycle: *cycle,
-            state: CycleState::Pending,
-            generation: Generation(0),
-            phase: None,
-            outcome: None,
-            reason: String::new(),
-            config_version: Default::default(),
-        },
+    let opened = tally.opened.iter().map(|(cycle, _)| {
+        Event::cycle(
+            workspace,
+            now,
+            *cycle,
+            Generation(0),
+            CycleState::Pending,
+            Default::default(),
+        )
     });
     let handled = tally
         .handled
@@ -501,7 +357,7 @@ fn tally_events(workspace: WorkspaceId, tally: &Tally, now: Timestamp) -> Vec<Ev
             at: now,
             kind: EventKind::Trigger {
                 trigger: *trigger,
-                handling: how.handling(),
+                handling: *how,
                 cycle: *cycle,
                 reason: reason.clone(),
                 count: *count,

@@ -7,12 +7,11 @@ use deadpool_postgres::GenericClient as _;
 use sha2::{Digest, Sha256};
 
 use super::{Store, db, notify};
+use crate::domain::Error;
+use crate::domain::Event;
 use crate::{
+    domain::EventKind,
     domain::{ConfigVersion, Generation, Timestamp, WorkspaceId},
-    engine::{
-        EngineError,
-        events::{Event, EventKind},
-    },
 };
 
 /// The hash under which a token is stored and looked up.
@@ -50,7 +49,7 @@ impl Store {
         workspace: WorkspaceId,
         token: &str,
         report: &AgentReport,
-    ) -> Result<(WorkspaceId, Generation), EngineError> {
+    ) -> Result<(WorkspaceId, Generation), Error> {
         let now = self.clock().now();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(db)?;
@@ -113,7 +112,7 @@ impl Store {
         &self,
         workspace: WorkspaceId,
         token: &str,
-    ) -> Result<(WorkspaceId, Generation), EngineError> {
+    ) -> Result<(WorkspaceId, Generation), Error> {
         let now = self.clock().now();
         let conn = self.conn().await?;
         let statement = conn
@@ -146,7 +145,7 @@ impl Store {
         &self,
         workspace: WorkspaceId,
         generation: Generation,
-    ) -> Result<Option<Registration>, EngineError> {
+    ) -> Result<Option<Registration>, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
@@ -166,6 +165,6 @@ impl Store {
     }
 }
 
-fn refused() -> EngineError {
-    EngineError::Unauthenticated("agent token is not valid for the current generation".into())
+fn refused() -> Error {
+    Error::Unauthenticated("agent token is not valid for the current generation".into())
 }

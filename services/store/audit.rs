@@ -7,22 +7,34 @@ use deadpool_postgres::GenericClient;
 use serde_json::json;
 
 use super::db;
-use crate::{
-    domain::{Timestamp, WorkspaceId},
-    engine::{
-        EngineError,
-        coalesce::Ticket,
-        intent::{Change, Intent},
-    },
+use crate::domain::{
+    Error, Timestamp, Trigger, WorkspaceId,
+    change::{Audited, Change, Creation},
 };
 
-/// What the audit log says a request changed.
-fn detail(intent: &Intent) -> serde_json::Value {
+/// One admitted mutation a caller made, as the audit log records it.
+#[derive(Clone, Copy, Debug)]
+pub struct AuditRow<'a> {
+    /// Who, and through which RPC.
+    pub by: &'a Audited,
+    /// The trigger the request carried.
+    pub trigger: Trigger,
+    /// The caller's reason.
+    pub reason: &'a str,
+    /// The config change, if any.
+    pub change: Option<&'a Change>,
+    /// The workspace created, if any.
+    pub creation: Option<&'a Creation>,
+}
+
+/// What the audit log says a request changed: names, paths and sizes, never
+/// a value.
+fn detail(row: &AuditRow<'_>) -> serde_json::Value {
     let mut detail = json!({
-        "trigger": intent.trigger.as_str(),
-        "reason": intent.reason,
+        "trigger": row.trigger.as_str(),
+        "reason": row.reason,
     });
-    match &intent.change {
+    match row.change {
         Some(Change::SetSecret { name, .. }) => detail["secret"] = json!(name),
         Some(Change::DeleteSecret { name }) => detail["secret"] = json!(name),
         Some(Change::WriteFile { path, content }) => {
@@ -32,30 +44,24 @@ fn detail(intent: &Intent) -> serde_json::Value {
         Some(Change::DeleteFile { path }) => detail["file"] = json!(path),
         None => {}
     }
-    if let Some(creation) = &intent.creation {
+    if let Some(creation) = row.creation {
         detail["name"] = json!(creation.name);
         detail["backend"] = json!(creation.backend.as_str());
     }
     detail
 }
 
-/// Records every request of `batch` that a caller made and that was
-/// admitted (a refused request changed nothing and is not recorded).
+/// Records the admitted mutations callers made (a refused request changed
+/// nothing and is not recorded).
 pub(super) async fn record(
     tx: &impl GenericClient,
     workspace: WorkspaceId,
-    batch: &[Intent],
-    results: &[Result<Ticket, EngineError>],
+    rows: &[AuditRow<'_>],
     now: Timestamp,
-) -> Result<(), EngineError> {
-    let (mut actors, mut actions, mut details) = (Vec::new(), Vec::new(), Vec::new());
-    for (intent, result) in batch.iter().zip(results) {
-        if let (Some(audit), Ok(_)) = (&intent.audit, result) {
-            actors.push(audit.actor.as_str());
-            actions.push(audit.action);
-            details.push(detail(intent));
-        }
-    }
+) -> Result<(), Error> {
+    let actors: Vec<&str> = rows.iter().map(|r| r.by.actor.as_str()).collect();
+    let actions: Vec<&str> = rows.iter().map(|r| r.by.action).collect();
+    let details: Vec<serde_json::Value> = rows.iter().map(detail).collect();
     if actors.is_empty() {
         return Ok(());
     }
@@ -96,7 +102,7 @@ impl super::Store {
     /// Appends one audit row per refused-call count, in one statement. The
     /// rows name no workspace (the request was never read) and are stamped
     /// with the database's time.
-    pub async fn append_refused(&self, rows: &[RefusedRow]) -> Result<(), EngineError> {
+    pub async fn append_refused(&self, rows: &[RefusedRow]) -> Result<(), Error> {
         let conn = self.conn().await?;
         let (mut actors, mut actions, mut codes, mut peers, mut counts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -8,11 +8,11 @@ use uuid::Uuid;
 
 use super::{Store, db, rows::parse};
 use crate::{
+    domain::Error,
     domain::{
         ConfigVersion, CycleId, CycleState, Generation, Goal, Outcome, Timestamp, Trigger,
         WorkspaceId,
     },
-    engine::EngineError,
 };
 
 /// One cycle as ListCycles shows it.
@@ -55,7 +55,7 @@ pub struct CycleRecord {
 const COLUMNS: &str = "id, seq, workspace_id, state, goal, generation, config_version, outcome,
     reason, created_at, started_at, ended_at, takeovers, trace_id, parent_span_id";
 
-fn record(row: &Row) -> Result<CycleRecord, EngineError> {
+fn record(row: &Row) -> Result<CycleRecord, Error> {
     Ok(CycleRecord {
         id: CycleId::from(row.get::<_, Uuid>("id")),
         seq: row.get("seq"),
@@ -89,7 +89,7 @@ impl Store {
         workspace: WorkspaceId,
         before: i64,
         limit: usize,
-    ) -> Result<(Vec<CycleRecord>, Option<i64>), EngineError> {
+    ) -> Result<(Vec<CycleRecord>, Option<i64>), Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(&format!(
@@ -119,7 +119,7 @@ impl Store {
     }
 
     /// One cycle, with the triggers it absorbed.
-    pub async fn cycle(&self, id: CycleId) -> Result<CycleRecord, EngineError> {
+    pub async fn cycle(&self, id: CycleId) -> Result<CycleRecord, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(&format!("SELECT {COLUMNS} FROM cycles WHERE id = $1"))
@@ -129,14 +129,14 @@ impl Store {
             .query_opt(&statement, &[&id.as_uuid()])
             .await
             .map_err(db)?
-            .ok_or_else(|| EngineError::NotFound(format!("cycle {id}")))?;
+            .ok_or_else(|| Error::NotFound(format!("cycle {id}")))?;
         let mut records = vec![record(&row)?];
         with_triggers(&conn, &mut records).await?;
         Ok(records.remove(0))
     }
 
     /// The trace id of `cycle`, if it exists.
-    pub async fn cycle_trace_id(&self, cycle: CycleId) -> Result<Option<String>, EngineError> {
+    pub async fn cycle_trace_id(&self, cycle: CycleId) -> Result<Option<String>, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached("SELECT trace_id FROM cycles WHERE id = $1")
@@ -154,7 +154,7 @@ impl Store {
     pub async fn latest_cycle_trace_id(
         &self,
         workspace: WorkspaceId,
-    ) -> Result<Option<(CycleId, String)>, EngineError> {
+    ) -> Result<Option<(CycleId, String)>, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
@@ -177,7 +177,7 @@ impl Store {
 async fn with_triggers(
     conn: &impl GenericClient,
     records: &mut [CycleRecord],
-) -> Result<(), EngineError> {
+) -> Result<(), Error> {
     let ids: Vec<Uuid> = records.iter().map(|r| r.id.as_uuid()).collect();
     let index: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let triggers = conn

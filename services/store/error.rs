@@ -5,13 +5,13 @@
 
 use tokio_postgres::error::SqlState;
 
-use crate::engine::EngineError;
+use crate::domain::Error;
 
 /// Maps a driver error.
-pub(crate) fn db(err: tokio_postgres::Error) -> EngineError {
+pub(crate) fn db(err: tokio_postgres::Error) -> Error {
     match err.code() {
         Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
-            EngineError::AlreadyExists("already exists".into())
+            Error::AlreadyExists("already exists".into())
         }
         Some(code)
             if *code == SqlState::QUERY_CANCELED
@@ -22,14 +22,14 @@ pub(crate) fn db(err: tokio_postgres::Error) -> EngineError {
                 || *code == SqlState::CANNOT_CONNECT_NOW
                 || *code == SqlState::TOO_MANY_CONNECTIONS =>
         {
-            EngineError::Unavailable(format!("database busy: {}", code.code()))
+            Error::Unavailable(format!("database busy: {}", code.code()))
         }
-        Some(code) => EngineError::Internal(format!("database error {}", code.code())),
+        Some(code) => Error::Internal(format!("database error {}", code.code())),
         None if err.is_closed() || io_error(&err) => {
-            EngineError::Unavailable("database connection lost".into())
+            Error::Unavailable("database connection lost".into())
         }
         // Client-side errors (a type mismatch, say) name types, never values.
-        None => EngineError::Internal(format!("database client error: {err}")),
+        None => Error::Internal(format!("database client error: {err}")),
     }
 }
 

@@ -9,9 +9,10 @@ use deadpool_postgres::GenericClient;
 use workspace_backends::{ConfigFootprint, LimitExceeded};
 
 use super::{Store, db, rows::parse};
+use crate::domain::Error;
 use crate::{
+    domain::change::Change,
     domain::{BackendKind, WorkspaceId, WorkspaceSpec},
-    engine::{EngineError, intent::Change},
 };
 
 /// Asks the workspace's backend whether it could boot a config this size.
@@ -36,7 +37,7 @@ pub(super) async fn check(
     store: &Store,
     workspace: WorkspaceId,
     change: &Change,
-) -> Result<(), EngineError> {
+) -> Result<(), Error> {
     let Some(limits) = store.limits.get() else {
         return Ok(());
     };
@@ -71,7 +72,7 @@ pub(super) async fn check(
         .map_err(db)?;
     let backend: BackendKind = parse(row.get::<_, &str>(0))?;
     let spec: WorkspaceSpec = serde_json::from_value(row.get(1))
-        .map_err(|e| EngineError::Internal(format!("stored spec: {e}")))?;
+        .map_err(|e| Error::Internal(format!("stored spec: {e}")))?;
     let count = |i: usize| row.get::<_, i64>(i) as usize;
     let mut footprint = ConfigFootprint {
         files: count(2),
@@ -99,5 +100,5 @@ pub(super) async fn check(
         }
         Change::DeleteSecret { .. } | Change::DeleteFile { .. } => {}
     }
-    limits(backend, &footprint).map_err(|exceeded| EngineError::Exhausted(exceeded.to_string()))
+    limits(backend, &footprint).map_err(|exceeded| Error::Exhausted(exceeded.to_string()))
 }

@@ -10,13 +10,21 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, notify::CHANNEL};
-use crate::engine::events::{Event, EventBus};
+use crate::domain::{Event, Timestamp};
+
+/// Where the listener hands what it hears (the engine's event bus).
+pub trait EventSink: Send + Sync + 'static {
+    /// An event some replica committed.
+    fn publish(&self, event: Event);
+    /// Events may have been missed: every subscriber should re-read state.
+    fn resync_all(&self, at: Timestamp);
+}
 
 /// Runs until `shutdown` is cancelled. `ready` fires once the first
 /// `LISTEN` is in place, so nothing published after start-up is missed.
 pub async fn run(
     store: Store,
-    bus: EventBus,
+    bus: impl EventSink,
     shutdown: CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -41,7 +49,7 @@ pub async fn run(
 
 async fn listen_once(
     store: &Store,
-    bus: &EventBus,
+    bus: &impl EventSink,
     ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = store.pg_config().connect(NoTls).await?;

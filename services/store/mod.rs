@@ -8,20 +8,21 @@
 //! write a cycle makes is fenced: it happens only if that cycle still holds
 //! the gate in this replica's name.
 //!
-//! [`Ledger`]: crate::engine::ledger::Ledger
+//! [`Ledger`]: crate::domain::ledger::Ledger
 
 mod admission;
 mod agents;
 mod audit;
 mod cycles;
 mod error;
-mod lease;
 mod limits;
 pub mod listener;
 mod notify;
 mod request_ids;
 mod retention;
+mod row_tx;
 mod rows;
+mod running;
 pub mod sealing;
 mod standings;
 mod workspaces;
@@ -31,20 +32,22 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+pub use admission::Tally;
 pub use agents::{AgentReport, Registration, token_hash};
-pub use audit::RefusedRow;
+pub use audit::{AuditRow, RefusedRow};
 pub use cycles::CycleRecord;
-pub use lease::{ConfigSnapshot, Finish, Finished, LeaseGuard};
 pub use limits::LimitCheck;
 pub use retention::Pruned;
+pub use row_tx::{Connection, Locked, RowTx};
+pub use running::{ConfigSnapshot, Fence, Started};
 pub use sealing::{Sealer, SecretsKey};
 pub use standings::Standing;
 pub use workspaces::{AgentRecord, Peek, Serving, TriggerCounts, WorkspaceRecord};
 
+use crate::domain::Error;
 use crate::{
     domain::{self, ReplicaId},
-    engine::{
-        EngineError,
+    domain::{
         clock::{DatabaseClock, SharedClock},
         ledger::Timing,
     },
@@ -97,9 +100,9 @@ impl Store {
         replica: ReplicaId,
         timing: Timing,
         clock: SharedClock,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, Error> {
         let mut pg_config = tokio_postgres::Config::from_str(&config.url)
-            .map_err(|e| EngineError::Invalid(format!("bad database URL: {e}")))?;
+            .map_err(|e| Error::Invalid(format!("bad database URL: {e}")))?;
         if pg_config.get_connect_timeout().is_none() {
             pg_config.connect_timeout(Duration::from_secs(5));
         }
@@ -121,7 +124,7 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(5)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
-            .map_err(|e| EngineError::Internal(format!("connection pool: {e}")))?;
+            .map_err(|e| Error::Internal(format!("connection pool: {e}")))?;
         let store = Self {
             pool,
             pg_config,
@@ -137,7 +140,7 @@ impl Store {
 
     /// Anchors `clock` to the database's time: the tightest of a few
     /// readings (C19).
-    pub async fn sync_clock(&self, clock: &DatabaseClock) -> Result<(), EngineError> {
+    pub async fn sync_clock(&self, clock: &DatabaseClock) -> Result<(), Error> {
         let conn = self.conn().await?;
         let statement = conn.prepare_cached("SELECT now()").await.map_err(db)?;
         for _ in 0..3 {
@@ -174,7 +177,7 @@ impl Store {
 
     /// Applies the embedded migrations (idempotent; safe from several
     /// replicas at once thanks to refinery's lock table).
-    pub async fn migrate(&self) -> Result<(), EngineError> {
+    pub async fn migrate(&self) -> Result<(), Error> {
         let mut conn = self.conn().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         // Replicas starting together must not race the migrations.
@@ -187,13 +190,13 @@ impl Store {
             .execute("SELECT pg_advisory_unlock(7201861)", &[])
             .await
             .map_err(db)?;
-        result.map_err(|e| EngineError::Internal(format!("migrations: {e}")))?;
+        result.map_err(|e| Error::Internal(format!("migrations: {e}")))?;
         self.seal_legacy_secrets().await
     }
 
     /// Seals secrets written before they were sealed at rest (rows without
     /// a nonce hold plain text), so none stays readable in Postgres.
-    async fn seal_legacy_secrets(&self) -> Result<(), EngineError> {
+    async fn seal_legacy_secrets(&self) -> Result<(), Error> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(db)?;
         let rows = tx
@@ -227,11 +230,11 @@ impl Store {
     }
 
     /// A pooled connection, or `UNAVAILABLE` if none comes in time.
-    pub(crate) async fn conn(&self) -> Result<Object, EngineError> {
+    pub(crate) async fn conn(&self) -> Result<Object, Error> {
         self.pool
             .get()
             .await
-            .map_err(|e| EngineError::Unavailable(format!("database: {e}")))
+            .map_err(|e| Error::Unavailable(format!("database: {e}")))
     }
 
     /// This replica's id (leases are held in its name).

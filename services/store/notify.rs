@@ -4,10 +4,7 @@
 use deadpool_postgres::GenericClient;
 
 use super::db;
-use crate::engine::{
-    EngineError,
-    events::{Event, EventKind},
-};
+use crate::domain::{Error, Event, EventKind};
 
 /// The channel every replica listens on.
 pub(crate) const CHANNEL: &str = "wl_events";
@@ -60,10 +57,7 @@ fn shorten(text: &mut String) {
 }
 
 /// Queues `events` for delivery when the surrounding transaction commits.
-pub(crate) async fn publish(
-    client: &impl GenericClient,
-    events: &[Event],
-) -> Result<(), EngineError> {
+pub(crate) async fn publish(client: &impl GenericClient, events: &[Event]) -> Result<(), Error> {
     if events.is_empty() {
         return Ok(());
     }

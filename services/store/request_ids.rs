@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Store, db};
-use crate::engine::EngineError;
+use crate::domain::Error;
 
 /// Salt of the advisory-lock key, so request-id locks do not collide with
 /// the migration lock or anyone else's.
@@ -57,7 +57,7 @@ impl Store {
         method: &'static str,
         digest: Vec<u8>,
         retention: Duration,
-    ) -> Result<Claim, EngineError> {
+    ) -> Result<Claim, Error> {
         let mut claim = RequestClaim {
             conn: None,
             id,
@@ -86,7 +86,7 @@ impl Store {
             }
             claim.finish("ROLLBACK").await?;
             if tokio::time::Instant::now() + backoff > give_up {
-                return Err(EngineError::Unavailable(
+                return Err(Error::Unavailable(
                     "an earlier request with this request_id is still running".into(),
                 ));
             }
@@ -124,7 +124,7 @@ impl Store {
     }
 
     /// Deletes request ids older than `retention`; returns how many.
-    pub async fn prune_request_ids(&self, retention: Duration) -> Result<u64, EngineError> {
+    pub async fn prune_request_ids(&self, retention: Duration) -> Result<u64, Error> {
         let conn = self.conn().await?;
         conn.execute(
             "DELETE FROM request_ids WHERE created_at < now() - make_interval(secs => $1)",
@@ -161,7 +161,7 @@ impl Store {
 
 impl RequestClaim {
     /// Records `response` as the answer to this id and releases it.
-    pub async fn record(mut self, response: &[u8]) -> Result<(), EngineError> {
+    pub async fn record(mut self, response: &[u8]) -> Result<(), Error> {
         let conn = self.conn.as_ref().expect("claim is live");
         conn.execute(
             "INSERT INTO request_ids (request_id, method, request_digest, response)
@@ -179,7 +179,7 @@ impl RequestClaim {
         let _ = self.finish("ROLLBACK").await;
     }
 
-    async fn finish(&mut self, statement: &str) -> Result<(), EngineError> {
+    async fn finish(&mut self, statement: &str) -> Result<(), Error> {
         let conn = self.conn.take().expect("claim is live");
         match conn.batch_execute(statement).await {
             Ok(()) => Ok(()),

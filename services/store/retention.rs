@@ -6,8 +6,8 @@
 //! (append-only; their retention is the operator's, see the README).
 
 use super::{Store, db};
+use crate::domain::Error;
 use crate::domain::Timestamp;
-use crate::engine::EngineError;
 
 /// Rows deleted per statement: short transactions, no long locks.
 const BATCH: i64 = 1000;
@@ -25,7 +25,7 @@ pub struct Pruned {
 
 impl Store {
     /// Deletes one batch of each kind of history older than `before`.
-    pub async fn prune(&self, before: Timestamp) -> Result<Pruned, EngineError> {
+    pub async fn prune(&self, before: Timestamp) -> Result<Pruned, Error> {
         let conn = self.conn().await?;
         let cycles = conn
             .prepare_cached(

@@ -5,31 +5,23 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::db;
+use super::{db, row_tx::Locked};
+use crate::domain::Error;
 use crate::{
+    domain::ledger::{Burst, Ledger, Pending, Running},
     domain::{
         ConfigVersion, CycleId, Desired, Generation, Goal, ReplicaId, Timestamp, WorkspaceId,
     },
-    engine::{
-        EngineError,
-        ledger::{Burst, Ledger, Pending, Running, Timing},
-    },
 };
 
-/// What a transaction that changes the ledger holds after `lock`.
-pub(crate) struct Locked {
-    pub(crate) ledger: Ledger,
-    pub(crate) config_version: ConfigVersion,
-}
-
 /// Parses a stored enum name.
-pub(super) fn parse<T: std::str::FromStr<Err = String>>(value: &str) -> Result<T, EngineError> {
+pub(super) fn parse<T: std::str::FromStr<Err = String>>(value: &str) -> Result<T, Error> {
     value
         .parse()
-        .map_err(|e: String| EngineError::Internal(format!("corrupt row: {e}")))
+        .map_err(|e: String| Error::Internal(format!("corrupt row: {e}")))
 }
 
-fn ledger_from_row(row: &Row) -> Result<Ledger, EngineError> {
+fn ledger_from_row(row: &Row) -> Result<Ledger, Error> {
     let running = match row.get::<_, Option<Uuid>>("running_cycle") {
         Some(cycle) => Some(Running {
             cycle: CycleId::from(cycle),
@@ -70,7 +62,7 @@ fn ledger_from_row(row: &Row) -> Result<Ledger, EngineError> {
 pub(crate) async fn lock(
     client: &impl GenericClient,
     workspace: WorkspaceId,
-) -> Result<Locked, EngineError> {
+) -> Result<Locked, Error> {
     let statement = client
         .prepare_cached(
             "SELECT desired, generation, running_cycle, running_owner, running_lease_until,
@@ -85,7 +77,7 @@ pub(crate) async fn lock(
         .query_opt(&statement, &[&workspace.as_uuid()])
         .await
         .map_err(db)?
-        .ok_or_else(|| EngineError::NotFound(format!("workspace {workspace}")))?;
+        .ok_or_else(|| Error::NotFound(format!("workspace {workspace}")))?;
     Ok(Locked {
         ledger: ledger_from_row(&row)?,
         config_version: ConfigVersion(row.get::<_, i64>("config_version") as u64),
@@ -97,9 +89,9 @@ pub(crate) async fn save(
     client: &impl GenericClient,
     workspace: WorkspaceId,
     locked: &Locked,
-    timing: &Timing,
+    pending_due: &Option<Timestamp>,
     now: Timestamp,
-) -> Result<(), EngineError> {
+) -> Result<(), Error> {
     let ledger = &locked.ledger;
     let running = ledger.running.as_ref();
     let pending = ledger.pending.as_ref();
@@ -136,7 +128,7 @@ pub(crate) async fn save(
                 &pending.and_then(|p| p.burst.map(|b| b.first_at)),
                 &pending.and_then(|p| p.burst.map(|b| b.last_at)),
                 &ledger.window_until,
-                &ledger.pending_due(timing),
+                pending_due,
                 &(locked.config_version.0 as i64),
                 &now,
             ],

@@ -14,8 +14,8 @@ use chacha20poly1305::{
 use sha2::{Digest as _, Sha256};
 
 use crate::{
+    domain::Error,
     domain::{Secret, WorkspaceId},
-    engine::EngineError,
 };
 
 /// The 32-byte key secrets are sealed with. `Debug` never shows it.
@@ -131,10 +131,10 @@ impl Sealer {
         workspace: WorkspaceId,
         name: &str,
         value: &Secret,
-    ) -> Result<Sealed, EngineError> {
+    ) -> Result<Sealed, Error> {
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce)
-            .map_err(|e| EngineError::Internal(format!("no randomness for a nonce: {e}")))?;
+            .map_err(|e| Error::Internal(format!("no randomness for a nonce: {e}")))?;
         let aad = associated(workspace, name);
         let ciphertext = self
             .cipher
@@ -145,7 +145,7 @@ impl Sealer {
                     aad: &aad,
                 },
             )
-            .map_err(|_| EngineError::Internal("a secret could not be sealed".into()))?;
+            .map_err(|_| Error::Internal("a secret could not be sealed".into()))?;
         Ok(Sealed {
             nonce: nonce.to_vec(),
             ciphertext,
@@ -159,9 +159,9 @@ impl Sealer {
         name: &str,
         nonce: &[u8],
         ciphertext: &[u8],
-    ) -> Result<Secret, EngineError> {
+    ) -> Result<Secret, Error> {
         let refused = || {
-            EngineError::Internal(format!(
+            Error::Internal(format!(
                 "secret {name:?} of workspace {workspace} cannot be opened with the configured secrets key"
             ))
         };

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::{Store, db, rows::parse};
 use crate::{
+    domain::Error,
     domain::{BackendKind, Desired, Generation, WorkspaceId, WorkspaceStatus},
-    engine::EngineError,
 };
 
 /// Where a workspace stands, as far as its instances are concerned.
@@ -37,7 +37,7 @@ impl Store {
         &self,
         key: i64,
         work: impl std::future::Future<Output = T>,
-    ) -> Result<Option<T>, EngineError> {
+    ) -> Result<Option<T>, Error> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(db)?;
         let locked: bool = tx
@@ -57,7 +57,7 @@ impl Store {
     pub async fn standings(
         &self,
         workspaces: &[WorkspaceId],
-    ) -> Result<HashMap<WorkspaceId, Standing>, EngineError> {
+    ) -> Result<HashMap<WorkspaceId, Standing>, Error> {
         let ids: Vec<Uuid> = workspaces.iter().map(|w| w.as_uuid()).collect();
         let conn = self.conn().await?;
         let statement = conn
@@ -94,7 +94,7 @@ impl Store {
     pub async fn unfinished_deletes(
         &self,
         limit: usize,
-    ) -> Result<Vec<(WorkspaceId, BackendKind)>, EngineError> {
+    ) -> Result<Vec<(WorkspaceId, BackendKind)>, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(

@@ -8,15 +8,14 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{Store, admission::record_stats, db, notify, rows::parse};
+use crate::domain::Error;
+use crate::domain::Event;
+use crate::domain::{EventKind, Handling};
 use crate::{
+    domain::ledger::DropReason,
     domain::{
         BackendKind, ConfigVersion, CycleId, Desired, Generation, Timestamp, Trigger, WorkspaceId,
         WorkspaceSpec, WorkspaceStatus,
-    },
-    engine::{
-        EngineError,
-        events::{Event, EventKind, Handling},
-        ledger::DropReason,
     },
 };
 
@@ -114,14 +113,14 @@ pub struct WorkspaceRecord {
 const COLUMNS: &str = "id, seq, name, backend, spec, status, status_reason, desired, generation,
     config_version, running_cycle, pending_cycle, pending_due_at, window_until, created_at, updated_at";
 
-fn record_from_row(row: &Row) -> Result<WorkspaceRecord, EngineError> {
+fn record_from_row(row: &Row) -> Result<WorkspaceRecord, Error> {
     Ok(WorkspaceRecord {
         id: WorkspaceId::from(row.get::<_, Uuid>("id")),
         seq: row.get("seq"),
         name: row.get("name"),
         backend: parse(row.get::<_, &str>("backend"))?,
         spec: serde_json::from_value(row.get("spec"))
-            .map_err(|e| EngineError::Internal(format!("stored spec: {e}")))?,
+            .map_err(|e| Error::Internal(format!("stored spec: {e}")))?,
         status: parse(row.get::<_, &str>("status"))?,
         status_reason: row.get("status_reason"),
         desired: parse(row.get::<_, &str>("desired"))?,
@@ -159,7 +158,7 @@ pub struct Peek {
 
 impl Store {
     /// One workspace with its names, agent and counters.
-    pub async fn workspace(&self, id: WorkspaceId) -> Result<WorkspaceRecord, EngineError> {
+    pub async fn workspace(&self, id: WorkspaceId) -> Result<WorkspaceRecord, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
@@ -169,7 +168,7 @@ impl Store {
             .query_opt(&statement, &[&id.as_uuid()])
             .await
             .map_err(db)?
-            .ok_or_else(|| EngineError::NotFound(format!("workspace {id}")))?;
+            .ok_or_else(|| Error::NotFound(format!("workspace {id}")))?;
         let mut records = vec![record_from_row(&row)?];
         fill_details(&conn, &mut records).await?;
         Ok(records.pop().expect("one record"))
@@ -182,7 +181,7 @@ impl Store {
         after: i64,
         limit: usize,
         include_deleted: bool,
-    ) -> Result<(Vec<WorkspaceRecord>, Option<i64>), EngineError> {
+    ) -> Result<(Vec<WorkspaceRecord>, Option<i64>), Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(&format!(
@@ -209,7 +208,7 @@ impl Store {
     }
 
     /// The debounce's unlocked look at a workspace.
-    pub async fn peek(&self, id: WorkspaceId) -> Result<Peek, EngineError> {
+    pub async fn peek(&self, id: WorkspaceId) -> Result<Peek, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
@@ -222,7 +221,7 @@ impl Store {
             .query_opt(&statement, &[&id.as_uuid()])
             .await
             .map_err(db)?
-            .ok_or_else(|| EngineError::NotFound(format!("workspace {id}")))?;
+            .ok_or_else(|| Error::NotFound(format!("workspace {id}")))?;
         Ok(Peek {
             desired: parse(row.get::<_, &str>(0))?,
             backend: parse(row.get::<_, &str>(1))?,
@@ -237,7 +236,7 @@ impl Store {
         id: WorkspaceId,
         trigger: Trigger,
         reason: DropReason,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), Error> {
         let now = self.clock().now();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(db)?;
@@ -268,7 +267,7 @@ impl Store {
         &self,
         now: Timestamp,
         limit: i64,
-    ) -> Result<Vec<WorkspaceId>, EngineError> {
+    ) -> Result<Vec<WorkspaceId>, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
@@ -296,7 +295,7 @@ impl Store {
         &self,
         after: Option<WorkspaceId>,
         limit: usize,
-    ) -> Result<Vec<Serving>, EngineError> {
+    ) -> Result<Vec<Serving>, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
@@ -324,7 +323,7 @@ impl Store {
     }
 
     /// When the earliest follow-up that waits for time becomes due.
-    pub async fn next_due(&self) -> Result<Option<Timestamp>, EngineError> {
+    pub async fn next_due(&self) -> Result<Option<Timestamp>, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
@@ -344,7 +343,7 @@ impl Store {
 async fn fill_details(
     client: &impl GenericClient,
     records: &mut [WorkspaceRecord],
-) -> Result<(), EngineError> {
+) -> Result<(), Error> {
     if records.is_empty() {
         return Ok(());
     }

@@ -34,11 +34,44 @@ use super::{
     ids::{self, cycle_span_id},
     metrics,
 };
-use crate::{
-    domain::{CycleId, Goal, Trigger, WorkspaceId},
-    engine::intent::Verdict,
-    store::{CycleRecord, Finish, LeaseGuard, Store},
+use crate::domain::{
+    ConfigVersion, CycleId, Finish, Generation, Goal, Timestamp, Trigger, WorkspaceId,
 };
+
+/// What the trace of a cycle that just took the gate says of it.
+#[derive(Clone, Debug)]
+pub struct CycleStart {
+    /// The cycle.
+    pub cycle: CycleId,
+    /// Its workspace.
+    pub workspace: WorkspaceId,
+    /// What it does.
+    pub goal: Goal,
+    /// The generation it provisions (or stops).
+    pub generation: Generation,
+    /// How many times it was taken over.
+    pub takeovers: u32,
+    /// When it took the gate.
+    pub claimed_at: Timestamp,
+    /// The config it delivers, for provisioning cycles.
+    pub config_version: Option<ConfigVersion>,
+    /// How it was admitted, if that could be read.
+    pub admitted: Option<AdmittedCycle>,
+}
+
+/// A cycle's admission, as stored: when, where its trace hangs, and the
+/// requests it absorbed.
+#[derive(Clone, Debug)]
+pub struct AdmittedCycle {
+    /// When it was opened.
+    pub created_at: Timestamp,
+    /// Its trace id (hex), empty if none was stored.
+    pub trace_id: String,
+    /// The opening caller's span id (hex), empty for a root.
+    pub parent_span_id: String,
+    /// Requests absorbed, by trigger.
+    pub triggers: std::collections::BTreeMap<Trigger, u64>,
+}
 
 /// The name of a cycle's root span.
 pub const CYCLE_SPAN: &str = "cycle";
@@ -100,47 +133,34 @@ pub struct CycleTrace {
 impl CycleTrace {
     /// Starts the cycle's root span (backdated to its admission, with the
     /// gate wait as its first child) and its metrics.
-    pub async fn begin(store: &Store, guard: &LeaseGuard) -> Self {
-        let claim = *guard.claim();
-        let record = match store.cycle(claim.cycle).await {
-            Ok(record) => Some(record),
-            Err(err) => {
-                tracing::warn!(%err, "cannot read the cycle for its trace");
-                None
-            }
-        };
-        let claimed_at = guard.started_at();
+    pub fn begin(start: CycleStart) -> Self {
+        let record = start.admitted.as_ref();
+        let claimed_at = start.claimed_at;
         let waited = record
-            .as_ref()
             .and_then(|r| (claimed_at - r.created_at).to_std().ok())
             .unwrap_or_default();
         metrics::get().cycle_started(waited);
         let triggers: Vec<Trigger> = record
-            .as_ref()
             .map(|r| r.triggers.keys().copied().collect())
             .unwrap_or_default();
         let mut trace = Self {
             span: None,
             context: Context::new(),
-            cycle: claim.cycle,
-            workspace: guard.workspace(),
-            goal: claim.goal,
-            generation: claim.generation.0,
+            cycle: start.cycle,
+            workspace: start.workspace,
+            goal: start.goal,
+            generation: start.generation.0,
             triggers,
             started: Instant::now(),
         };
         if super::traces_enabled() {
-            trace.start_span(record.as_ref(), guard, claimed_at);
+            trace.start_span(&start);
         }
         trace
     }
 
-    fn start_span(
-        &mut self,
-        record: Option<&CycleRecord>,
-        guard: &LeaseGuard,
-        claimed_at: crate::domain::Timestamp,
-    ) {
+    fn start_span(&mut self, start: &CycleStart) {
+        let (record, claimed_at) = (start.admitted.as_ref(), start.claimed_at);
         let tracer = global::tracer(SCOPE);
         let opened_at = record.map(|r| r.created_at).unwrap_or(claimed_at);
         let trace_id = record
@@ -165,7 +185,7 @@ impl CycleTrace {
             KeyValue::new("cycle.id", self.cycle.to_string()),
             KeyValue::new("cycle.goal", self.goal.as_str()),
             KeyValue::new("cycle.generation", self.generation as i64),
-            KeyValue::new("cycle.takeovers", i64::from(guard.claim().takeovers)),
+            KeyValue::new("cycle.takeovers", i64::from(start.takeovers)),
         ];
         if let Some(record) = record {
             let triggers: Vec<&str> = record.triggers.keys().map(Trigger::as_str).collect();
@@ -173,11 +193,8 @@ impl CycleTrace {
             attributes.push(KeyValue::new("cycle.triggers", triggers.join(",")));
             attributes.push(KeyValue::new("cycle.requests", requests as i64));
         }
-        if let Some(snapshot) = guard.snapshot() {
-            attributes.push(KeyValue::new(
-                "config.version",
-                snapshot.config_version.0 as i64,
-            ));
+        if let Some(version) = start.config_version {
+            attributes.push(KeyValue::new("config.version", version.0 as i64));
         }
         let builder = tracer
             .span_builder(CYCLE_SPAN)
@@ -262,32 +279,14 @@ impl CycleTrace {
 /// the cycle that answers it — the cycle it opened or joined, or for a
 /// dropped request the cycle that made it unnecessary — linked to the
 /// caller's own span. Off the request's path: the caller never waits.
-pub async fn record_request(
-    store: Store,
+pub fn record_request(
+    cycle: CycleId,
+    trace_id: &str,
     workspace: WorkspaceId,
     trigger: Trigger,
     caller: Option<SpanContext>,
-    verdict: Verdict,
+    answered: &metrics::Answered,
 ) {
-    let cycle = match &verdict {
-        Verdict::Accepted { cycle, .. } | Verdict::Coalesced { cycle, .. } => Some(*cycle),
-        _ => None,
-    };
-    let found = match cycle {
-        Some(cycle) => store
-            .cycle_trace_id(cycle)
-            .await
-            .map(|t| t.map(|t| (cycle, t))),
-        None => store.latest_cycle_trace_id(workspace).await,
-    };
-    let (cycle, trace_id) = match found {
-        Ok(Some(found)) => found,
-        Ok(None) => return,
-        Err(err) => {
-            tracing::debug!(%err, "no trace for a request");
-            return;
-        }
-    };
     let tracer = global::tracer(SCOPE);
     let mut builder = tracer
         .span_builder("request")
@@ -295,28 +294,25 @@ pub async fn record_request(
         .with_attributes([
             KeyValue::new("workspace.id", workspace.to_string()),
             KeyValue::new("request.trigger", trigger.as_str()),
-            KeyValue::new("request.handling", metrics::handling(&verdict)),
+            KeyValue::new("request.handling", answered.handling),
         ]);
     if let Some(caller) = caller {
         builder = builder.with_links(vec![Link::with_context(caller)]);
     }
-    let mut span = tracer.build_with_context(builder, &cycle_context(cycle, &trace_id));
+    let mut span = tracer.build_with_context(builder, &cycle_context(cycle, trace_id));
     let mut attributes = vec![
         KeyValue::new("trigger", trigger.as_str()),
         KeyValue::new("cycle.id", cycle.to_string()),
     ];
-    match &verdict {
-        Verdict::Coalesced { not_before, .. } => {
-            attributes.push(KeyValue::new("not_before", not_before.to_rfc3339()));
-        }
-        Verdict::Dropped { reason, until } => {
-            attributes.push(KeyValue::new("reason", reason.describe()));
-            if let Some(until) = until {
-                attributes.push(KeyValue::new("until", until.to_rfc3339()));
-            }
-        }
-        _ => {}
+    if let Some(not_before) = answered.not_before {
+        attributes.push(KeyValue::new("not_before", not_before.to_rfc3339()));
     }
-    span.add_event(metrics::handling(&verdict), attributes);
+    if !answered.drop_description.is_empty() {
+        attributes.push(KeyValue::new("reason", answered.drop_description));
+    }
+    if let Some(until) = answered.until {
+        attributes.push(KeyValue::new("until", until.to_rfc3339()));
+    }
+    span.add_event(answered.handling, attributes);
     span.end();
 }

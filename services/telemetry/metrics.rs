@@ -15,13 +15,7 @@ use opentelemetry::{
 };
 
 use super::SCOPE;
-use crate::{
-    domain::{Goal, Outcome, Trigger},
-    engine::{
-        intent::{Verdict, Waiting},
-        ledger::DropReason,
-    },
-};
+use crate::domain::{CycleId, Goal, Outcome, Timestamp, Trigger};
 
 /// The instruments.
 pub struct Metrics {
@@ -72,52 +66,34 @@ pub fn get() -> &'static Metrics {
     })
 }
 
-/// How a request was handled, as a label value.
-pub fn handling(verdict: &Verdict) -> &'static str {
-    match verdict {
-        Verdict::Accepted { .. } => "accepted",
-        Verdict::Coalesced {
-            waiting: Waiting::Coalesced,
-            ..
-        } => "coalesced",
-        Verdict::Coalesced {
-            waiting: Waiting::Deferred,
-            ..
-        } => "deferred",
-        Verdict::Dropped {
-            reason: DropReason::Debounced,
-            ..
-        } => "debounced",
-        Verdict::Dropped { .. } => "dropped",
-        Verdict::Stored => "stored",
-        Verdict::Idle => "idle",
-        Verdict::AlreadyDeleted => "already_deleted",
-    }
-}
-
-/// Why a request was dropped, as a label value ("" if it was not).
-pub fn drop_reason(verdict: &Verdict) -> &'static str {
-    match verdict {
-        Verdict::Dropped { reason, .. } => match reason {
-            DropReason::CycleInFlight => "cycle_in_flight",
-            DropReason::Debounced => "debounced",
-            DropReason::NotRunning => "not_running",
-            DropReason::InstanceBooting => "instance_booting",
-        },
-        _ => "",
-    }
+/// How a request was answered, as telemetry labels and records it. The
+/// engine derives it from its verdict in one place (`Verdict::answered`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answered {
+    /// How it was handled: accepted, coalesced, deferred, debounced,
+    /// dropped, stored, idle, already_deleted.
+    pub handling: &'static str,
+    /// Why it was dropped, as a label ("" if it was not).
+    pub drop_reason: &'static str,
+    /// Why it was dropped, in words ("" if it was not).
+    pub drop_description: &'static str,
+    /// The cycle that serves it (opened or joined).
+    pub cycle: Option<CycleId>,
+    /// Its cycle's earliest start, for a request that waits.
+    pub not_before: Option<Timestamp>,
+    /// Until when requests like it are dropped, when known.
+    pub until: Option<Timestamp>,
 }
 
 impl Metrics {
     /// Counts one request.
-    pub fn request(&self, trigger: Trigger, verdict: &Verdict) {
+    pub fn request(&self, trigger: Trigger, answered: &Answered) {
         let mut labels = vec![
             KeyValue::new("trigger", trigger.as_str()),
-            KeyValue::new("handling", handling(verdict)),
+            KeyValue::new("handling", answered.handling),
         ];
-        let reason = drop_reason(verdict);
-        if !reason.is_empty() {
-            labels.push(KeyValue::new("reason", reason));
+        if !answered.drop_reason.is_empty() {
+            labels.push(KeyValue::new("reason", answered.drop_reason));
         }
         self.requests.add(1, &labels);
     }

@@ -33,8 +33,6 @@ use opentelemetry_sdk::{
 use tracing::Level;
 use tracing_subscriber::{EnvFilter, Layer, filter::Targets, fmt, prelude::*};
 
-use crate::config::LogFormat;
-
 /// The instrumentation scope of every span and instrument.
 pub const SCOPE: &str = "workspace-lifecycle";
 
@@ -133,6 +131,15 @@ fn meter_provider() -> Result<SdkMeterProvider, TelemetryError> {
         builder = builder.with_periodic_exporter(exporter);
     }
     Ok(builder.build())
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Installs logging (text or JSON lines, `RUST_LOG` filtering), and the

@@ -465,7 +465,7 @@ async fn every_mutation_leaves_an_audit_record() {
     assert!(details[2].contains("conf/app.toml") && details[2].contains("\"bytes\": 5"));
     assert!(details.iter().all(|d| !d.contains("sk-audit-value")));
     let at: chrono::DateTime<chrono::Utc> = rows[0].get(3);
-    let now = workspace_lifecycle::engine::clock::Clock::now(&s.clock);
+    let now = workspace_lifecycle::domain::clock::Clock::now(&s.clock);
     assert!((at - now).num_seconds().abs() < 3600);
     s.shutdown().await;
 }

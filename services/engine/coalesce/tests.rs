@@ -5,11 +5,9 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::{
-    domain::Trigger,
+    domain::{Trigger, clock::ManualClock, ledger::Treatment},
     engine::{
-        clock::ManualClock,
         intent::{Verdict, Waiting},
-        ledger::Treatment,
         test_support::{MockInner, TestRequest, mock_inner},
     },
 };
@@ -40,7 +38,7 @@ impl Admit<TestRequest> for FakeAdmit {
         key: &u32,
         batch: &[TestRequest],
         _now: Timestamp,
-    ) -> Result<Vec<Result<Ticket, EngineError>>, EngineError> {
+    ) -> Result<Vec<Result<Ticket, Error>>, Error> {
         self.permits.acquire().await.unwrap().forget();
         self.batches.lock().unwrap().push(batch.len());
         let mut cycles = self.cycles.lock().unwrap();
@@ -205,8 +203,8 @@ async fn a_failed_admission_fails_every_request_of_the_batch_and_nothing_goes_on
             _key: &u32,
             _batch: &[TestRequest],
             _now: Timestamp,
-        ) -> Result<Vec<Result<Ticket, EngineError>>, EngineError> {
-            Err(EngineError::Unavailable("database down".into()))
+        ) -> Result<Vec<Result<Ticket, Error>>, Error> {
+            Err(Error::Unavailable("database down".into()))
         }
     }
     let (inner, _handle) = mock_inner();
@@ -220,5 +218,5 @@ async fn a_failed_admission_fails_every_request_of_the_batch_and_nothing_goes_on
         .await
         .expect("answered")
         .unwrap_err();
-    assert!(matches!(err, EngineError::Unavailable(_)));
+    assert!(matches!(err, Error::Unavailable(_)));
 }

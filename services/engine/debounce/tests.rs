@@ -4,9 +4,9 @@ use tokio_test::{assert_pending, assert_ready_ok};
 use tower::ServiceExt;
 
 use super::*;
-use crate::engine::{
-    clock::ManualClock,
-    test_support::{MockHandle, MockInner, TestRequest, mock_inner},
+use crate::{
+    domain::clock::ManualClock,
+    engine::test_support::{MockHandle, MockInner, TestRequest, mock_inner},
 };
 
 /// Drops every droppable request while `busy`, and remembers what it saw.
@@ -23,7 +23,7 @@ impl DropCheck<u32> for Busy {
         key: &u32,
         trigger: Trigger,
         _now: Timestamp,
-    ) -> Result<Option<EarlyDrop>, EngineError> {
+    ) -> Result<Option<EarlyDrop>, Error> {
         self.seen.lock().unwrap().push((*key, trigger));
         Ok(self.busy.lock().unwrap().then_some(EarlyDrop {
             reason: DropReason::CycleInFlight,

@@ -4,8 +4,8 @@ use tower::{ServiceExt, service_fn};
 
 use super::*;
 use crate::{
-    domain::{Generation, Goal, Trigger},
-    engine::{clock::ManualClock, test_support::TestRequest},
+    domain::{Generation, Goal, Trigger, clock::ManualClock},
+    engine::test_support::TestRequest,
 };
 
 /// An in-memory gate: one holder per key; the guard frees it on drop.
@@ -37,7 +37,7 @@ impl Drop for MemoryGuard {
 impl GateKeeper<u32> for MemoryGate {
     type Guard = MemoryGuard;
 
-    async fn claim(&self, key: &u32, _now: Timestamp) -> Result<Option<MemoryGuard>, EngineError> {
+    async fn claim(&self, key: &u32, _now: Timestamp) -> Result<Option<MemoryGuard>, Error> {
         let mut held = self.held.lock().unwrap();
         if held.contains_key(key) {
             return Ok(None);
@@ -67,7 +67,7 @@ fn holder(
 ) -> impl Service<
     Gated<TestRequest, MemoryGuard>,
     Response = Admission,
-    Error = EngineError,
+    Error = Error,
     Future = impl Send,
 > + Clone {
     service_fn(move |gated: Gated<TestRequest, MemoryGuard>| {
@@ -78,7 +78,7 @@ fn holder(
                 release.notified().await;
                 drop(gated);
             });
-            Ok::<_, EngineError>(Admission::of(Verdict::Accepted {
+            Ok::<_, Error>(Admission::of(Verdict::Accepted {
                 cycle,
                 generation: Generation(1),
                 goal: Goal::Provision,
@@ -151,5 +151,5 @@ async fn an_unadmitted_request_never_reaches_the_cycle_service() {
         .oneshot(TestRequest::new(1, Trigger::Manual))
         .await
         .unwrap_err();
-    assert!(matches!(err, EngineError::Internal(_)));
+    assert!(matches!(err, Error::Internal(_)));
 }

@@ -12,6 +12,7 @@
 //! - C11: no schedule deadlocks (shuttle fails the test if all threads
 //!   block), and every thread finishes.
 
+use std::time::Duration;
 use std::{
     collections::HashMap,
     sync::atomic::{AtomicUsize, Ordering},

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::domain::Generation;
 
 fn t0() -> Timestamp {
     chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap()

@@ -7,9 +7,9 @@
 use std::{sync::Arc, time::Duration};
 
 use workspace_lifecycle::{
-    domain::{Phase, ReplicaId, WorkspaceId},
-    engine::{clock::ManualClock, gate::GateKeeper, ledger::Timing},
-    store::{Finish, Store, StoreConfig},
+    domain::{Finish, Phase, ReplicaId, WorkspaceId, clock::ManualClock, ledger::Timing},
+    engine::gate::GateKeeper,
+    store::{Store, StoreConfig},
 };
 
 use crate::support::{TestDb, TestServer};
@@ -46,7 +46,7 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
     let sql = db.client().await;
     let ws = WorkspaceId::new();
     let cycle = uuid::Uuid::new_v4();
-    let now = workspace_lifecycle::engine::clock::Clock::now(&clock);
+    let now = workspace_lifecycle::domain::clock::Clock::now(&clock);
     let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
     sql.execute(
         "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status,
@@ -70,7 +70,7 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
         .expect("the first runner claims");
     assert!(old.renew().await.unwrap(), "the holder renews");
     clock.advance(LEASE + Duration::from_secs(1));
-    let later = workspace_lifecycle::engine::clock::Clock::now(&clock);
+    let later = workspace_lifecycle::domain::clock::Clock::now(&clock);
     let mut new = b
         .claim(&ws, later)
         .await

@@ -3,7 +3,7 @@
 
 /// Why the engine refused or could not serve a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EngineError {
+pub enum Error {
     /// No such workspace (or cycle).
     #[error("{0} not found")]
     NotFound(String),
@@ -35,7 +35,7 @@ pub enum EngineError {
     Internal(String),
 }
 
-impl From<crate::domain::validate::Invalid> for EngineError {
+impl From<crate::domain::validate::Invalid> for Error {
     fn from(err: crate::domain::validate::Invalid) -> Self {
         Self::Invalid(err.message)
     }

@@ -1,0 +1,160 @@
+//! Admission's decisions (C2, C7, C8, C13): each request of a batch for
+//! one workspace goes through the ledger's `admit` in arrival order, under
+//! the row lock, and the store writes the outcome in the same transaction.
+//! A caller is answered only after that commit.
+
+use async_trait::async_trait;
+
+use super::{
+    coalesce::{Admit, Ticket},
+    intent::{Admission, Intent, Stage, Verdict, Waiting},
+};
+use crate::{
+    domain::{
+        CycleId, Desired, Error, Handling, Timestamp, WorkspaceId,
+        ledger::{AdmitRequest, Admitted, Ask, Refusal},
+    },
+    store::{AuditRow, Locked, RowTx, Store, Tally},
+    telemetry::cycle_trace::TraceOrigin,
+};
+
+#[async_trait]
+impl Admit<Intent> for Store {
+    async fn admit(
+        &self,
+        workspace: &WorkspaceId,
+        batch: &[Intent],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Ticket, Error>>, Error> {
+        let workspace = *workspace;
+        let mut conn = self.connection().await?;
+        let mut tx = RowTx::begin(&mut conn, self, workspace).await?;
+
+        let mut creation_failed = None;
+        for creation in batch.iter().filter_map(|i| i.creation.as_ref()) {
+            if let Err(err) = tx.insert_workspace(creation, now).await {
+                creation_failed = Some(err);
+            }
+        }
+        if let Some(err) = creation_failed {
+            return Ok(vec![Err(err); batch.len()]);
+        }
+
+        let mut locked = tx.lock().await?;
+        let before = (locked.ledger.clone(), locked.config_version);
+        let mut tally = Tally::default();
+        let mut results = Vec::with_capacity(batch.len());
+        for intent in batch {
+            let result = admit_one(&tx, intent, &mut locked, &mut tally, self, now).await;
+            results.push(result);
+        }
+
+        let audit: Vec<AuditRow<'_>> = batch
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .filter_map(|(intent, _)| intent.audit_row())
+            .collect();
+        tx.record_tally(&tally, &audit, now).await?;
+        // A batch that changed nothing (refusals, drops) leaves the row as
+        // it was, `updated_at` included: bad input changes nothing.
+        if (&locked.ledger, locked.config_version) != (&before.0, before.1) {
+            tx.save(&locked, now).await?;
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+}
+
+/// Applies one request to the locked row.
+async fn admit_one(
+    tx: &RowTx<'_>,
+    intent: &Intent,
+    locked: &mut Locked,
+    tally: &mut Tally,
+    store: &Store,
+    now: Timestamp,
+) -> Result<Ticket, Error> {
+    let Stage::Treated(treatment) = intent.stage else {
+        return Err(Error::Internal(format!(
+            "admission of an untreated request ({:?})",
+            intent.stage
+        )));
+    };
+    if locked.ledger.desired == Desired::Deleted && intent.ask != Ask::Delete {
+        return Err(refused(Refusal::Deleted));
+    }
+    if let Some(change) = &intent.change {
+        tx.apply_change(change, now).await?;
+        locked.config_version.0 += 1;
+    }
+    let config_version = Some(locked.config_version);
+    let request = AdmitRequest {
+        ask: intent.ask,
+        trigger: intent.trigger,
+        treatment,
+    };
+    let admitted = locked
+        .ledger
+        .admit(request, now, CycleId::new(), store.timing())
+        .map_err(refused)?;
+    let waiting = if locked.ledger.running.is_some() {
+        Waiting::Coalesced
+    } else {
+        Waiting::Deferred
+    };
+    let (cycle, due, ready, opened) = match admitted {
+        Admitted::Opened { cycle, due, ready } => (cycle, due, ready, true),
+        Admitted::Joined { cycle, due, ready } => (cycle, due, ready, false),
+        Admitted::Stored => {
+            return Ok(Ticket::Done(Admission {
+                verdict: Verdict::Stored,
+                config_version,
+            }));
+        }
+        Admitted::AlreadyDeleted => {
+            return Ok(Ticket::Done(Admission {
+                verdict: Verdict::AlreadyDeleted,
+                config_version,
+            }));
+        }
+        Admitted::Dropped { reason, until } => {
+            tally.count(intent.trigger, Handling::Dropped, None, reason.describe());
+            return Ok(Ticket::Done(Admission {
+                verdict: Verdict::Dropped { reason, until },
+                config_version,
+            }));
+        }
+    };
+    if opened {
+        tally.opened(cycle, TraceOrigin::of(cycle, intent.caller.as_ref()));
+    }
+    let how = match (ready, opened, waiting) {
+        (true, true, _) => Handling::Accepted,
+        (true, false, _) | (false, _, Waiting::Coalesced) => Handling::Coalesced,
+        (false, _, Waiting::Deferred) => Handling::Deferred,
+    };
+    tally.count(intent.trigger, how, Some(cycle), "");
+    Ok(if ready {
+        Ticket::Ready {
+            cycle,
+            opened,
+            config_version,
+        }
+    } else {
+        Ticket::Done(Admission {
+            verdict: Verdict::Coalesced {
+                cycle,
+                not_before: due,
+                waiting,
+            },
+            config_version,
+        })
+    })
+}
+
+fn refused(refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::Deleted => Error::FailedPrecondition("workspace is deleted".into()),
+    }
+}

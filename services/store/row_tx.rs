@@ -1,0 +1,90 @@
+//! One transaction on one workspace row: the narrow surface the engine
+//! drives to apply its decisions (C2, C5, C11, C13). The engine locks the
+//! row, decides with the ledger, and the store writes what it decided —
+//! the row, the events (`NOTIFY`, sent only if the transaction commits) —
+//! in the same transaction, so every replica sees one order of decisions.
+
+use deadpool_postgres::{Object, Transaction};
+
+use super::{Store, db, notify, rows};
+use crate::domain::{ConfigVersion, Error, Event, Timestamp, WorkspaceId, ledger::Ledger};
+
+/// A pooled connection; a [`RowTx`] borrows it for its transaction.
+pub type Connection = Object;
+
+/// The ledger and config version read under the row lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Locked {
+    /// The gate and follow-up state.
+    pub ledger: Ledger,
+    /// The version of the workspace's secrets and files.
+    pub config_version: ConfigVersion,
+}
+
+/// A transaction about one workspace, open until `commit` (dropped: rolled
+/// back, nothing written).
+pub struct RowTx<'c> {
+    pub(super) tx: Transaction<'c>,
+    pub(super) store: Store,
+    pub(super) workspace: WorkspaceId,
+    pub(super) events: Vec<Event>,
+}
+
+impl Store {
+    /// A pooled connection, or `UNAVAILABLE` if none comes in time.
+    pub async fn connection(&self) -> Result<Connection, Error> {
+        self.conn().await
+    }
+}
+
+impl<'c> RowTx<'c> {
+    /// Opens a transaction about `workspace` on `conn`.
+    pub async fn begin(
+        conn: &'c mut Connection,
+        store: &Store,
+        workspace: WorkspaceId,
+    ) -> Result<Self, Error> {
+        let tx = conn.transaction().await.map_err(db)?;
+        Ok(Self {
+            tx,
+            store: store.clone(),
+            workspace,
+            events: Vec::new(),
+        })
+    }
+
+    /// The workspace this transaction is about.
+    pub fn workspace(&self) -> WorkspaceId {
+        self.workspace
+    }
+
+    /// Locks the row for the rest of the transaction and reads its ledger;
+    /// `NotFound` if there is no such workspace.
+    pub async fn lock(&self) -> Result<Locked, Error> {
+        rows::lock(&self.tx, self.workspace).await
+    }
+
+    /// Writes `locked` back to the row (with when its follow-up is due, for
+    /// the scheduler).
+    pub async fn save(&self, locked: &Locked, now: Timestamp) -> Result<(), Error> {
+        rows::save(
+            &self.tx,
+            self.workspace,
+            locked,
+            &locked.ledger.pending_due(self.store.timing()),
+            now,
+        )
+        .await
+    }
+
+    /// Queues events, published when the transaction commits.
+    pub fn publish(&mut self, events: impl IntoIterator<Item = Event>) {
+        self.events.extend(events);
+    }
+
+    /// Sends the queued events and commits.
+    pub async fn commit(self) -> Result<(), Error> {
+        notify::publish(&self.tx, &self.events).await?;
+        self.tx.commit().await.map_err(db)
+    }
+}
