@@ -1,4 +1,6 @@
-//! Where workspaces run.
+//! Where workspaces run: the [`Backend`] trait every backend implements,
+//! addressing instances per generation (C18), listing all of them for the
+//! collector (C17), and telling *booting* from *dead* (C9).
 //!
 //! A backend turns "run generation *g* of workspace *w* with this config"
 //! into a child process, a container or a VM, and reports what it sees. It
