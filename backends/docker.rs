@@ -304,16 +304,6 @@ impl Backend for DockerBackend {
         Ok(())
     }
 
-    async fn delete(
-        &self,
-        workspace: WorkspaceId,
-        through: Generation,
-        halt: Halt,
-    ) -> Result<(), BackendError> {
-        // The containers are all a workspace has on the engine.
-        self.stop(workspace, through, halt).await
-    }
-
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
         let found = self.containers(workspace).await?;
         let Some(newest) = found.last() else {

@@ -255,16 +255,6 @@ impl Backend for Ec2Backend {
             .await
     }
 
-    async fn delete(
-        &self,
-        workspace: WorkspaceId,
-        through: Generation,
-        halt: Halt,
-    ) -> Result<(), BackendError> {
-        // The instances are all a workspace has on EC2.
-        self.stop(workspace, through, halt).await
-    }
-
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {
         let instances = self.instances(workspace).await?;
         // The newest generation is the one that matters.
