@@ -1,10 +1,11 @@
-//! The agent that runs inside every workspace.
+//! The agent that runs inside every workspace: the proof that its
+//! generation is really up (C10), and gone once it is stale (C12).
 //!
-//! It proves to the control plane that a generation is really up: it
-//! registers with the token of its generation and the config version it
+//! It registers with the token of its generation and the config version it
 //! booted with, then heartbeats. A cycle is ONLINE only when *its*
-//! generation's agent registered, and a token of an older generation is
-//! refused, so an agent that outlived its generation exits by itself.
+//! generation's agent registered (C10), and a token of an older generation
+//! is refused (C12), so an agent that outlived its generation exits by
+//! itself.
 
 pub mod env;
 

@@ -11,6 +11,8 @@
 //! of its generation.
 
 mod archive;
+mod create;
+mod engine_call;
 mod found;
 mod phase;
 
@@ -19,8 +21,6 @@ use std::{collections::HashMap, time::Duration};
 use async_trait::async_trait;
 use bollard::{
     Docker,
-    errors::Error as DockerError,
-    models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum},
     query_parameters::{
         CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
         RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
@@ -28,12 +28,12 @@ use bollard::{
     },
 };
 use tracing::Instrument;
-use workspace_agent::env as agent_env;
 
 use crate::{
     Backend, BackendError, BackendKind, Generation, Halt, InstanceRef, InstanceState, Launch,
     WorkspaceId,
 };
+use engine_call::{backend_error, docker_span, status_code};
 use found::{Found, age_since};
 use phase::Seen;
 
@@ -82,34 +82,6 @@ pub struct DockerBackend {
 /// The name of one generation's container.
 pub fn container_name(workspace: WorkspaceId, generation: Generation) -> String {
     format!("ws-{workspace}-g{generation}")
-}
-
-fn status_code(err: &DockerError) -> Option<u16> {
-    match err {
-        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
-
-fn backend_error(what: &str, err: DockerError) -> BackendError {
-    match err {
-        DockerError::DockerResponseServerError {
-            status_code,
-            message,
-        } if (400..500).contains(&status_code) => {
-            BackendError::Rejected(format!("{what}: {message}"))
-        }
-        DockerError::DockerResponseServerError { message, .. } => {
-            BackendError::Unavailable(format!("{what}: docker engine: {message}"))
-        }
-        other => BackendError::Unavailable(format!("{what}: {other}")),
-    }
-}
-
-/// A span for one call to the engine, so a cycle's trace shows where
-/// the backend's time went.
-fn docker_span(operation: &'static str) -> tracing::Span {
-    tracing::info_span!("docker", otel.name = operation, otel.kind = "client")
 }
 
 impl DockerBackend {
@@ -204,40 +176,7 @@ impl DockerBackend {
     /// Creates the generation's container (its config, labels and no
     /// restart policy).
     async fn create(&self, launch: &Launch, name: &str) -> Result<(), BackendError> {
-        let mut env: Vec<String> = launch
-            .environment(FILES_DIR)
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("{}={name}", agent_env::ENDPOINT));
-        let spec = &launch.spec;
-        let image = if spec.image.is_empty() {
-            self.config.default_image.clone()
-        } else {
-            spec.image.clone()
-        };
-        let labels = HashMap::from([
-            (LABEL_WORKSPACE.to_owned(), launch.workspace.to_string()),
-            (LABEL_GENERATION.to_owned(), launch.generation.to_string()),
-            (LABEL_MANAGED.to_owned(), "workspace-lifecycle".to_owned()),
-        ]);
-        let body = ContainerCreateBody {
-            image: Some(image),
-            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: Some(env),
-            labels: Some(labels),
-            host_config: Some(HostConfig {
-                network_mode: self.config.network_mode.clone(),
-                memory: (spec.memory_mib > 0).then(|| i64::from(spec.memory_mib) * 1024 * 1024),
-                nano_cpus: (spec.cpu_millis > 0).then(|| i64::from(spec.cpu_millis) * 1_000_000),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::NO),
-                    maximum_retry_count: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let body = create::container_body(launch, name, &self.config);
         self.docker
             .create_container(
                 Some(CreateContainerOptions {
@@ -363,16 +302,6 @@ impl Backend for DockerBackend {
             }
         }
         Ok(())
-    }
-
-    async fn delete(
-        &self,
-        workspace: WorkspaceId,
-        through: Generation,
-        halt: Halt,
-    ) -> Result<(), BackendError> {
-        // The containers are all a workspace has on the engine.
-        self.stop(workspace, through, halt).await
     }
 
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {

@@ -1,4 +1,5 @@
-//! The `ec2` backend: each workspace is one VM.
+//! The `ec2` backend: each workspace is one VM, addressed per generation
+//! by its tags (C18), whose `pending` boot never reads as dead (C9).
 //!
 //! An instance is tagged with its workspace and generation, and launched
 //! with a `ClientToken` derived from (workspace, generation), so a start the
@@ -13,6 +14,9 @@
 //! retrying are the SDK's: its `InstanceTerminated` waiter and its standard
 //! retry policy (throttling included), not hand-written loops.
 
+mod run_instance;
+mod sdk_error;
+mod tagged;
 pub mod user_data;
 
 use std::time::Duration;
@@ -22,14 +26,16 @@ use aws_sdk_ec2::{
     Client,
     client::Waiters,
     config::retry::RetryConfig,
-    types::{Filter, Instance, InstanceStateName, ResourceType, Tag, TagSpecification},
+    types::{Filter, Instance},
 };
-use sha2::{Digest, Sha256};
 
 use crate::{
     Backend, BackendError, BackendKind, ConfigFootprint, Generation, Halt, InstancePhase,
     InstanceRef, InstanceState, Launch, LimitExceeded, WorkspaceId,
 };
+pub use run_instance::client_token;
+use sdk_error::{aws_smithy_error_text, sdk_error};
+use tagged::{generation_of, phase_of, tag};
 
 /// Tag with the workspace id.
 pub const TAG_WORKSPACE: &str = "wl:workspace";
@@ -79,78 +85,6 @@ impl Default for Ec2Config {
 pub struct Ec2Backend {
     client: Client,
     config: Ec2Config,
-}
-
-fn sdk_error<E>(what: &str, err: aws_sdk_ec2::error::SdkError<E>) -> BackendError
-where
-    E: std::error::Error + aws_sdk_ec2::error::ProvideErrorMetadata + 'static,
-{
-    use aws_sdk_ec2::error::SdkError;
-    match &err {
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or("unknown");
-            let message = service.err().message().unwrap_or_default();
-            if code.starts_with("Invalid")
-                || code.starts_with("Unsupported")
-                || code == "MissingParameter"
-            {
-                BackendError::Rejected(format!("{what}: {code}: {message}"))
-            } else {
-                BackendError::Unavailable(format!("{what}: {code}: {message}"))
-            }
-        }
-        _ => BackendError::Unavailable(format!("{what}: {}", aws_smithy_error_text(&err))),
-    }
-}
-
-fn aws_smithy_error_text(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The idempotency token of one (workspace, generation): the same start,
-/// retried, is the same launch.
-pub fn client_token(workspace: WorkspaceId, generation: Generation) -> String {
-    let digest = Sha256::digest(format!("wl:{workspace}:{generation}").as_bytes());
-    // EC2 accepts up to 64 ASCII characters.
-    hex_lower(&digest)[..64].to_owned()
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn tag(instance: &Instance, key: &str) -> Option<String> {
-    instance
-        .tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value().map(str::to_owned))
-}
-
-fn generation_of(instance: &Instance) -> Option<Generation> {
-    tag(instance, TAG_GENERATION)
-        .and_then(|g| g.parse().ok())
-        .map(Generation)
-}
-
-fn phase_of(instance: &Instance) -> InstancePhase {
-    match instance.state().and_then(|s| s.name()) {
-        Some(InstanceStateName::Pending) => InstancePhase::Pending,
-        Some(InstanceStateName::Running) => InstancePhase::Running,
-        Some(InstanceStateName::Stopping | InstanceStateName::ShuttingDown) => {
-            InstancePhase::Stopping
-        }
-        Some(InstanceStateName::Stopped) => InstancePhase::Stopped,
-        Some(InstanceStateName::Terminated) | None => InstancePhase::Missing,
-        Some(other) => InstancePhase::Failed(format!("instance state {}", other.as_str())),
-    }
 }
 
 impl Ec2Backend {
@@ -306,70 +240,7 @@ impl Backend for Ec2Backend {
             return Ok(()); // A retried start of the same generation.
         }
 
-        let spec = &launch.spec;
-        let ami = if spec.ami.is_empty() {
-            &self.config.default_ami
-        } else {
-            &spec.ami
-        };
-        if ami.is_empty() {
-            return Err(BackendError::Rejected(
-                "no AMI: set spec.ami or the server's --ec2-ami".into(),
-            ));
-        }
-        let instance_type = if spec.instance_type.is_empty() {
-            &self.config.default_instance_type
-        } else {
-            &spec.instance_type
-        };
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .tags(
-                Tag::builder()
-                    .key(TAG_WORKSPACE)
-                    .value(launch.workspace.to_string())
-                    .build(),
-            )
-            .tags(
-                Tag::builder()
-                    .key(TAG_GENERATION)
-                    .value(launch.generation.to_string())
-                    .build(),
-            )
-            .tags(
-                Tag::builder()
-                    .key(TAG_MANAGED)
-                    .value("workspace-lifecycle")
-                    .build(),
-            )
-            .tags(
-                Tag::builder()
-                    .key("Name")
-                    .value(format!("ws-{}", launch.workspace))
-                    .build(),
-            )
-            .build();
-        let mut request = self
-            .client
-            .run_instances()
-            .image_id(ami)
-            .instance_type(instance_type.as_str().into())
-            .min_count(1)
-            .max_count(1)
-            .client_token(client_token(launch.workspace, launch.generation))
-            .tag_specifications(tags)
-            .user_data(user_data::encode(launch)?);
-        if let Some(subnet) = &self.config.subnet_id {
-            request = request.subnet_id(subnet);
-        }
-        for group in &self.config.security_group_ids {
-            request = request.security_group_ids(group);
-        }
-        request
-            .send()
-            .await
-            .map_err(|e| sdk_error("run instances", e))?;
-        Ok(())
+        self.run_instance(launch).await
     }
 
     /// Graceful or forced, an instance is terminated: EC2 gives a stopped
@@ -382,16 +253,6 @@ impl Backend for Ec2Backend {
     ) -> Result<(), BackendError> {
         self.terminate_where(workspace, |g| g.is_none_or(|g| g <= through))
             .await
-    }
-
-    async fn delete(
-        &self,
-        workspace: WorkspaceId,
-        through: Generation,
-        halt: Halt,
-    ) -> Result<(), BackendError> {
-        // The instances are all a workspace has on EC2.
-        self.stop(workspace, through, halt).await
     }
 
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError> {

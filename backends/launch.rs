@@ -1,5 +1,5 @@
 //! What a backend is asked to start: one generation of one workspace with the
-//! complete config the cycle read after taking the gate. Secret values and the
+//! complete config the cycle read after taking the gate (C2). Secret values and the
 //! agent token are wrapped so that no `Debug`, log line or error can print
 //! them.
 

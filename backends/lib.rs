@@ -1,4 +1,6 @@
-//! Where workspaces run.
+//! Where workspaces run: the [`Backend`] trait every backend implements,
+//! addressing instances per generation (C18), listing all of them for the
+//! collector (C17), and telling *booting* from *dead* (C9).
 //!
 //! A backend turns "run generation *g* of workspace *w* with this config"
 //! into a child process, a container or a VM, and reports what it sees. It
@@ -86,12 +88,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// [`Backend::stop`], then removes everything the backend keeps for the
     /// workspace. Idempotent: deleting twice, or what is gone, is `Ok`.
+    /// By default only [`Backend::stop`]: for a backend whose instances are
+    /// all it keeps of a workspace (Docker's containers, EC2's instances).
     async fn delete(
         &self,
         workspace: WorkspaceId,
         through: Generation,
         halt: Halt,
-    ) -> Result<(), BackendError>;
+    ) -> Result<(), BackendError> {
+        self.stop(workspace, through, halt).await
+    }
 
     /// What the backend sees of the workspace's newest instance.
     async fn state(&self, workspace: WorkspaceId) -> Result<InstanceState, BackendError>;

@@ -1,5 +1,5 @@
-//! What a backend sees of a workspace's instance. The one rule that matters:
-//! an instance that is still booting is `Pending`, never `Stopped` or
+//! What a backend sees of a workspace's instance. The one rule that matters
+//! (C9): an instance that is still booting is `Pending`, never `Stopped` or
 //! `Missing`, so nobody restarts a workspace that is merely slow to start.
 
 use crate::{Generation, WorkspaceId};

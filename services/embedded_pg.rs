@@ -13,12 +13,12 @@
 
 mod access;
 mod owned;
+mod placement;
 
 pub use owned::Owned;
 
 use std::{
     ffi::OsString,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -64,7 +64,7 @@ impl EmbeddedPostgres {
     /// older version initialised with `trust` is moved to password
     /// authentication first.
     pub async fn ensure(root: &Path) -> Result<Self, EmbeddedError> {
-        let bin = find_bin_dir().await?;
+        let bin = placement::find_bin_dir().await?;
         let owner = if nix::unistd::Uid::effective().is_root() {
             Some(
                 nix::unistd::User::from_name("postgres")
@@ -81,27 +81,10 @@ impl EmbeddedPostgres {
         tokio::fs::create_dir_all(&root)
             .await
             .map_err(|e| EmbeddedError(format!("{}: {e}", root.display())))?;
-        let pgdata = match &owner {
-            Some(user) if !reachable_by(user, &root).await => {
-                // The `postgres` user cannot reach the project directory
-                // (e.g. under /root): keep the cluster in its home instead.
-                let digest =
-                    <sha2::Sha256 as sha2::Digest>::digest(root.as_os_str().as_encoded_bytes());
-                let dir = user
-                    .dir
-                    .join("workspace-lifecycle")
-                    .join(hex::encode(&digest[..8]));
-                tracing::info!(pgdata = %dir.display(), "the postgres user cannot reach the data directory; keeping the cluster in its home");
-                tokio::fs::create_dir_all(&dir)
-                    .await
-                    .map_err(|e| EmbeddedError(format!("{}: {e}", dir.display())))?;
-                dir.join("pg")
-            }
-            _ => root.join("pg"),
-        };
+        let pgdata = placement::data_dir(owner.as_ref(), &root).await?;
         let mut this = Self {
             bin,
-            port: load_or_pick_port(&root)?,
+            port: placement::load_or_pick_port(&root)?,
             password: access::load_or_create_password(&root)?,
             pgdata,
             owner,
@@ -338,64 +321,4 @@ impl EmbeddedPostgres {
         }
         Ok(())
     }
-}
-
-/// True if `user` can traverse every directory down to `dir`.
-async fn reachable_by(user: &nix::unistd::User, dir: &Path) -> bool {
-    Command::new("runuser")
-        .arg("-u")
-        .arg(&user.name)
-        .args(["--", "test", "-x"])
-        .arg(dir)
-        .status()
-        .await
-        .is_ok_and(|s| s.success())
-}
-
-/// Where the Postgres server binaries are: `$WL_PG_BIN`, `pg_config
-/// --bindir`, or the newest `/usr/lib/postgresql/*/bin`.
-async fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
-    let has_initdb = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    if let Some(dir) = std::env::var_os("WL_PG_BIN").map(PathBuf::from) {
-        if has_initdb(&dir) {
-            return Ok(dir);
-        }
-    }
-    if let Ok(output) = Command::new("pg_config").arg("--bindir").output().await {
-        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        if has_initdb(&dir) {
-            return Ok(dir);
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            Some((version, entry.path().join("bin")))
-        })
-        .filter(|(_, dir)| has_initdb(dir))
-        .collect();
-    versions.sort();
-    match versions.pop() {
-        Some((_, dir)) => Ok(dir),
-        None => fail(
-            "no PostgreSQL server binaries found (install postgresql, set WL_PG_BIN, or pass --database-url)",
-        ),
-    }
-}
-
-/// The cluster's port, kept in `<root>/pg.port` so restarts reuse it.
-fn load_or_pick_port(root: &Path) -> Result<u16, EmbeddedError> {
-    let raw = crate::private_file::read_or_create(&root.join("pg.port"), || {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port().to_string())
-            .unwrap_or_default()
-    })
-    .map_err(|e| EmbeddedError(format!("pg.port: {e}")))?;
-    raw.trim()
-        .parse()
-        .map_err(|_| EmbeddedError(format!("pg.port holds no port: {raw:?}")))
 }

@@ -1,35 +1,29 @@
 //! Assembling and serving the control plane: database, backends, engine,
-//! gRPC services, health and reflection, graceful shutdown — and the
-//! limits every connection and call is served under (`transport`,
-//! `auth::limit`), so no peer, authenticated or not, can take the server
-//! from the others.
+//! gRPC services, health and reflection, and graceful shutdown; the
+//! engine runs on the database's clock unless a test injects one (C19).
+//!
+//! How calls are guarded (tokens, TLS, limits) is in `guarding`; which
+//! backends run, in `enabled_backends`.
+
+mod enabled_backends;
+mod guarding;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use workspace_backends::{
-    docker::{DockerBackend, DockerConfig},
-    ec2::{Ec2Backend, Ec2Config},
-    process::{ProcessBackend, ProcessConfig},
-};
-
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::domain::Error;
 use crate::{
-    auth::{
-        AuthLayer, Tokens, TokensError, limit::CallerLimitLayer, load_or_create_admin_token,
-        refusals::Refusals,
-    },
+    auth::{AuthLayer, TokensError, limit::CallerLimitLayer},
     config::ServeArgs,
-    domain::{BackendKind, ReplicaId},
     domain::{
+        ReplicaId,
         clock::{DatabaseClock, SharedClock},
         ledger::Timing,
     },
     embedded_pg::{self, EmbeddedPostgres},
-    engine::{Engine, EngineConfig, backends::Backends, cycle::CycleSettings},
+    engine::{Engine, EngineConfig, cycle::CycleSettings},
     grpc::{AgentService, LifecycleService},
     health::{Health, HealthGrpc},
     proto::{
@@ -40,6 +34,8 @@ use crate::{
     telemetry::{caller::CallerContextLayer, prometheus_endpoint},
     transport::{self, TrackCallsLayer},
 };
+use enabled_backends::enabled_backends;
+pub use guarding::{Guarding, guarding, tls, tokens};
 
 pub use crate::transport::raise_fd_limit;
 
@@ -69,50 +65,6 @@ pub enum ServeError {
     Tls(String),
 }
 
-/// How calls are guarded: who may call, over what, and how much.
-#[derive(Clone, Debug)]
-pub struct Guarding {
-    /// Accepted bearer tokens.
-    pub tokens: Arc<Tokens>,
-    /// TLS (and mTLS) settings; `None` serves plain HTTP/2.
-    pub tls: Option<ServerTlsConfig>,
-    /// Largest request message.
-    pub max_message_bytes: usize,
-    /// Most calls in flight per caller.
-    pub max_calls_per_caller: usize,
-    /// Most public calls in flight, from everyone together.
-    pub max_public_calls: usize,
-    /// Most agent calls in flight, from everyone together.
-    pub max_agent_calls: usize,
-    /// Connections, streams and timeouts.
-    pub transport: transport::Limits,
-    /// Where refused calls are counted for the audit log.
-    pub refusals: Arc<Refusals>,
-}
-
-/// The accepted tokens from the flags: the token file and inline entries,
-/// or else the embedded default admin token under the data directory.
-pub fn tokens(args: &ServeArgs) -> Result<Tokens, ServeError> {
-    let mut tokens = Tokens::default();
-    if let Some(path) = &args.auth_tokens_file {
-        tokens = tokens.merge(Tokens::from_file(path)?);
-    }
-    if let Some(inline) = &args.auth_tokens {
-        tokens = tokens.merge(Tokens::parse(inline)?);
-    }
-    if args.auth_tokens_file.is_none() && args.auth_tokens.is_none() {
-        let (path, admin) = load_or_create_admin_token(&args.data_dir)?;
-        tracing::info!(path = %path.display(), "no token file configured; the admin token is in this file");
-        return Ok(admin);
-    }
-    if tokens.is_empty() {
-        tracing::warn!(
-            "the token configuration accepts no token: every call except health and reflection is refused"
-        );
-    }
-    Ok(tokens)
-}
-
 /// The secrets key from the flags, or else the embedded default under the
 /// data directory.
 pub fn secrets_key(args: &ServeArgs) -> Result<SecretsKey, ServeError> {
@@ -125,46 +77,6 @@ pub fn secrets_key(args: &ServeArgs) -> Result<SecretsKey, ServeError> {
     let (path, key) = SecretsKey::load_or_create(&args.data_dir)?;
     tracing::info!(path = %path.display(), "no secrets key configured; using the key in this file");
     Ok(key)
-}
-
-/// The TLS settings from the flags (`None`: plain HTTP/2).
-pub fn tls(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, ServeError> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
-    };
-    // Two rustls providers are linked (ring for tonic, aws-lc-rs for the AWS
-    // SDK), so rustls cannot pick one itself: choose ring for the process.
-    // An error only says one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))
-    };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &args.tls_client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(config))
-}
-
-/// The guarding the flags ask for.
-pub fn guarding(args: &ServeArgs) -> Result<Guarding, ServeError> {
-    Ok(Guarding {
-        tokens: Arc::new(tokens(args)?),
-        tls: tls(args)?,
-        max_message_bytes: args.max_message_bytes,
-        max_calls_per_caller: args.max_calls_per_caller,
-        max_public_calls: args.max_public_calls,
-        max_agent_calls: args.max_agent_calls,
-        transport: transport::Limits {
-            max_connections: transport::effective_max_connections(args.max_connections),
-            max_concurrent_streams: args.max_concurrent_streams,
-            handshake_timeout: args.handshake_timeout,
-            idle_timeout: args.idle_timeout,
-            keepalive_interval: args.keepalive_interval,
-            keepalive_timeout: args.keepalive_timeout,
-        },
-        refusals: Refusals::new(),
-    })
 }
 
 /// Everything a server needs besides its flags (tests inject their own).
@@ -373,58 +285,6 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         audit,
         embedded,
     })
-}
-
-/// The backends `args` enables.
-async fn enabled_backends(args: &ServeArgs) -> Result<Backends, ServeError> {
-    let mut backends = Backends::new();
-    for kind in &args.backends {
-        match kind {
-            BackendKind::Process => {
-                let agent_command = match &args.agent_command {
-                    Some(command) if !command.is_empty() => command.clone(),
-                    _ => vec![
-                        std::env::current_exe()?.to_string_lossy().into_owned(),
-                        "agent".into(),
-                    ],
-                };
-                let backend = ProcessBackend::new(ProcessConfig {
-                    root: std::path::absolute(args.data_dir.join("process"))?,
-                    agent_command,
-                    stop_grace: args.stop_grace,
-                    journal: args.process_journal.clone(),
-                    run_as: args.process_run_as.clone(),
-                    keep_generations: args.process_keep_generations,
-                })
-                .await?;
-                backends = backends.with(Arc::new(backend));
-            }
-            BackendKind::Docker => {
-                let backend = DockerBackend::connect(DockerConfig {
-                    default_image: args.docker_image.clone(),
-                    network_mode: args.docker_network.clone(),
-                    stop_grace: args.stop_grace,
-                    boot_window: args.docker_boot_window,
-                })
-                .await?;
-                backends = backends.with(Arc::new(backend));
-            }
-            BackendKind::Ec2 => {
-                let backend = Ec2Backend::connect(Ec2Config {
-                    endpoint_url: args.ec2_endpoint.clone(),
-                    region: args.ec2_region.clone(),
-                    default_ami: args.ec2_ami.clone(),
-                    default_instance_type: args.ec2_instance_type.clone(),
-                    subnet_id: args.ec2_subnet.clone(),
-                    security_group_ids: args.ec2_security_groups.clone(),
-                    ..Ec2Config::default()
-                })
-                .await?;
-                backends = backends.with(Arc::new(backend));
-            }
-        }
-    }
-    Ok(backends)
 }
 
 /// Serves the gRPC API, `health` and reflection on `listener` until

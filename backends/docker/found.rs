@@ -1,4 +1,5 @@
-//! A container as the engine lists it, read through its labels.
+//! A container as the engine lists it, read through its workspace and
+//! generation labels, by which every call addresses it (C18).
 
 use std::time::Duration;
 

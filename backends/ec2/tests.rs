@@ -12,7 +12,7 @@ use aws_sdk_ec2::{
         describe_instances::DescribeInstancesOutput, run_instances::RunInstancesOutput,
         terminate_instances::TerminateInstancesOutput,
     },
-    types::{InstanceState as Ec2State, Reservation},
+    types::{InstanceState as Ec2State, InstanceStateName, Reservation, Tag},
 };
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, mock};
 

@@ -1,5 +1,5 @@
-//! An append-only record of what the process backend did — every call that
-//! changes an instance (start, stop, delete, and the reap of a dead
+//! An append-only record of what the process backend did, by which tests
+//! judge C5 and C18 — every call that changes an instance (start, stop, delete, and the reap of a dead
 //! server's orphans) with its begin and end time and the server that made
 //! it — shared by
 //! all server processes on the machine. It is the backend's own account, so

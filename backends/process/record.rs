@@ -1,6 +1,7 @@
 //! The files through which server processes share what the process backend
 //! started: which pid runs which generation, and how it exited. One record
-//! per generation directory, so two generations are always two records.
+//! per generation directory, so two generations are always two records and
+//! a call addresses exactly the generations it names (C18).
 
 use std::{
     os::unix::process::ExitStatusExt,

@@ -1,5 +1,6 @@
-//! `WorkspaceAgent`: the agent of each generation registers and heartbeats
-//! with its token. Only the current generation's token is accepted (C12).
+//! `WorkspaceAgent`: the agent of each generation registers (what makes a
+//! cycle ONLINE, C10) and heartbeats with its token. Only the current
+//! generation's token is accepted (C12).
 
 use std::sync::Arc;
 

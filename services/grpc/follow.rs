@@ -1,8 +1,8 @@
 //! Server streams: following one cycle to its end (RestartWorkspace,
-//! StopWorkspace, DeleteWorkspace) and following a workspace
-//! (WatchWorkspace). Each is a task feeding a channel; the stream ends when
-//! the task ends or the caller goes away — closing a stream never cancels a
-//! cycle, which is durable.
+//! StopWorkspace, DeleteWorkspace), ending with its final event (C20), and
+//! following a workspace (WatchWorkspace). Each is a task feeding a
+//! channel; the stream ends when the task ends or the caller goes away —
+//! closing a stream never cancels a cycle, which is durable (C13).
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 

@@ -1,6 +1,7 @@
 //! Idempotent mutations (AIP-155) at the gRPC edge: a mutation that carries
 //! a `request_id` runs at most once per id within the retention period;
-//! a repeat gets the first answer, and the id on a different request is
+//! a repeat gets the first answer (an acknowledged request stays
+//! acknowledged, C20), and the id on a different request is
 //! `INVALID_ARGUMENT`. Clients can then retry any mutation after
 //! `UNAVAILABLE` without a second effect.
 //!

@@ -1,11 +1,14 @@
-//! `WorkspaceLifecycle`: validate, convert, call the engine, convert back.
+//! `WorkspaceLifecycle`, the public API: each handler validates its
+//! request, turns it into one engine intent, and converts the answer — the
+//! shared shapes (a cycle RPC, a config mutation) written once here.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{self, ts},
+    answers,
+    convert::{self},
     follow::{self, RestartStream, WatchStream},
     idempotent::{self, Idempotent, Plan, RequestIds},
     status,
@@ -14,12 +17,12 @@ use crate::{
     domain::{
         Secret, Trigger, WorkspaceId,
         change::{Actor, Change, Creation},
-        ledger::{Ask, DropReason},
+        ledger::Ask,
         validate,
     },
     engine::{
         Engine,
-        intent::{Admission, Intent, Verdict, Waiting},
+        intent::{Admission, Intent, Verdict},
     },
     proto::{self as pb, workspace_lifecycle_server::WorkspaceLifecycle},
 };
@@ -31,6 +34,44 @@ pub struct LifecycleService {
     request_ids: RequestIds,
 }
 
+/// A mutation that names one existing workspace, so the shared handler
+/// shapes below can read its id whatever the request type.
+trait ForWorkspace {
+    /// The `workspace_id` field, as sent.
+    fn workspace_id(&self) -> &str;
+}
+
+macro_rules! for_workspace {
+    ($($ty:ident),* $(,)?) => {$(
+        impl ForWorkspace for pb::$ty {
+            fn workspace_id(&self) -> &str {
+                &self.workspace_id
+            }
+        }
+    )*};
+}
+
+for_workspace! {
+    RestartWorkspaceRequest,
+    StopWorkspaceRequest,
+    DeleteWorkspaceRequest,
+    SetSecretRequest,
+    DeleteSecretRequest,
+    WriteFileRequest,
+    DeleteFileRequest,
+}
+
+/// A stop or delete: always an operator's (`MANUAL`) ask, with a reason.
+fn manual(workspace: WorkspaceId, ask: Ask, reason: &str) -> Result<Intent, Status> {
+    validate::reason("reason", reason)?;
+    Ok(Intent::new(
+        workspace,
+        ask,
+        Trigger::Manual,
+        reason.to_owned(),
+    ))
+}
+
 impl LifecycleService {
     /// Serves `engine`, remembering mutations' request ids for
     /// `request_id_retention`.
@@ -39,6 +80,21 @@ impl LifecycleService {
             request_ids: RequestIds::new(engine.clone(), request_id_retention),
             engine,
         }
+    }
+
+    /// The shape of every RPC that asks for a cycle (restart, stop,
+    /// delete): the caller and workspace read the same way, the intent
+    /// built by `intent` and audited under the RPC's name, then streamed.
+    async fn cycle_rpc<R: Idempotent + ForWorkspace>(
+        &self,
+        request: Request<R>,
+        intent: impl FnOnce(WorkspaceId, &R) -> Result<Intent, Status>,
+    ) -> Result<Response<RestartStream>, Status> {
+        let caller = Actor::of(&request);
+        let request = request.into_inner();
+        let workspace = convert::workspace_id(request.workspace_id())?;
+        let intent = intent(workspace, &request)?.by(caller, R::METHOD);
+        self.cycle_request(&request, intent).await
     }
 
     /// Submits a request that asks for a cycle and streams what follows.
@@ -77,51 +133,30 @@ impl LifecycleService {
         Ok(Response::new(stream))
     }
 
-    /// Submits a config mutation and says how it will be delivered.
-    async fn change<R: Idempotent>(
+    /// The shape of every config mutation (secrets, files): the caller and
+    /// workspace read the same way, the change validated and built by
+    /// `change`, submitted once per request id and audited under the RPC's
+    /// name; the answer says how it will be delivered.
+    async fn change_rpc<R: Idempotent + ForWorkspace>(
         &self,
-        request: &R,
-        workspace: WorkspaceId,
-        change: Change,
-        by: (String, &'static str),
+        request: Request<R>,
+        change: impl FnOnce(&R) -> Result<Change, Status>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
+        let caller = Actor::of(&request);
+        let request = request.into_inner();
+        let workspace = convert::workspace_id(request.workspace_id())?;
+        let change = change(&request)?;
         let answer = self
             .request_ids
-            .unary(request, async {
+            .unary(&request, async {
                 let admission = self
                     .engine
-                    .submit(Intent::change(workspace, change).by(by.0, by.1))
+                    .submit(Intent::change(workspace, change).by(caller, R::METHOD))
                     .await?;
-                Ok(config_change_response(admission))
+                Ok(answers::config_change_response(admission))
             })
             .await?;
         Ok(Response::new(answer))
-    }
-}
-
-fn config_change_response(admission: Admission) -> pb::ConfigChangeResponse {
-    use pb::config_change_response::Delivery;
-    let (delivery, cycle, not_before) = match admission.verdict {
-        Verdict::Accepted { cycle, .. } => (Delivery::Started, Some(cycle), None),
-        Verdict::Coalesced {
-            cycle,
-            not_before,
-            waiting: Waiting::Coalesced,
-        } => (Delivery::Coalesced, Some(cycle), Some(not_before)),
-        Verdict::Coalesced {
-            cycle,
-            not_before,
-            waiting: Waiting::Deferred,
-        } => (Delivery::Deferred, Some(cycle), Some(not_before)),
-        Verdict::Stored | Verdict::Dropped { .. } | Verdict::Idle | Verdict::AlreadyDeleted => {
-            (Delivery::Stored, None, None)
-        }
-    };
-    pb::ConfigChangeResponse {
-        config_version: admission.config_version.map(|v| v.0).unwrap_or_default(),
-        delivery: delivery as i32,
-        cycle_id: cycle.map(|c| c.to_string()).unwrap_or_default(),
-        not_before: not_before.map(ts),
     }
 }
 
@@ -197,14 +232,12 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::RestartWorkspaceRequest>,
     ) -> Result<Response<RestartStream>, Status> {
-        let caller = Actor::of(&request);
-        let request = request.into_inner();
-        let workspace = convert::workspace_id(&request.workspace_id)?;
-        let trigger = convert::restart_trigger(request.trigger)?;
-        validate::reason("reason", &request.reason)?;
-        let intent = Intent::restart(workspace, trigger, request.reason.clone())
-            .by(caller, "RestartWorkspace");
-        self.cycle_request(&request, intent).await
+        self.cycle_rpc(request, |workspace, request| {
+            let trigger = convert::restart_trigger(request.trigger)?;
+            validate::reason("reason", &request.reason)?;
+            Ok(Intent::restart(workspace, trigger, request.reason.clone()))
+        })
+        .await
     }
 
     type StopWorkspaceStream = RestartStream;
@@ -213,18 +246,10 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::StopWorkspaceRequest>,
     ) -> Result<Response<RestartStream>, Status> {
-        let caller = Actor::of(&request);
-        let request = request.into_inner();
-        let workspace = convert::workspace_id(&request.workspace_id)?;
-        validate::reason("reason", &request.reason)?;
-        let intent = Intent::new(
-            workspace,
-            Ask::Stop,
-            Trigger::Manual,
-            request.reason.clone(),
-        )
-        .by(caller, "StopWorkspace");
-        self.cycle_request(&request, intent).await
+        self.cycle_rpc(request, |workspace, request| {
+            manual(workspace, Ask::Stop, &request.reason)
+        })
+        .await
     }
 
     type DeleteWorkspaceStream = RestartStream;
@@ -233,38 +258,24 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::DeleteWorkspaceRequest>,
     ) -> Result<Response<RestartStream>, Status> {
-        let caller = Actor::of(&request);
-        let request = request.into_inner();
-        let workspace = convert::workspace_id(&request.workspace_id)?;
-        validate::reason("reason", &request.reason)?;
-        let intent = Intent::new(
-            workspace,
-            Ask::Delete,
-            Trigger::Manual,
-            request.reason.clone(),
-        )
-        .by(caller, "DeleteWorkspace");
-        self.cycle_request(&request, intent).await
+        self.cycle_rpc(request, |workspace, request| {
+            manual(workspace, Ask::Delete, &request.reason)
+        })
+        .await
     }
 
     async fn set_secret(
         &self,
         request: Request<pb::SetSecretRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let caller = Actor::of(&request);
-        let request = request.into_inner();
-        let workspace = convert::workspace_id(&request.workspace_id)?;
-        validate::env_name("name", &request.name)?;
-        validate::secret_value(&request.value)?;
-        self.change(
-            &request,
-            workspace,
-            Change::SetSecret {
+        self.change_rpc(request, |request| {
+            validate::env_name("name", &request.name)?;
+            validate::secret_value(&request.value)?;
+            Ok(Change::SetSecret {
                 name: request.name.clone(),
                 value: Secret::new(request.value.clone()),
-            },
-            (caller, "SetSecret"),
-        )
+            })
+        })
         .await
     }
 
@@ -272,18 +283,12 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let caller = Actor::of(&request);
-        let request = request.into_inner();
-        let workspace = convert::workspace_id(&request.workspace_id)?;
-        validate::secret_name_to_delete(&request.name)?;
-        self.change(
-            &request,
-            workspace,
-            Change::DeleteSecret {
+        self.change_rpc(request, |request| {
+            validate::secret_name_to_delete(&request.name)?;
+            Ok(Change::DeleteSecret {
                 name: request.name.clone(),
-            },
-            (caller, "DeleteSecret"),
-        )
+            })
+        })
         .await
     }
 
@@ -291,20 +296,14 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::WriteFileRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let caller = Actor::of(&request);
-        let request = request.into_inner();
-        let workspace = convert::workspace_id(&request.workspace_id)?;
-        validate::file_path(&request.path)?;
-        validate::file_content(&request.content)?;
-        self.change(
-            &request,
-            workspace,
-            Change::WriteFile {
+        self.change_rpc(request, |request| {
+            validate::file_path(&request.path)?;
+            validate::file_content(&request.content)?;
+            Ok(Change::WriteFile {
                 path: request.path.clone(),
                 content: request.content.clone(),
-            },
-            (caller, "WriteFile"),
-        )
+            })
+        })
         .await
     }
 
@@ -312,18 +311,12 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let caller = Actor::of(&request);
-        let request = request.into_inner();
-        let workspace = convert::workspace_id(&request.workspace_id)?;
-        validate::file_path(&request.path)?;
-        self.change(
-            &request,
-            workspace,
-            Change::DeleteFile {
+        self.change_rpc(request, |request| {
+            validate::file_path(&request.path)?;
+            Ok(Change::DeleteFile {
                 path: request.path.clone(),
-            },
-            (caller, "DeleteFile"),
-        )
+            })
+        })
         .await
     }
 
@@ -331,7 +324,6 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::ReportUnreachableRequest>,
     ) -> Result<Response<pb::ReportUnreachableResponse>, Status> {
-        use pb::report_unreachable_response::Outcome;
         let caller = Actor::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
@@ -343,46 +335,9 @@ impl WorkspaceLifecycle for LifecycleService {
                     .by(caller, "ReportUnreachable"),
             )
             .await?;
-        let response = match admission.verdict {
-            Verdict::Accepted { cycle, .. } => pb::ReportUnreachableResponse {
-                acted: true,
-                outcome: Outcome::Acted as i32,
-                reason: "a restart cycle started".into(),
-                cycle_id: cycle.to_string(),
-                until: None,
-            },
-            Verdict::Coalesced {
-                cycle, not_before, ..
-            } => pb::ReportUnreachableResponse {
-                acted: true,
-                outcome: Outcome::Acted as i32,
-                reason: "joined the restart cycle that is about to run".into(),
-                cycle_id: cycle.to_string(),
-                until: Some(ts(not_before)),
-            },
-            Verdict::Dropped { reason, until } => pb::ReportUnreachableResponse {
-                acted: false,
-                outcome: match reason {
-                    DropReason::CycleInFlight => Outcome::DroppedCycleInFlight,
-                    DropReason::Debounced => Outcome::DroppedDebounced,
-                    DropReason::NotRunning => Outcome::DroppedNotRunning,
-                    DropReason::InstanceBooting => Outcome::DroppedInstanceBooting,
-                } as i32,
-                reason: reason.describe().into(),
-                cycle_id: String::new(),
-                until: until.map(ts),
-            },
-            Verdict::Stored | Verdict::Idle | Verdict::AlreadyDeleted => {
-                pb::ReportUnreachableResponse {
-                    acted: false,
-                    outcome: Outcome::DroppedNotRunning as i32,
-                    reason: DropReason::NotRunning.describe().into(),
-                    cycle_id: String::new(),
-                    until: None,
-                }
-            }
-        };
-        Ok(Response::new(response))
+        Ok(Response::new(answers::report_unreachable_response(
+            admission,
+        )))
     }
 
     type WatchWorkspaceStream = WatchStream;

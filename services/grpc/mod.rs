@@ -3,6 +3,7 @@
 //! become gRPC statuses in exactly one place ([`status`]).
 
 mod agent;
+mod answers;
 pub mod codec;
 mod convert;
 mod follow;

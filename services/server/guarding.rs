@@ -1,0 +1,99 @@
+//! How the server guards its calls, from the flags: who may call (bearer
+//! tokens, or the embedded default admin token), over what (TLS, mTLS),
+//! and how much (message size, calls in flight, connection limits) — so
+//! no peer, authenticated or not, can take the server from the others.
+
+use std::sync::Arc;
+
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use super::ServeError;
+use crate::{
+    auth::{Tokens, load_or_create_admin_token, refusals::Refusals},
+    config::ServeArgs,
+    transport,
+};
+
+/// How calls are guarded: who may call, over what, and how much.
+#[derive(Clone, Debug)]
+pub struct Guarding {
+    /// Accepted bearer tokens.
+    pub tokens: Arc<Tokens>,
+    /// TLS (and mTLS) settings; `None` serves plain HTTP/2.
+    pub tls: Option<ServerTlsConfig>,
+    /// Largest request message.
+    pub max_message_bytes: usize,
+    /// Most calls in flight per caller.
+    pub max_calls_per_caller: usize,
+    /// Most public calls in flight, from everyone together.
+    pub max_public_calls: usize,
+    /// Most agent calls in flight, from everyone together.
+    pub max_agent_calls: usize,
+    /// Connections, streams and timeouts.
+    pub transport: transport::Limits,
+    /// Where refused calls are counted for the audit log.
+    pub refusals: Arc<Refusals>,
+}
+
+/// The accepted tokens from the flags: the token file and inline entries,
+/// or else the embedded default admin token under the data directory.
+pub fn tokens(args: &ServeArgs) -> Result<Tokens, ServeError> {
+    let mut tokens = Tokens::default();
+    if let Some(path) = &args.auth_tokens_file {
+        tokens = tokens.merge(Tokens::from_file(path)?);
+    }
+    if let Some(inline) = &args.auth_tokens {
+        tokens = tokens.merge(Tokens::parse(inline)?);
+    }
+    if args.auth_tokens_file.is_none() && args.auth_tokens.is_none() {
+        let (path, admin) = load_or_create_admin_token(&args.data_dir)?;
+        tracing::info!(path = %path.display(), "no token file configured; the admin token is in this file");
+        return Ok(admin);
+    }
+    if tokens.is_empty() {
+        tracing::warn!(
+            "the token configuration accepts no token: every call except health and reflection is refused"
+        );
+    }
+    Ok(tokens)
+}
+
+/// The TLS settings from the flags (`None`: plain HTTP/2).
+pub fn tls(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    // Two rustls providers are linked (ring for tonic, aws-lc-rs for the AWS
+    // SDK), so rustls cannot pick one itself: choose ring for the process.
+    // An error only says one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &args.tls_client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(config))
+}
+
+/// The guarding the flags ask for.
+pub fn guarding(args: &ServeArgs) -> Result<Guarding, ServeError> {
+    Ok(Guarding {
+        tokens: Arc::new(tokens(args)?),
+        tls: tls(args)?,
+        max_message_bytes: args.max_message_bytes,
+        max_calls_per_caller: args.max_calls_per_caller,
+        max_public_calls: args.max_public_calls,
+        max_agent_calls: args.max_agent_calls,
+        transport: transport::Limits {
+            max_connections: transport::effective_max_connections(args.max_connections),
+            max_concurrent_streams: args.max_concurrent_streams,
+            handshake_timeout: args.handshake_timeout,
+            idle_timeout: args.idle_timeout,
+            keepalive_interval: args.keepalive_interval,
+            keepalive_timeout: args.keepalive_timeout,
+        },
+        refusals: Refusals::new(),
+    })
+}
