@@ -94,12 +94,17 @@ impl ServerProcess {
 
     /// A client with the admin token (see [`ServerProcess::token`]).
     pub async fn client(&self) -> LifecycleClient {
+        self.client_with(&self.token()).await
+    }
+
+    /// A client sending `token`.
+    pub async fn client_with(&self, token: &str) -> LifecycleClient {
         let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
             .unwrap()
             .connect()
             .await
             .expect("connect to the server");
-        lifecycle_client(channel, &self.token()).unwrap()
+        lifecycle_client(channel, token).unwrap()
     }
 
     /// Resident memory now, from /proc/<pid>/status.
