@@ -97,17 +97,7 @@ async fn create_restart_config_stop_and_delete_on_real_containers() {
         })
         .await
         .unwrap();
-    let set = s
-        .client()
-        .set_secret(pb::SetSecretRequest {
-            workspace_id: ws.to_string(),
-            name: "API_KEY".into(),
-            value: "sk-docker".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let set = s.set_secret(ws, "API_KEY", "sk-docker").await;
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(
         matches!(last(&events), Event::Online(o) if o.generation == 2),

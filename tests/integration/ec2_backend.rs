@@ -72,17 +72,7 @@ async fn create_restart_and_delete_on_moto_keep_exactly_the_current_generation()
     assert_eq!(moto.live_instances(ws).await.len(), 1);
     assert_eq!(moto.live_instances(ws).await[0].0, "1");
 
-    let secret = s
-        .client()
-        .set_secret(pb::SetSecretRequest {
-            workspace_id: ws.to_string(),
-            name: "API_KEY".into(),
-            value: "sk-ec2".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let secret = s.set_secret(ws, "API_KEY", "sk-ec2").await;
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(
         matches!(last(&events), Event::Online(o) if o.generation == 2),

@@ -47,17 +47,7 @@ async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
     assert!(alive(pid1), "generation 1 agent runs");
 
     // Set a secret, then restart: generation 2's agent sees it.
-    let set = s
-        .client()
-        .set_secret(pb::SetSecretRequest {
-            workspace_id: ws.to_string(),
-            name: "API_KEY".into(),
-            value: "sk-live-1".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let set = s.set_secret(ws, "API_KEY", "sk-live-1").await;
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert_eq!(kinds(&events)[0], "accepted");
     assert!(kinds(&events).contains(&"phase"));

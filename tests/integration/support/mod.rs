@@ -63,6 +63,19 @@ pub struct Options {
     pub configure: Option<Configure>,
 }
 
+impl Options {
+    /// The defaults, with the server on the database `url` (a proxy in
+    /// front of the test database, say).
+    pub fn on_database(url: String) -> Self {
+        Self {
+            configure: Some(Arc::new(move |args| {
+                args.database_url = Some(url.clone());
+            })),
+            ..Self::default()
+        }
+    }
+}
+
 /// A last change to a test server's flags.
 pub type Configure = Arc<dyn Fn(&mut ServeArgs) + Send + Sync>;
 
@@ -335,6 +348,25 @@ impl TestServer {
 
     pub async fn get(&self, ws: WorkspaceId) -> pb::Workspace {
         workspace::get(&self.client(), &ws.to_string()).await
+    }
+
+    /// Sets a secret of the workspace (it must succeed).
+    pub async fn set_secret(
+        &self,
+        ws: WorkspaceId,
+        name: &str,
+        value: &str,
+    ) -> pb::ConfigChangeResponse {
+        self.client()
+            .set_secret(pb::SetSecretRequest {
+                workspace_id: ws.to_string(),
+                name: name.into(),
+                value: value.into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("SetSecret")
+            .into_inner()
     }
 
     /// Opens a RestartWorkspace stream.
