@@ -20,11 +20,11 @@ use bollard::{
     },
 };
 use futures::StreamExt;
-use support::{Timed, histogram, record, summary};
+use support::{histogram, record, summary};
+use test_support::{counted::Counted, workspace};
 use workspace_backends::{
     Backend,
     docker::{DockerBackend, DockerConfig},
-    process::{ProcessBackend, ProcessConfig},
 };
 use workspace_lifecycle::{proto as pb, server::Parts};
 
@@ -36,7 +36,7 @@ fn ts(t: &prost_types::Timestamp) -> chrono::DateTime<chrono::Utc> {
 
 async fn measure<B: Backend>(
     label: &str,
-    backend: Arc<Timed<B>>,
+    backend: Arc<Counted<B>>,
     kind: pb::BackendKind,
     cycles: usize,
 ) {
@@ -53,30 +53,8 @@ async fn measure<B: Backend>(
     )
     .await;
     let mut client = bench.client.clone();
-    let created = client
-        .create_workspace(pb::CreateWorkspaceRequest {
-            name: "bench".into(),
-            backend: kind as i32,
-            spec: None,
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let id = created.id.clone();
-    let get = |mut client: workspace_lifecycle::auth::client::LifecycleClient, id: String| async move {
-        client
-            .get_workspace(pb::GetWorkspaceRequest { workspace_id: id })
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    for _ in 0..600 {
-        if get(client.clone(), id.clone()).await.status == pb::WorkspaceStatus::Online as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let id = workspace::create(&client, workspace::create_request("bench", kind)).await;
+    workspace::wait_until(&client, &id, Duration::from_secs(60), workspace::is_online).await;
 
     let (mut total, mut stop, mut start, mut boot, mut overhead) = (
         histogram(),
@@ -125,10 +103,10 @@ async fn measure<B: Backend>(
         }
         let took = began.elapsed();
         assert!(online, "a cycle failed during the benchmark");
-        let stop_call = *backend.stops.lock().unwrap().last().unwrap();
-        let start_call = *backend.starts.lock().unwrap().last().unwrap();
-        let workspace = get(client.clone(), id.clone()).await;
-        let registered = ts(workspace.agent.unwrap().registered_at.as_ref().unwrap());
+        let stop_call = backend.last_stop().unwrap();
+        let start_call = backend.last_start().unwrap();
+        let agent = workspace::get(&client, &id).await.agent.unwrap();
+        let registered = ts(agent.registered_at.as_ref().unwrap());
         let booted = (registered - start_call.ended).to_std().unwrap_or_default();
         let backend_time = stop_call.took + start_call.took;
         record(&mut total, took);
@@ -136,16 +114,8 @@ async fn measure<B: Backend>(
         record(&mut start, start_call.took);
         record(&mut boot, booted);
         record(&mut overhead, took.saturating_sub(backend_time + booted));
-        let cycle = client
-            .list_cycles(pb::ListCyclesRequest {
-                workspace_id: id.clone(),
-                page_size: 1000,
-                page_token: String::new(),
-            })
+        let cycle = workspace::cycles(&client, &id)
             .await
-            .unwrap()
-            .into_inner()
-            .cycles
             .into_iter()
             .find(|c| c.id == cycle_id);
         if let Some(cycle) = cycle {
@@ -277,21 +247,11 @@ async fn main() {
     println!("# cycle overhead — {}", support::command("cycle_overhead"));
     println!("# machine: {}", support::machine());
 
-    let dir = support::agent_reachable_tempdir();
-    let process = ProcessBackend::new(ProcessConfig {
-        root: dir.path().to_path_buf(),
-        agent_command: vec![
-            env!("CARGO_BIN_EXE_workspace-lifecycle").into(),
-            "agent".into(),
-        ],
-        stop_grace: Duration::from_secs(5),
-        ..ProcessConfig::default()
-    })
-    .await
-    .unwrap();
+    let dir = test_support::agent_reachable_tempdir();
+    let process = support::process_backend(dir.path()).await;
     measure(
         "process backend",
-        Timed::new(process),
+        Counted::new(process),
         pb::BackendKind::Process,
         cycles,
     )
@@ -308,7 +268,7 @@ async fn main() {
         Ok(docker_backend) => {
             measure(
                 "docker backend",
-                Timed::new(docker_backend),
+                Counted::new(docker_backend),
                 pb::BackendKind::Docker,
                 cycles,
             )

@@ -33,8 +33,8 @@ use support::{
     cpu::Meter,
     load::{self, H2load, grpc_frame, median},
     perf, pg,
-    server_process::{self, ServerProcess},
 };
+use test_support::{server_process::ServerProcess, workspace};
 use tokio_postgres::NoTls;
 use workspace_lifecycle::proto as pb;
 
@@ -64,26 +64,22 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
     let dir = tempfile::tempdir().unwrap();
     let mut servers = Vec::new();
     for r in 0..replicas {
-        servers.push(ServerProcess::start(&url, dir.path(), &format!("replica-{r}"), &[]).await);
+        let server = ServerProcess::start(dir.path(), &format!("replica-{r}"), |command| {
+            command
+                .args(["--database-url", &url, "--backends", "process"])
+                .env("RUST_LOG", "warn");
+        })
+        .await;
+        servers.push(server);
     }
     let client = servers[0].client().await;
     let token = servers[0].token();
     let mut ids = Vec::new();
     for i in 0..workspaces {
-        let w = client
-            .clone()
-            .create_workspace(pb::CreateWorkspaceRequest {
-                name: format!("h2load-{i}"),
-                backend: pb::BackendKind::Process as i32,
-                spec: None,
-                request_id: String::new(),
-            })
-            .await
-            .expect("CreateWorkspace")
-            .into_inner();
-        ids.push(w.id);
+        let request = workspace::create_request(&format!("h2load-{i}"), pb::BackendKind::Process);
+        ids.push(workspace::create(&client, request).await);
     }
-    server_process::wait_online(&client, &ids).await;
+    workspace::wait_online(&client, &ids, Duration::from_secs(120)).await;
 
     // One request body per workspace.
     let bodies: Vec<_> = ids
@@ -170,13 +166,13 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
             format!("round {round}")
         };
         // The service.
-        let before = server_process::versions(&client, &ids).await;
+        let before = workspace::versions(&client, &ids).await;
         let pg_before = pg::counters(&db).await;
         let loads: Vec<H2load<'_>> = drivers
             .iter()
             .map(|&(server, w, clients, requests)| H2load {
                 url: format!(
-                    "http://{}/workspace.lifecycle.v1.WorkspaceLifecycle/SetSecret",
+                    "{}/workspace.lifecycle.v1.WorkspaceLifecycle/SetSecret",
                     servers[server].addr
                 ),
                 body: &bodies[w],
@@ -198,7 +194,7 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
             perf::stop(perf).await;
         }
         let per_call = pg::per_call(pg_before, pg::counters(&db).await, requests);
-        let after = server_process::versions(&client, &ids).await;
+        let after = workspace::versions(&client, &ids).await;
         let moved: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
         let mut bad = run.errors.clone();
         if moved != requests as u64 {

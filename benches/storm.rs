@@ -36,13 +36,11 @@ use std::{
 
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use support::{Held, histogram, record, summary};
+use support::{histogram, record, summary};
+use test_support::{counted::Counted, workspace};
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
-use workspace_backends::{
-    Backend, Halt, WorkspaceId,
-    process::{ProcessBackend, ProcessConfig},
-};
+use workspace_backends::{Backend, Halt, WorkspaceId, process::ProcessBackend};
 use workspace_lifecycle::{
     auth::client::{LifecycleClient, lifecycle_client},
     proto::{self as pb, restart_event::Event},
@@ -156,11 +154,8 @@ async fn settle(client: &Client, ids: &[String], limit: Duration) -> usize {
         let unsettled = states
             .iter()
             .filter(|w| {
-                !w.as_ref().is_some_and(|w| {
-                    w.status == pb::WorkspaceStatus::Online as i32
-                        && w.running_cycle_id.is_empty()
-                        && w.pending_cycle_id.is_empty()
-                })
+                !w.as_ref()
+                    .is_some_and(workspace::idle_in(pb::WorkspaceStatus::Online))
             })
             .count();
         if unsettled == 0 || Instant::now() >= deadline {
@@ -255,7 +250,7 @@ struct Figures {
 
 async fn storm(
     replicas: usize,
-    backend: Arc<Held<ProcessBackend>>,
+    backend: Arc<Counted<ProcessBackend>>,
     cluster: &support::pg::Cluster,
 ) -> Figures {
     let url = support::fresh_database(&cluster.admin).await;
@@ -299,20 +294,10 @@ async fn storm(
     // 200 workspaces, ONLINE (generation 1).
     let ids: Vec<String> = futures::stream::iter(0..WORKSPACES)
         .map(|i| {
-            let mut client = clients[i % CLIENTS].clone();
-            async move {
-                client
-                    .create_workspace(pb::CreateWorkspaceRequest {
-                        name: format!("storm-{i}"),
-                        backend: pb::BackendKind::Process as i32,
-                        spec: None,
-                        request_id: String::new(),
-                    })
-                    .await
-                    .expect("create")
-                    .into_inner()
-                    .id
-            }
+            let client = clients[i % CLIENTS].clone();
+            let request =
+                workspace::create_request(&format!("storm-{i}"), pb::BackendKind::Process);
+            async move { workspace::create(&client, request).await }
         })
         .buffer_unordered(16)
         .collect()
@@ -398,7 +383,7 @@ async fn storm(
     let (mut observed, mut minimum, mut worst, mut over) = (0, 0, 0.0f64, 0);
     for (w, id) in ids.iter().enumerate() {
         let workspace: WorkspaceId = id.parse().unwrap();
-        let ran = backend.starts(workspace).saturating_sub(1);
+        let ran = backend.starts(workspace).len().saturating_sub(1);
         let needs_follow_up = asked[w]
             .lock()
             .unwrap()
@@ -492,10 +477,10 @@ async fn storm(
         server.shutdown().await;
     }
     // Shutdown never touches an instance; the agents are stopped here.
-    for instance in backend.inner.inventory().await.unwrap_or_default() {
+    for instance in backend.inner().inventory().await.unwrap_or_default() {
         let through = instance.generation.unwrap_or_default();
         let _ = backend
-            .inner
+            .inner()
             .stop(instance.workspace, through, Halt::Force)
             .await;
     }
@@ -528,20 +513,8 @@ async fn main() {
     let most = replicas.iter().copied().max().unwrap_or(1);
     let cluster = support::pg::cluster(most * (DB_CONNECTIONS + 2) + CLIENTS).await;
     println!("# {}", cluster.describe());
-    let dir = support::agent_reachable_tempdir();
-    let backend = Held::new(
-        ProcessBackend::new(ProcessConfig {
-            root: dir.path().to_path_buf(),
-            agent_command: vec![
-                env!("CARGO_BIN_EXE_workspace-lifecycle").into(),
-                "agent".into(),
-            ],
-            stop_grace: Duration::from_secs(5),
-            ..ProcessConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
+    let dir = test_support::agent_reachable_tempdir();
+    let backend = Counted::new(support::process_backend(dir.path()).await);
     let mut all = Vec::new();
     for n in replicas {
         all.push(storm(n, backend.clone(), &cluster).await);

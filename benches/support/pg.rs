@@ -233,10 +233,7 @@ fn port(root: &Path) -> u16 {
     {
         return port;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = test_support::free_port();
     std::fs::write(&file, port.to_string()).expect("write pg.port");
     port
 }

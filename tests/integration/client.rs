@@ -2,7 +2,7 @@
 //! every mutation carries a request id, and a restart followed to the
 //! generation the agent reports.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use tokio::time::timeout;
 use tonic::Code;
@@ -25,14 +25,7 @@ async fn client_of(s: &TestServer, retry: RetryPolicy) -> Client {
 async fn a_set_secret_retried_through_a_database_outage_bumps_the_config_version_once() {
     let db = TestDb::create().await;
     let proxy = PgProxy::start(&db.url).await;
-    let url = proxy.url();
-    let s = TestServer::start(Options {
-        configure: Some(Arc::new(move |args| {
-            args.database_url = Some(url.clone());
-        })),
-        ..Options::default()
-    })
-    .await;
+    let s = TestServer::start(Options::on_database(proxy.url())).await;
     let ws = s.create_online("retried").await.to_string();
     let client = client_of(&s, RetryPolicy::default()).await;
     let before = client.get_workspace(&ws).await.unwrap().config_version;

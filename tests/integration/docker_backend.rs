@@ -77,19 +77,11 @@ async fn server() -> TestServer {
     TestServer::start(docker_options()).await
 }
 
-async fn online(s: &TestServer, ws: WorkspaceId, generation: u64) -> pb::Workspace {
-    s.wait_for(ws, |w| {
-        w.status == pb::WorkspaceStatus::Online as i32
-            && w.agent.as_ref().is_some_and(|a| a.generation == generation)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn create_restart_config_stop_and_delete_on_real_containers() {
     let s = server().await;
     let ws = s.create("docker-life").await;
-    online(&s, ws, 1).await;
+    s.online_at(ws, 1).await;
     assert_eq!(
         containers(ws).await,
         [("1".to_owned(), "running".to_owned())]
@@ -105,23 +97,13 @@ async fn create_restart_config_stop_and_delete_on_real_containers() {
         })
         .await
         .unwrap();
-    let set = s
-        .client()
-        .set_secret(pb::SetSecretRequest {
-            workspace_id: ws.to_string(),
-            name: "API_KEY".into(),
-            value: "sk-docker".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let set = s.set_secret(ws, "API_KEY", "sk-docker").await;
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(
         matches!(last(&events), Event::Online(o) if o.generation == 2),
         "{events:?}"
     );
-    let w = online(&s, ws, 2).await;
+    let w = s.online_at(ws, 2).await;
     let agent = w.agent.unwrap();
     assert_eq!(agent.config_version, set.config_version);
     assert_eq!(agent.secret_names, ["API_KEY"]);
@@ -169,7 +151,7 @@ async fn create_restart_config_stop_and_delete_on_real_containers() {
 async fn twenty_concurrent_mixed_restarts_never_conflict_and_run_at_most_two_cycles() {
     let s = server().await;
     let ws = s.create("docker-storm").await;
-    online(&s, ws, 1).await;
+    s.online_at(ws, 1).await;
     let triggers = [
         pb::Trigger::Manual,
         pb::Trigger::ConfigChanged,
@@ -214,10 +196,10 @@ async fn twenty_concurrent_mixed_restarts_never_conflict_and_run_at_most_two_cyc
 async fn a_container_killed_out_of_band_is_brought_back_by_exactly_one_reconciler_cycle() {
     let s = server().await;
     let ws = s.create("docker-kill").await;
-    online(&s, ws, 1).await;
+    s.online_at(ws, 1).await;
     docker(&["kill", &format!("ws-{ws}-g1")]).await;
 
-    let w = online(&s, ws, 2).await;
+    let w = s.online_at(ws, 2).await;
     let reconciler = w
         .trigger_stats
         .iter()
@@ -259,7 +241,7 @@ async fn a_container_killed_out_of_band_is_brought_back_by_exactly_one_reconcile
 async fn a_leftover_container_of_an_older_generation_is_removed_before_start() {
     let s = server().await;
     let ws = s.create("docker-leftover").await;
-    online(&s, ws, 1).await;
+    s.online_at(ws, 1).await;
     // A crash left a stray container of generation 1 under another name.
     docker(&[
         "create",

@@ -39,14 +39,6 @@ use crate::support::{
     report_unreachable, stats,
 };
 
-async fn online(s: &TestServer, ws: WorkspaceId, generation: u64) -> pb::Workspace {
-    s.wait_for(ws, |w| {
-        w.status == pb::WorkspaceStatus::Online as i32
-            && w.agent.as_ref().is_some_and(|a| a.generation == generation)
-    })
-    .await
-}
-
 /// A server whose EC2 workspaces run on moto, each instance "booted" by
 /// the booter.
 async fn on_moto(moto: &Moto) -> (TestServer, Arc<Counted<Ec2Backend>>) {
@@ -76,27 +68,17 @@ async fn create_restart_and_delete_on_moto_keep_exactly_the_current_generation()
     let (s, ec2) = on_moto(&moto).await;
 
     let ws = s.create("ec2-life").await;
-    online(&s, ws, 1).await;
+    s.online_at(ws, 1).await;
     assert_eq!(moto.live_instances(ws).await.len(), 1);
     assert_eq!(moto.live_instances(ws).await[0].0, "1");
 
-    let secret = s
-        .client()
-        .set_secret(pb::SetSecretRequest {
-            workspace_id: ws.to_string(),
-            name: "API_KEY".into(),
-            value: "sk-ec2".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let secret = s.set_secret(ws, "API_KEY", "sk-ec2").await;
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(
         matches!(last(&events), Event::Online(o) if o.generation == 2),
         "{events:?}"
     );
-    let agent = online(&s, ws, 2).await.agent.unwrap();
+    let agent = s.online_at(ws, 2).await.agent.unwrap();
     assert_eq!(
         agent.config_version, secret.config_version,
         "the new instance booted with the latest config"
@@ -330,7 +312,7 @@ async fn the_pending_window_is_never_a_dead_workspace_and_throttled_launches_are
 
     // The agent registers, but EC2 still says pending: booting, not dead.
     let _agent = run_agent(&encoded, "i-scripted");
-    online(&s, ws, 1).await;
+    s.online_at(ws, 1).await;
     s.advance(Duration::from_secs(61)); // Past the debounce window.
     for _ in 0..4 {
         let answer = report_unreachable(&s, ws).await;
@@ -366,7 +348,7 @@ async fn a_file_too_big_for_user_data_is_refused_and_changes_nothing() {
     let _booter = InstanceBooter::start(moto.client());
     let (s, ec2) = on_moto(&moto).await;
     let ws = s.create("ec2-limits").await;
-    online(&s, ws, 1).await;
+    s.online_at(ws, 1).await;
     let before = s.get(ws).await;
     let starts = ec2.starts(ws);
 

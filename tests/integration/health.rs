@@ -2,7 +2,7 @@
 //! from the moment SIGTERM arrives (while the port still answers), with
 //! Health/Watch streaming each change.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
 use tonic_health::pb::{
@@ -36,14 +36,7 @@ async fn next_status(
 async fn not_serving_while_postgres_is_unreachable_and_serving_once_it_returns() {
     let db = TestDb::create().await;
     let proxy = PgProxy::start(&db.url).await;
-    let url = proxy.url();
-    let s = TestServer::start(Options {
-        configure: Some(Arc::new(move |args| {
-            args.database_url = Some(url.clone());
-        })),
-        ..Options::default()
-    })
-    .await;
+    let s = TestServer::start(Options::on_database(proxy.url())).await;
     let mut health = HealthClient::new(s.channel().await);
     let mut watch = health.watch(whole_server()).await.unwrap().into_inner();
     assert_eq!(

@@ -3,7 +3,7 @@
 
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
-use workspace_lifecycle::{domain::WorkspaceId, proto as pb, proto::restart_event::Event};
+use workspace_lifecycle::{proto as pb, proto::restart_event::Event};
 
 use crate::support::{
     BackendChoice, Options, TestDb, TestServer, agent_reachable_tempdir, bounded, collect, kinds,
@@ -38,34 +38,16 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-async fn online(s: &TestServer, ws: WorkspaceId, generation: u64) -> pb::Workspace {
-    s.wait_for(ws, |w| {
-        w.status == pb::WorkspaceStatus::Online as i32
-            && w.agent.as_ref().is_some_and(|a| a.generation == generation)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
     let s = TestServer::start(process_options()).await;
     let ws = s.create("proc").await;
-    let first = online(&s, ws, 1).await;
+    let first = s.online_at(ws, 1).await;
     let pid1 = agent_pid(&first);
     assert!(alive(pid1), "generation 1 agent runs");
 
     // Set a secret, then restart: generation 2's agent sees it.
-    let set = s
-        .client()
-        .set_secret(pb::SetSecretRequest {
-            workspace_id: ws.to_string(),
-            name: "API_KEY".into(),
-            value: "sk-live-1".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let set = s.set_secret(ws, "API_KEY", "sk-live-1").await;
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert_eq!(kinds(&events)[0], "accepted");
     assert!(kinds(&events).contains(&"phase"));
@@ -74,7 +56,7 @@ async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
     };
     assert_eq!(online_event.generation, 2);
     assert_eq!(online_event.config_version, set.config_version);
-    let second = online(&s, ws, 2).await;
+    let second = s.online_at(ws, 2).await;
     let agent = second.agent.as_ref().unwrap();
     assert_eq!(agent.config_version, set.config_version);
     assert_eq!(
@@ -104,7 +86,7 @@ async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
     // Start again, then delete: gone, and no process left.
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(matches!(last(&events), Event::Online(o) if o.generation == 3));
-    let pid3 = agent_pid(&online(&s, ws, 3).await);
+    let pid3 = agent_pid(&s.online_at(ws, 3).await);
     let delete = s
         .client()
         .delete_workspace(pb::DeleteWorkspaceRequest {
@@ -194,7 +176,7 @@ async fn the_agent_ends_with_the_server_process_that_launched_it() {
 async fn the_agent_runs_unprivileged_with_private_files() {
     let s = TestServer::start(process_options()).await;
     let ws = s.create("private").await;
-    online(&s, ws, 1).await;
+    s.online_at(ws, 1).await;
     s.client()
         .write_file(pb::WriteFileRequest {
             workspace_id: ws.to_string(),
@@ -206,7 +188,7 @@ async fn the_agent_runs_unprivileged_with_private_files() {
         .unwrap();
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(matches!(last(&events), Event::Online(o) if o.generation == 2));
-    let w = online(&s, ws, 2).await;
+    let w = s.online_at(ws, 2).await;
     assert_eq!(w.agent.as_ref().unwrap().file_paths, ["conf/app.toml"]);
     let pid = agent_pid(&w);
 
@@ -249,7 +231,7 @@ async fn the_lost_secret_race_ends_on_a_generation_that_has_both_secrets() {
     })
     .await;
     let ws = s.create("race").await;
-    let created = online(&s, ws, 1).await;
+    let created = s.online_at(ws, 1).await;
     // Let the window opened by the create cycle pass (a computed wait, not
     // a hopeful one: the server told us when it ends).
     let until = created.debounce_until.unwrap();

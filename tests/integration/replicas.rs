@@ -22,6 +22,7 @@ use workspace_lifecycle::{
 use crate::support::{
     TestDb, bounded,
     server_process::{ServerProcess, slow_agent},
+    workspace,
 };
 
 /// One replica: the server process with the storm's timings (`extra`
@@ -146,43 +147,18 @@ fn covering_cycle(ops: &[Entry], sent_us: u64) -> Option<(u64, u64)> {
         .map(|pair| (pair[0].begin_us, pair[1].config_version.unwrap().0))
 }
 
+/// Waits until the workspace is ONLINE, idle, its agent serving the
+/// current config.
 pub(crate) async fn settled(c: &mut LifecycleClient, ws: WorkspaceId) -> pb::Workspace {
-    bounded("the workspace settles", async {
-        loop {
-            let w = c
-                .get_workspace(pb::GetWorkspaceRequest {
-                    workspace_id: ws.to_string(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let done = w.status == pb::WorkspaceStatus::Online as i32
-                && w.running_cycle_id.is_empty()
-                && w.pending_cycle_id.is_empty()
-                && w.agent
-                    .as_ref()
-                    .is_some_and(|a| a.config_version == w.config_version);
-            if done {
-                return w;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
+    workspace::settled(c, &ws.to_string(), workspace::serving_current_config).await
 }
 
+/// Creates a PROCESS workspace.
 pub(crate) async fn create(c: &mut LifecycleClient, name: &str) -> WorkspaceId {
-    let created = c
-        .create_workspace(pb::CreateWorkspaceRequest {
-            name: name.into(),
-            backend: pb::BackendKind::Process as i32,
-            spec: None,
-            request_id: String::new(),
-        })
+    workspace::create(c, workspace::create_request(name, pb::BackendKind::Process))
         .await
+        .parse()
         .unwrap()
-        .into_inner();
-    created.id.parse().unwrap()
 }
 
 /// A request the service acknowledged: when it was sent, and the config

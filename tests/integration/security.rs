@@ -20,6 +20,7 @@ use workspace_lifecycle::{
 
 use crate::support::{
     ADMIN_TOKEN, OPERATOR_TOKEN, Options, READER_TOKEN, TestServer, collect, last,
+    server_process::ServerProcess,
 };
 
 /// Sends a bearer token, or none.
@@ -529,9 +530,7 @@ async fn a_caller_over_its_concurrency_limit_gets_resource_exhausted() {
 /// A server process on the process backend, logging at debug level to a
 /// file, so the test can read every line it wrote.
 struct LoggedServer {
-    child: tokio::process::Child,
-    addr: String,
-    log: std::path::PathBuf,
+    process: ServerProcess,
     _dir: tempfile::TempDir,
     _db: crate::support::TestDb,
 }
@@ -540,80 +539,27 @@ impl LoggedServer {
     async fn start() -> Self {
         let db = crate::support::TestDb::create().await;
         let dir = crate::support::agent_reachable_tempdir();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = dir.path().join("server.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = tokio::process::Command::new(crate::support::server_binary())
-            .args(["--listen", &addr, "--database-url", &db.url])
-            .args(["--data-dir", &dir.path().to_string_lossy()])
-            .args(["--heartbeat-interval", "1s", "--stop-grace", "2s"])
-            .env("WL_AUTH_TOKENS", crate::support::test_token_entries())
-            .env("WL_SECRETS_KEY", crate::support::SECRETS_KEY_HEX)
-            .env("RUST_LOG", "debug")
-            // Logs go to stdout, the agents' complaints to stderr: keep both.
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the server binary runs");
-        let server = Self {
-            child,
-            addr: format!("http://{addr}"),
-            log,
-            _dir: dir,
-            _db: db,
-        };
-        crate::support::bounded("the server serves", async {
-            while tonic::transport::Endpoint::from_shared(server.addr.clone())
-                .unwrap()
-                .connect()
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        // Logs go to stdout, the agents' complaints to stderr: the process
+        // keeps both in server.log.
+        let process = ServerProcess::start(dir.path(), "server", |command| {
+            command
+                .args(["--database-url", &db.url])
+                .args(["--heartbeat-interval", "1s", "--stop-grace", "2s"])
+                .env("WL_AUTH_TOKENS", crate::support::test_token_entries())
+                .env("WL_SECRETS_KEY", crate::support::SECRETS_KEY_HEX)
+                .env("RUST_LOG", "debug");
         })
         .await;
-        server
+        Self {
+            process,
+            _dir: dir,
+            _db: db,
+        }
     }
 
     async fn client(&self) -> workspace_lifecycle::auth::client::LifecycleClient {
-        let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        workspace_lifecycle::auth::client::lifecycle_client(channel, ADMIN_TOKEN).unwrap()
+        self.process.client_with(ADMIN_TOKEN).await
     }
-}
-
-/// Polls GetWorkspace until `ready` (bounded).
-async fn settle(
-    client: &mut workspace_lifecycle::auth::client::LifecycleClient,
-    id: &str,
-    ready: impl Fn(&pb::Workspace) -> bool,
-) -> pb::Workspace {
-    crate::support::bounded("the workspace settles", async {
-        loop {
-            let w = client
-                .get_workspace(pb::GetWorkspaceRequest {
-                    workspace_id: id.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if ready(&w) {
-                break w;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
-    .await
 }
 
 #[tokio::test]
@@ -639,10 +585,8 @@ async fn known_secret_values_appear_in_no_log_line_error_or_response() {
         .unwrap()
         .into_inner();
     let id = created.id.clone();
-    settle(&mut c, &id, |w| {
-        w.status == pb::WorkspaceStatus::Online as i32
-    })
-    .await;
+    crate::support::workspace::settled(&c, &id, |w| w.status == pb::WorkspaceStatus::Online as i32)
+        .await;
 
     let set = |workspace_id: &str, name: &str, value: String| pb::SetSecretRequest {
         workspace_id: workspace_id.into(),
@@ -696,7 +640,7 @@ async fn known_secret_values_appear_in_no_log_line_error_or_response() {
         "{events:?}"
     );
     seen += &format!("{events:?}");
-    let w = settle(&mut c, &id, |w| {
+    let w = crate::support::workspace::settled(&c, &id, |w| {
         w.agent
             .as_ref()
             .is_some_and(|a| a.generation == 2 && a.secret_names.contains(&"API_KEY".into()))
@@ -724,14 +668,14 @@ async fn known_secret_values_appear_in_no_log_line_error_or_response() {
 
     let mut server = server;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.child.id().unwrap() as i32),
+        nix::unistd::Pid::from_raw(server.process.pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    crate::support::bounded("the server exits", server.child.wait())
+    crate::support::bounded("the server exits", server.process.child.wait())
         .await
         .unwrap();
-    let log = std::fs::read_to_string(&server.log).unwrap();
+    let log = std::fs::read_to_string(&server.process.log).unwrap();
     assert!(
         log.lines().count() > 20 && log.contains(&id),
         "the log is too thin to judge:\n{log}"

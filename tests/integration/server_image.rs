@@ -11,8 +11,7 @@ use tonic_health::pb::{
 use workspace_lifecycle_client::{Client, proto as cpb};
 
 use crate::support::{
-    ADMIN_TOKEN, SECRETS_KEY_HEX, WAIT, bounded, db::TestDb, server_process::free_port,
-    test_token_entries,
+    ADMIN_TOKEN, SECRETS_KEY_HEX, WAIT, bounded, db::TestDb, free_port, test_token_entries,
 };
 
 /// The image the script builds.

@@ -18,9 +18,10 @@ use workspace_lifecycle::{
 };
 
 use crate::support::{
-    TestDb, bounded,
+    TestDb, bounded, free_port,
     otlp::{Collector, attr, hex},
-    server_process::{ServerProcess, free_port, slow_agent},
+    server_process::{ServerProcess, slow_agent},
+    workspace,
 };
 
 /// Known secret values, searched for in everything the service emits.
@@ -118,42 +119,20 @@ fn traced<T>(message: T, traceparent: &str) -> Request<T> {
 }
 
 async fn create(c: &mut LifecycleClient, name: &str, command: &[&str]) -> String {
-    c.create_workspace(pb::CreateWorkspaceRequest {
-        name: name.into(),
-        backend: pb::BackendKind::Process as i32,
-        spec: Some(pb::WorkspaceSpec {
-            command: command.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }),
-        request_id: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .id
+    let spec = pb::WorkspaceSpec {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let request = pb::CreateWorkspaceRequest {
+        spec: Some(spec),
+        ..workspace::create_request(name, pb::BackendKind::Process)
+    };
+    workspace::create(c, request).await
 }
 
 /// Waits until `ws` is in `status` with no cycle running or pending.
 async fn settled(c: &mut LifecycleClient, ws: &str, status: pb::WorkspaceStatus) -> pb::Workspace {
-    bounded("the workspace settles", async {
-        loop {
-            let w = c
-                .get_workspace(pb::GetWorkspaceRequest {
-                    workspace_id: ws.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if w.status == status as i32
-                && w.running_cycle_id.is_empty()
-                && w.pending_cycle_id.is_empty()
-            {
-                return w;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
+    workspace::settled(c, ws, workspace::idle_in(status)).await
 }
 
 async fn first_event(

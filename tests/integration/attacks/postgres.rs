@@ -9,10 +9,7 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Stdio, time::D
 
 use tokio::process::Command;
 
-use crate::support::{
-    bounded, server_binary,
-    server_process::{ServerProcess, free_port},
-};
+use crate::support::{bounded, free_port, server_binary, server_process::ServerProcess};
 
 /// A data directory the `postgres` user can traverse, so the cluster lives
 /// (and is removed) inside it.

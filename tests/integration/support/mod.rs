@@ -1,16 +1,23 @@
-//! What every integration test stands on: a fresh database, a server on
-//! port 0 in this process, a fake (counting) or real backend, a manual clock
-//! for debounce windows, and bounded waits driven by events.
+//! What every integration test stands on: a server on port 0 in this
+//! process over a fresh database, a fake (counting) or real backend, a
+//! manual clock for debounce windows, and bounded waits driven by events.
+//! The pieces the benchmarks share too (fresh databases, the fakes, server
+//! processes, polling waits) are the `test-support` crate's, re-exported
+//! here under the names the suites use.
 
-pub mod counted;
-pub mod db;
-pub mod fake_backend;
 pub mod moto;
 pub mod otlp;
 pub mod pg_proxy;
-pub mod server_process;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+pub use test_support::{
+    WAIT, agent_reachable_tempdir, bounded, counted, db,
+    db::TestDb,
+    fake_backend,
+    fake_backend::{AgentMode, FakeBackend},
+    free_port, server_binary, server_process, workspace,
+};
 
 use futures::StreamExt;
 use tonic::Streaming;
@@ -31,12 +38,6 @@ use workspace_lifecycle::{
     server::{self, Parts, RunningServer},
     store::SecretsKey,
 };
-
-pub use db::TestDb;
-pub use fake_backend::{AgentMode, FakeBackend};
-
-/// Every wait in these tests ends by this long, pass or fail.
-pub const WAIT: Duration = Duration::from_secs(30);
 
 /// How a test server is set up.
 #[derive(Clone)]
@@ -60,6 +61,19 @@ pub struct Options {
     pub max_calls_per_caller: usize,
     /// Last word on the server's flags (TLS tests set certificates).
     pub configure: Option<Configure>,
+}
+
+impl Options {
+    /// The defaults, with the server on the database `url` (a proxy in
+    /// front of the test database, say).
+    pub fn on_database(url: String) -> Self {
+        Self {
+            configure: Some(Arc::new(move |args| {
+                args.database_url = Some(url.clone());
+            })),
+            ..Self::default()
+        }
+    }
 }
 
 /// A last change to a test server's flags.
@@ -137,22 +151,6 @@ pub struct TestServer {
     peers: Vec<TestServer>,
     /// Picks the replica of the next `client()`.
     next_client: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// A temporary directory the process backend's agents can pass through:
-/// they run as an unprivileged user when the tests run as root, and a
-/// fresh temporary directory is private (0700).
-pub fn agent_reachable_tempdir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    dir
-}
-
-/// The path of the built server binary (the process backend runs its
-/// `agent` subcommand).
-pub fn server_binary() -> String {
-    env!("CARGO_BIN_EXE_workspace-lifecycle").to_owned()
 }
 
 impl TestServer {
@@ -325,9 +323,14 @@ impl TestServer {
     /// Creates a workspace and waits until it is ONLINE.
     pub async fn create_online(&self, name: &str) -> WorkspaceId {
         let ws = self.create(name).await;
-        self.wait_for(ws, |w| w.status == pb::WorkspaceStatus::Online as i32)
-            .await;
+        self.wait_for(ws, workspace::is_online).await;
         ws
+    }
+
+    /// Waits until the workspace is ONLINE with generation `generation`'s
+    /// agent registered.
+    pub async fn online_at(&self, ws: WorkspaceId, generation: u64) -> pb::Workspace {
+        self.wait_for(ws, workspace::online_at(generation)).await
     }
 
     /// Creates a workspace (returns at once, PROVISIONING).
@@ -337,27 +340,32 @@ impl TestServer {
             BackendKind::Docker => pb::BackendKind::Docker,
             BackendKind::Ec2 => pb::BackendKind::Ec2,
         };
-        let created = self
-            .client()
-            .create_workspace(pb::CreateWorkspaceRequest {
-                name: name.into(),
-                backend: backend as i32,
-                spec: None,
-                request_id: String::new(),
-            })
+        workspace::create(&self.client(), workspace::create_request(name, backend))
             .await
-            .expect("create")
-            .into_inner();
-        created.id.parse().unwrap()
+            .parse()
+            .unwrap()
     }
 
     pub async fn get(&self, ws: WorkspaceId) -> pb::Workspace {
+        workspace::get(&self.client(), &ws.to_string()).await
+    }
+
+    /// Sets a secret of the workspace (it must succeed).
+    pub async fn set_secret(
+        &self,
+        ws: WorkspaceId,
+        name: &str,
+        value: &str,
+    ) -> pb::ConfigChangeResponse {
         self.client()
-            .get_workspace(pb::GetWorkspaceRequest {
+            .set_secret(pb::SetSecretRequest {
                 workspace_id: ws.to_string(),
+                name: name.into(),
+                value: value.into(),
+                request_id: String::new(),
             })
             .await
-            .expect("get")
+            .expect("SetSecret")
             .into_inner()
     }
 
@@ -464,28 +472,12 @@ pub fn last(events: &[pb::RestartEvent]) -> &pb::restart_event::Event {
         .expect("a non-empty stream")
 }
 
-/// Runs `f` with a bound, failing the test if it takes longer.
-pub async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish in {WAIT:?}"))
-}
-
 /// Every cycle of the workspace (ListCycles, one page).
 pub async fn cycles(
     s: &TestServer,
     ws: workspace_lifecycle::domain::WorkspaceId,
 ) -> Vec<pb::Cycle> {
-    s.client()
-        .list_cycles(pb::ListCyclesRequest {
-            workspace_id: ws.to_string(),
-            page_size: 1000,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .cycles
+    workspace::cycles(&s.client(), &ws.to_string()).await
 }
 
 /// The workspace's counts for one trigger.

@@ -1,6 +1,7 @@
-//! A fresh database per test, on the Postgres named by `TEST_DATABASE_URL`
-//! (CI) or on a cluster the tests start themselves under the target
-//! directory.
+//! Fresh databases: one per test or benchmark run, on the Postgres named by
+//! `TEST_DATABASE_URL` (CI), on a cluster the tests start themselves under
+//! `target/tmp/test-pg`, or on whatever maintenance URL a benchmark chose —
+//! URLs in either form (`key=value` or `postgres://`).
 
 use std::sync::OnceLock;
 
@@ -9,8 +10,9 @@ use workspace_lifecycle::embedded_pg::EmbeddedPostgres;
 
 static ADMIN_URL: OnceLock<String> = OnceLock::new();
 
-/// The URL of a maintenance database on the test cluster.
-fn admin_url() -> &'static str {
+/// The URL of a maintenance database on the test cluster:
+/// `TEST_DATABASE_URL`, or a cluster of our own (started once, reused).
+pub fn test_admin_url() -> &'static str {
     ADMIN_URL.get_or_init(|| {
         if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
             return url;
@@ -23,7 +25,7 @@ fn admin_url() -> &'static str {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-pg");
+                let root = crate::target_tmpdir().join("test-pg");
                 let pg = EmbeddedPostgres::ensure(&root)
                     .await
                     .expect("no TEST_DATABASE_URL and no local Postgres could be started");
@@ -36,7 +38,7 @@ fn admin_url() -> &'static str {
 }
 
 /// Points `url` (key=value or postgres:// form) at database `name`.
-fn with_dbname(url: &str, name: &str) -> String {
+pub fn with_dbname(url: &str, name: &str) -> String {
     if let Some(rest) = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
@@ -59,6 +61,27 @@ fn with_dbname(url: &str, name: &str) -> String {
     parts.join(" ")
 }
 
+/// A plain client on `url` (its connection driven by a spawned task).
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to Postgres ({url}): {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// Creates an empty database with a unique name starting `prefix` on the
+/// cluster `admin` reaches; returns its URL.
+pub async fn create_database(admin: &str, prefix: &str) -> String {
+    let client = connect(admin).await;
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a fresh database");
+    with_dbname(admin, &name)
+}
+
 /// A database that exists for one test.
 pub struct TestDb {
     /// Its URL.
@@ -66,27 +89,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates an empty database with a unique name.
+    /// Creates an empty database with a unique name on the test cluster.
     pub async fn create() -> Self {
-        let admin = admin_url();
-        let (client, connection) = tokio_postgres::connect(admin, NoTls)
-            .await
-            .expect("test Postgres reachable");
-        tokio::spawn(connection);
-        let name = format!("wl_test_{}", uuid::Uuid::new_v4().simple());
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
         Self {
-            url: with_dbname(admin, &name),
+            url: create_database(test_admin_url(), "wl_test").await,
         }
     }
 
     /// A plain client on this database, for looking behind the API.
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client
+        connect(&self.url).await
     }
 }

@@ -17,14 +17,22 @@ use workspace_backends::{
 };
 use workspace_lifecycle::proto::{RegisterRequest, workspace_agent_client::WorkspaceAgentClient};
 
+use crate::counted::{InFlight, InFlightGuard};
+
 /// One Start the backend saw, with the config it was given.
 #[derive(Clone, Debug)]
 pub struct Start {
+    /// The workspace started.
     pub workspace: WorkspaceId,
+    /// The generation it was started as.
     pub generation: Generation,
+    /// The config version it was handed.
     pub config_version: ConfigVersion,
+    /// Its secrets, opened.
     pub secrets: BTreeMap<String, String>,
+    /// Its files.
     pub files: BTreeMap<String, Vec<u8>>,
+    /// The agent token it was given.
     pub token: String,
 }
 
@@ -43,9 +51,6 @@ pub enum AgentMode {
 struct State {
     starts: Vec<Start>,
     stops: Vec<WorkspaceId>,
-    /// Backend calls in flight per workspace, and the most ever seen.
-    in_flight: HashMap<WorkspaceId, usize>,
-    max_in_flight: HashMap<WorkspaceId, usize>,
     /// Per workspace, the calls in order: 'S' stop, 'T' start.
     calls: HashMap<WorkspaceId, String>,
     running: HashMap<WorkspaceId, Generation>,
@@ -60,6 +65,7 @@ struct State {
 pub struct FakeBackend {
     kind: BackendKind,
     state: Mutex<State>,
+    in_flight: InFlight,
     /// When set, each start waits for a permit (tests release them).
     hold: Mutex<Option<Arc<Semaphore>>>,
     /// Per workspace, gates for its next starts, one each.
@@ -70,10 +76,12 @@ pub struct FakeBackend {
 }
 
 impl FakeBackend {
+    /// A fake serving workspaces of `kind`, its agent registering.
     pub fn new(kind: BackendKind) -> Arc<Self> {
         Arc::new(Self {
             kind,
             state: Mutex::default(),
+            in_flight: InFlight::default(),
             hold: Mutex::default(),
             hold_next: Mutex::default(),
             started: Notify::new(),
@@ -107,6 +115,7 @@ impl FakeBackend {
         }
     }
 
+    /// The next `n` starts fail (after being counted).
     pub fn fail_next_starts(&self, n: usize) {
         self.state.lock().unwrap().fail_starts = n;
     }
@@ -117,10 +126,12 @@ impl FakeBackend {
         self.state.lock().unwrap().fail_deletes = n;
     }
 
+    /// The next `n` starts panic (after being counted).
     pub fn panic_next_starts(&self, n: usize) {
         self.state.lock().unwrap().panic_starts = n;
     }
 
+    /// What the fake agent does after later starts.
     pub fn set_agent(&self, mode: AgentMode) {
         *self.agent.lock().unwrap() = mode;
     }
@@ -139,6 +150,7 @@ impl FakeBackend {
         self.state.lock().unwrap().running.remove(&workspace);
     }
 
+    /// Every start of `workspace`, in order.
     pub fn starts(&self, workspace: WorkspaceId) -> Vec<Start> {
         self.state
             .lock()
@@ -150,14 +162,17 @@ impl FakeBackend {
             .collect()
     }
 
+    /// How many starts `workspace` saw.
     pub fn start_count(&self, workspace: WorkspaceId) -> usize {
         self.starts(workspace).len()
     }
 
+    /// How many starts all workspaces saw.
     pub fn total_starts(&self) -> usize {
         self.state.lock().unwrap().starts.len()
     }
 
+    /// How many stops `workspace` saw.
     pub fn stop_count(&self, workspace: WorkspaceId) -> usize {
         let state = self.state.lock().unwrap();
         state.stops.iter().filter(|w| **w == workspace).count()
@@ -165,13 +180,7 @@ impl FakeBackend {
 
     /// The most backend calls ever in flight at once for the workspace.
     pub fn max_in_flight(&self, workspace: WorkspaceId) -> usize {
-        *self
-            .state
-            .lock()
-            .unwrap()
-            .max_in_flight
-            .get(&workspace)
-            .unwrap_or(&0)
+        self.in_flight.max(workspace)
     }
 
     /// The calls in order ('S' stop, 'T' start).
@@ -185,6 +194,7 @@ impl FakeBackend {
             .unwrap_or_default()
     }
 
+    /// How many times the instance state was asked for.
     pub fn state_queries(&self) -> usize {
         self.state.lock().unwrap().state_queries
     }
@@ -204,32 +214,18 @@ impl FakeBackend {
         .unwrap_or_else(|_| panic!("{n} starts never began (saw {})", self.total_starts()));
     }
 
-    fn enter(&self, workspace: WorkspaceId, call: char) -> CallGuard<'_> {
-        let mut state = self.state.lock().unwrap();
-        let now = {
-            let n = state.in_flight.entry(workspace).or_default();
-            *n += 1;
-            *n
-        };
-        let max = state.max_in_flight.entry(workspace).or_default();
-        *max = (*max).max(now);
-        state.calls.entry(workspace).or_default().push(call);
-        CallGuard {
-            backend: self,
-            workspace,
-        }
-    }
-}
-
-struct CallGuard<'a> {
-    backend: &'a FakeBackend,
-    workspace: WorkspaceId,
-}
-
-impl Drop for CallGuard<'_> {
-    fn drop(&mut self) {
-        let mut state = self.backend.state.lock().unwrap();
-        *state.in_flight.entry(self.workspace).or_default() -= 1;
+    /// A call begins: counted in flight until the guard drops, and
+    /// appended to the workspace's calls.
+    fn enter(&self, workspace: WorkspaceId, call: char) -> InFlightGuard<'_> {
+        let guard = self.in_flight.enter(workspace);
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .entry(workspace)
+            .or_default()
+            .push(call);
+        guard
     }
 }
 
