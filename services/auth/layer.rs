@@ -122,7 +122,7 @@ where
         match authorize(&self.tokens, &request) {
             Ok(caller) => {
                 if let Some(caller) = caller {
-                    let actor = crate::domain::change::Actor(caller.name.clone());
+                    let actor = crate::grpc::origin::Actor(caller.name.clone());
                     request.extensions_mut().insert(actor);
                     request.extensions_mut().insert(caller);
                 }

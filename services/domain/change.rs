@@ -47,24 +47,6 @@ pub struct Creation {
     pub spec: WorkspaceSpec,
 }
 
-/// The name of the caller a request comes from (its token's name, never
-/// the token), put in the request's extensions by the auth layer so the
-/// handler can name who asked in the audit log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor(pub String);
-
-impl Actor {
-    /// The actor a request carries, or "unknown" (a request that did not
-    /// pass the auth layer, e.g. in a unit test of a handler).
-    pub fn of<T>(request: &tonic::Request<T>) -> String {
-        request
-            .extensions()
-            .get::<Self>()
-            .map(|a| a.0.clone())
-            .unwrap_or_else(|| "unknown".into())
-    }
-}
-
 /// The audit identity of a request made by a caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Audited {

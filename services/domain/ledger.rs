@@ -153,6 +153,12 @@ pub enum Refusal {
     Deleted,
 }
 
+impl From<Refusal> for super::Error {
+    fn from(refusal: Refusal) -> Self {
+        Self::FailedPrecondition(refusal.to_string())
+    }
+}
+
 /// The cycle that holds the gate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Running {

@@ -18,17 +18,6 @@ pub enum Trigger {
     Create,
 }
 
-impl Trigger {
-    /// Every trigger, in a stable order (for stats).
-    pub const ALL: [Trigger; 5] = [
-        Self::Manual,
-        Self::ConfigChanged,
-        Self::HealthProbe,
-        Self::Reconciler,
-        Self::Create,
-    ];
-}
-
 named_enum!(Trigger {
     Manual => "MANUAL",
     ConfigChanged => "CONFIG_CHANGED",

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::{
     domain::{
-        CycleId, Desired, Error, Handling, Timestamp, WorkspaceId,
-        ledger::{AdmitRequest, Admitted, Ask, Refusal},
+        CycleId, Error, Handling, Timestamp, WorkspaceId,
+        ledger::{AdmitRequest, Admitted},
     },
     store::{AuditRow, Locked, RowTx, Store, Tally},
     telemetry::cycle_trace::TraceOrigin,
@@ -44,8 +44,18 @@ impl Admit<Intent> for Store {
         let before = (locked.ledger.clone(), locked.config_version);
         let mut tally = Tally::default();
         let mut results = Vec::with_capacity(batch.len());
+        let mut starting = None;
         for intent in batch {
-            let result = admit_one(&tx, intent, &mut locked, &mut tally, self, now).await;
+            let result = admit_one(
+                &tx,
+                intent,
+                &mut locked,
+                &mut tally,
+                &mut starting,
+                self,
+                now,
+            )
+            .await;
             results.push(result);
         }
 
@@ -72,6 +82,7 @@ async fn admit_one(
     intent: &Intent,
     locked: &mut Locked,
     tally: &mut Tally,
+    starting: &mut Option<CycleId>,
     store: &Store,
     now: Timestamp,
 ) -> Result<Ticket, Error> {
@@ -81,8 +92,9 @@ async fn admit_one(
             intent.stage
         )));
     };
-    if locked.ledger.desired == Desired::Deleted && intent.ask != Ask::Delete {
-        return Err(refused(Refusal::Deleted));
+    // Before the config change: a refused request changes nothing.
+    if let Some(refusal) = locked.ledger.refusal(intent.ask) {
+        return Err(refusal.into());
     }
     if let Some(change) = &intent.change {
         tx.apply_change(change, now).await?;
@@ -96,8 +108,7 @@ async fn admit_one(
     };
     let admitted = locked
         .ledger
-        .admit(request, now, CycleId::new(), store.timing())
-        .map_err(refused)?;
+        .admit(request, now, CycleId::new(), store.timing())?;
     let waiting = if locked.ledger.running.is_some() {
         Waiting::Coalesced
     } else {
@@ -129,13 +140,22 @@ async fn admit_one(
     if opened {
         tally.opened(cycle, TraceOrigin::of(cycle, intent.caller.as_ref()));
     }
-    let how = match (ready, opened, waiting) {
-        (true, true, _) => Handling::Accepted,
-        (true, false, _) | (false, _, Waiting::Coalesced) => Handling::Coalesced,
-        (false, _, Waiting::Deferred) => Handling::Deferred,
+    // The first request of the batch that makes its cycle ready starts it
+    // (it goes on to the gate and is answered `accepted`); every other
+    // request in that cycle joined it. Counters, events and answers all
+    // read this one decision.
+    let starts = ready && starting.is_none_or(|c| c != cycle);
+    if starts {
+        *starting = Some(cycle);
+    }
+    let how = match (starts, ready, waiting) {
+        (true, _, _) => Handling::Accepted,
+        (false, true, _) | (false, false, Waiting::Coalesced) => Handling::Coalesced,
+        (false, false, Waiting::Deferred) => Handling::Deferred,
     };
+    let waiting = if ready { Waiting::Coalesced } else { waiting };
     tally.count(intent.trigger, how, Some(cycle), "");
-    Ok(if ready {
+    Ok(if starts {
         Ticket::Ready {
             cycle,
             opened,
@@ -151,10 +171,4 @@ async fn admit_one(
             config_version,
         })
     })
-}
-
-fn refused(refusal: Refusal) -> Error {
-    match refusal {
-        Refusal::Deleted => Error::FailedPrecondition("workspace is deleted".into()),
-    }
 }

@@ -14,7 +14,7 @@
 
 use workspace_backends::{Backend, Halt, InstancePhase, InstanceRef};
 
-use super::backends::Backends;
+use super::backend_set::Backends;
 use crate::domain::Error;
 use crate::{
     domain::Generation,

@@ -97,17 +97,20 @@ impl Intent {
             creation: None,
             stage: Stage::New,
             span: tracing::Span::current(),
-            caller: crate::telemetry::caller::current(),
+            caller: None,
             audit: None,
         }
     }
 
-    /// The same request, made by `actor` through RPC `action`.
-    pub fn by(mut self, actor: impl Into<String>, action: &'static str) -> Self {
-        self.audit = Some(Audited {
-            actor: actor.into(),
-            action,
-        });
+    /// The same request, made by `actor` (whose trace context is `trace`)
+    /// through RPC `action`.
+    pub fn by(
+        mut self,
+        (actor, trace): (String, Option<opentelemetry::trace::SpanContext>),
+        action: &'static str,
+    ) -> Self {
+        self.caller = trace;
+        self.audit = Some(Audited { actor, action });
         self
     }
 

@@ -123,8 +123,8 @@ impl Ledger {
         new_cycle: CycleId,
         timing: &Timing,
     ) -> Result<Admitted, Refusal> {
-        if request.ask != Ask::Delete {
-            return Err(Refusal::Deleted);
+        if let Some(refusal) = self.refusal(request.ask) {
+            return Err(refusal);
         }
         if let Some(running) = self.running.filter(|r| r.goal == Goal::Delete) {
             return Ok(Admitted::Joined {
@@ -229,13 +229,7 @@ impl Ledger {
         now: Timestamp,
         timing: &Timing,
     ) -> bool {
-        if !self.holds(cycle, owner, epoch) {
-            return false;
-        }
-        if let Some(running) = &mut self.running {
-            running.lease_until = after(now, timing.lease_ttl);
-        }
-        true
+        self.set_lease(cycle, owner, epoch, after(now, timing.lease_ttl))
     }
 
     /// Lets the lease run out now, for a holder that is shutting down: the
@@ -248,13 +242,31 @@ impl Ledger {
         epoch: u32,
         now: Timestamp,
     ) -> bool {
+        self.set_lease(cycle, owner, epoch, now)
+    }
+
+    /// Moves the holder's lease end to `until`; false (and no change) if
+    /// `cycle` no longer holds the gate in `owner`'s name at `epoch`.
+    fn set_lease(
+        &mut self,
+        cycle: CycleId,
+        owner: ReplicaId,
+        epoch: u32,
+        until: Timestamp,
+    ) -> bool {
         if !self.holds(cycle, owner, epoch) {
             return false;
         }
         if let Some(running) = &mut self.running {
-            running.lease_until = now;
+            running.lease_until = until;
         }
         true
+    }
+
+    /// Why this workspace refuses a request asking `ask`, if it does: a
+    /// deleted workspace takes nothing but another delete (C17).
+    pub fn refusal(&self, ask: Ask) -> Option<Refusal> {
+        (self.desired == Desired::Deleted && ask != Ask::Delete).then_some(Refusal::Deleted)
     }
 
     /// Gives the gate up; false (and no change) if `cycle` no longer held it.

@@ -12,13 +12,14 @@
 //! idle (C15). The engine knows nothing of gRPC.
 
 mod admission;
-pub mod backends;
+pub mod backend_set;
 
 pub mod coalesce;
 mod collector;
 pub mod cycle;
 pub mod debounce;
 
+pub mod drop_check;
 pub mod events;
 pub mod gate;
 pub mod intent;
@@ -26,7 +27,6 @@ pub mod keyed;
 pub mod lease;
 pub mod ledger;
 pub mod observe;
-pub mod probe;
 mod reconciler;
 mod retention;
 pub mod scheduler;
@@ -41,15 +41,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 use self::{
-    backends::Backends,
+    backend_set::Backends,
     coalesce::CoalesceLayer,
     cycle::{CycleDeps, CycleService, CycleSettings},
     debounce::DebounceLayer,
+    drop_check::ProbeCheck,
     events::{EventBus, Subscription},
     gate::GateLayer,
     intent::{Admission, Intent, Verdict, Waiting},
     observe::ObserveLayer,
-    probe::ProbeCheck,
     scheduler::SchedulerHandle,
 };
 use crate::{

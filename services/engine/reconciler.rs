@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{Stack, backends::Backends, intent::Intent};
+use super::{Stack, backend_set::Backends, intent::Intent};
 use crate::{
     domain::{Trigger, WorkspaceId},
     store::{Serving, Store},

@@ -11,12 +11,13 @@ use super::{
     convert::{self},
     follow::{self, RestartStream, WatchStream},
     idempotent::{self, Idempotent, Plan, RequestIds},
+    origin::Origin,
     status,
 };
 use crate::{
     domain::{
         Secret, Trigger, WorkspaceId,
-        change::{Actor, Change, Creation},
+        change::{Change, Creation},
         ledger::Ask,
         validate,
     },
@@ -90,10 +91,10 @@ impl LifecycleService {
         request: Request<R>,
         intent: impl FnOnce(WorkspaceId, &R) -> Result<Intent, Status>,
     ) -> Result<Response<RestartStream>, Status> {
-        let caller = Actor::of(&request);
+        let caller = Origin::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(request.workspace_id())?;
-        let intent = intent(workspace, &request)?.by(caller, R::METHOD);
+        let intent = intent(workspace, &request)?.by(caller.parts(), R::METHOD);
         self.cycle_request(&request, intent).await
     }
 
@@ -142,7 +143,7 @@ impl LifecycleService {
         request: Request<R>,
         change: impl FnOnce(&R) -> Result<Change, Status>,
     ) -> Result<Response<pb::ConfigChangeResponse>, Status> {
-        let caller = Actor::of(&request);
+        let caller = Origin::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(request.workspace_id())?;
         let change = change(&request)?;
@@ -151,7 +152,7 @@ impl LifecycleService {
             .unary(&request, async {
                 let admission = self
                     .engine
-                    .submit(Intent::change(workspace, change).by(caller, R::METHOD))
+                    .submit(Intent::change(workspace, change).by(caller.parts(), R::METHOD))
                     .await?;
                 Ok(answers::config_change_response(admission))
             })
@@ -166,7 +167,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::CreateWorkspaceRequest>,
     ) -> Result<Response<pb::Workspace>, Status> {
-        let caller = Actor::of(&request);
+        let caller = Origin::of(&request);
         let request = request.into_inner();
         validate::workspace_name(&request.name)?;
         let backend = convert::backend_kind(request.backend)?;
@@ -190,7 +191,9 @@ impl WorkspaceLifecycle for LifecycleService {
                     spec,
                 };
                 self.engine
-                    .submit(Intent::create(workspace, creation).by(caller, "CreateWorkspace"))
+                    .submit(
+                        Intent::create(workspace, creation).by(caller.parts(), "CreateWorkspace"),
+                    )
                     .await?;
                 let record = self.engine.store().workspace(workspace).await?;
                 Ok(convert::workspace(&record))
@@ -324,7 +327,7 @@ impl WorkspaceLifecycle for LifecycleService {
         &self,
         request: Request<pb::ReportUnreachableRequest>,
     ) -> Result<Response<pb::ReportUnreachableResponse>, Status> {
-        let caller = Actor::of(&request);
+        let caller = Origin::of(&request);
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         validate::reason("detail", &request.detail)?;
@@ -332,7 +335,7 @@ impl WorkspaceLifecycle for LifecycleService {
             .engine
             .submit(
                 Intent::restart(workspace, Trigger::HealthProbe, request.detail)
-                    .by(caller, "ReportUnreachable"),
+                    .by(caller.parts(), "ReportUnreachable"),
             )
             .await?;
         Ok(Response::new(answers::report_unreachable_response(

@@ -9,6 +9,7 @@ mod convert;
 mod follow;
 mod idempotent;
 mod lifecycle;
+pub mod origin;
 pub mod status;
 
 pub use agent::AgentService;

@@ -10,7 +10,7 @@ use workspace_backends::{
 };
 
 use super::ServeError;
-use crate::{config::ServeArgs, domain::BackendKind, engine::backends::Backends};
+use crate::{config::ServeArgs, domain::BackendKind, engine::backend_set::Backends};
 
 /// The backends `args` enables.
 pub(super) async fn enabled_backends(args: &ServeArgs) -> Result<Backends, ServeError> {

@@ -1,5 +1,6 @@
-//! Reading workspaces: what GetWorkspace, ListWorkspaces and the debounce's
-//! early check see. Secret values are never selected here.
+//! Reading workspaces: what GetWorkspace and ListWorkspaces show, one page
+//! at a time with one query per kind of detail (flat as history grows).
+//! Secret values are never selected here.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -7,28 +8,11 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Store, admission::record_stats, db, notify, rows::parse};
-use crate::domain::Error;
-use crate::domain::Event;
-use crate::domain::{EventKind, Handling};
-use crate::{
-    domain::ledger::DropReason,
-    domain::{
-        BackendKind, ConfigVersion, CycleId, Desired, Generation, Timestamp, Trigger, WorkspaceId,
-        WorkspaceSpec, WorkspaceStatus,
-    },
+use super::{Store, db, rows::parse};
+use crate::domain::{
+    BackendKind, ConfigVersion, CycleId, Desired, Error, Generation, Timestamp, Trigger,
+    WorkspaceId, WorkspaceSpec, WorkspaceStatus,
 };
-
-/// A workspace the reconciler checks: it should be serving `generation`.
-#[derive(Clone, Copy, Debug)]
-pub struct Serving {
-    /// The workspace.
-    pub workspace: WorkspaceId,
-    /// Where it runs.
-    pub backend: BackendKind,
-    /// The generation its newest cycle provisioned.
-    pub generation: Generation,
-}
 
 /// How many requests of one trigger were accepted, coalesced, deferred and
 /// dropped.
@@ -143,19 +127,6 @@ fn record_from_row(row: &Row) -> Result<WorkspaceRecord, Error> {
     })
 }
 
-/// What the debounce needs to drop a request without locking anything.
-#[derive(Clone, Copy, Debug)]
-pub struct Peek {
-    /// Desired state.
-    pub desired: Desired,
-    /// Where it runs.
-    pub backend: BackendKind,
-    /// A cycle holds the gate.
-    pub cycle_in_flight: bool,
-    /// End of the debounce window.
-    pub window_until: Option<Timestamp>,
-}
-
 impl Store {
     /// One workspace with its names, agent and counters.
     pub async fn workspace(&self, id: WorkspaceId) -> Result<WorkspaceRecord, Error> {
@@ -205,136 +176,6 @@ impl Store {
             .flatten();
         fill_details(&conn, &mut records).await?;
         Ok((records, next))
-    }
-
-    /// The debounce's unlocked look at a workspace.
-    pub async fn peek(&self, id: WorkspaceId) -> Result<Peek, Error> {
-        let conn = self.conn().await?;
-        let statement = conn
-            .prepare_cached(
-                "SELECT desired, backend, running_cycle IS NOT NULL, window_until
-                 FROM workspaces WHERE id = $1",
-            )
-            .await
-            .map_err(db)?;
-        let row = conn
-            .query_opt(&statement, &[&id.as_uuid()])
-            .await
-            .map_err(db)?
-            .ok_or_else(|| Error::NotFound(format!("workspace {id}")))?;
-        Ok(Peek {
-            desired: parse(row.get::<_, &str>(0))?,
-            backend: parse(row.get::<_, &str>(1))?,
-            cycle_in_flight: row.get(2),
-            window_until: row.get(3),
-        })
-    }
-
-    /// Counts a request dropped before admission and tells watchers.
-    pub async fn record_drop(
-        &self,
-        id: WorkspaceId,
-        trigger: Trigger,
-        reason: DropReason,
-    ) -> Result<(), Error> {
-        let now = self.clock().now();
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(db)?;
-        let stats = BTreeMap::from([(trigger, [0, 0, 0, 1])]);
-        record_stats(&tx, id, &stats).await?;
-        notify::publish(
-            &tx,
-            &[Event {
-                workspace: id,
-                at: now,
-                kind: EventKind::Trigger {
-                    trigger,
-                    handling: Handling::Dropped,
-                    cycle: None,
-                    reason: reason.describe().to_owned(),
-                    count: 1,
-                },
-            }],
-        )
-        .await?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
-    }
-
-    /// Workspaces with something to run now: a due follow-up with the gate
-    /// free, or a cycle whose holder's lease expired.
-    pub async fn due_workspaces(
-        &self,
-        now: Timestamp,
-        limit: i64,
-    ) -> Result<Vec<WorkspaceId>, Error> {
-        let conn = self.conn().await?;
-        let statement = conn
-            .prepare_cached(
-                "(SELECT id FROM workspaces
-                  WHERE pending_cycle IS NOT NULL AND pending_due_at <= $1
-                    AND (running_cycle IS NULL OR running_lease_until <= $1)
-                  LIMIT $2)
-                 UNION
-                 (SELECT id FROM workspaces
-                  WHERE running_cycle IS NOT NULL AND running_lease_until <= $1
-                  LIMIT $2)",
-            )
-            .await
-            .map_err(db)?;
-        let rows = conn.query(&statement, &[&now, &limit]).await.map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|row| WorkspaceId::from(row.get::<_, Uuid>(0)))
-            .collect())
-    }
-
-    /// A page of workspaces that should be serving right now (ONLINE, no
-    /// cycle running or waiting), in id order after `after`.
-    pub async fn serving_workspaces(
-        &self,
-        after: Option<WorkspaceId>,
-        limit: usize,
-    ) -> Result<Vec<Serving>, Error> {
-        let conn = self.conn().await?;
-        let statement = conn
-            .prepare_cached(
-                "SELECT id, backend, generation FROM workspaces
-                 WHERE status = 'ONLINE' AND desired = 'running'
-                   AND running_cycle IS NULL AND pending_cycle IS NULL
-                   AND ($1::uuid IS NULL OR id > $1)
-                 ORDER BY id LIMIT $2",
-            )
-            .await
-            .map_err(db)?;
-        let rows = conn
-            .query(&statement, &[&after.map(|w| w.as_uuid()), &(limit as i64)])
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                Ok(Serving {
-                    workspace: WorkspaceId::from(row.get::<_, Uuid>(0)),
-                    backend: parse(row.get::<_, &str>(1))?,
-                    generation: Generation(row.get::<_, i64>(2) as u64),
-                })
-            })
-            .collect()
-    }
-
-    /// When the earliest follow-up that waits for time becomes due.
-    pub async fn next_due(&self) -> Result<Option<Timestamp>, Error> {
-        let conn = self.conn().await?;
-        let statement = conn
-            .prepare_cached(
-                "SELECT least(
-                    (SELECT min(pending_due_at) FROM workspaces WHERE pending_cycle IS NOT NULL AND running_cycle IS NULL),
-                    (SELECT min(running_lease_until) FROM workspaces WHERE running_cycle IS NOT NULL))",
-            )
-            .await
-            .map_err(db)?;
-        let row = conn.query_one(&statement, &[]).await.map_err(db)?;
-        Ok(row.get(0))
     }
 }
 

@@ -1,6 +1,7 @@
-//! The caller's W3C trace context, from the request's `traceparent`
-//! metadata to every [`Intent`](crate::engine::intent::Intent) the request
-//! makes — by one server layer, so no handler can forget it.
+//! The caller's W3C trace context (C16), read from the request's
+//! `traceparent` metadata by one server layer and put in the request's
+//! extensions, where the handler reads it (`grpc::origin`) as an explicit
+//! input of every request for a cycle it builds.
 
 use std::{
     pin::Pin,
@@ -14,14 +15,10 @@ use opentelemetry::{
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower::{Layer, Service};
 
-tokio::task_local! {
-    static CALLER: SpanContext;
-}
-
-/// The trace context of the request being served, if it carried one.
-pub fn current() -> Option<SpanContext> {
-    CALLER.try_with(Clone::clone).ok()
-}
+/// The trace context a request carried, put in its extensions by
+/// [`CallerContextLayer`] for the handler to read.
+#[derive(Clone, Debug)]
+pub struct CallerTrace(pub SpanContext);
 
 /// Parses `traceparent` (and `tracestate`) from request headers.
 pub fn from_headers(headers: &http::HeaderMap) -> Option<SpanContext> {
@@ -70,13 +67,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let caller = from_headers(request.headers());
-        let served = self.inner.call(request);
-        match caller {
-            Some(caller) => Box::pin(CALLER.scope(caller, served)),
-            None => Box::pin(served),
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if let Some(caller) = from_headers(request.headers()) {
+            request.extensions_mut().insert(CallerTrace(caller));
         }
+        Box::pin(self.inner.call(request))
     }
 }
 
@@ -106,17 +101,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_context_is_visible_inside_the_request_only() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
+    async fn the_layer_puts_the_callers_context_on_the_request() {
+        use tower::ServiceExt as _;
+        let seen = |request: http::Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(request.extensions().get::<CallerTrace>().cloned())
+        };
+        let service = CallerContextLayer.layer(tower::service_fn(seen));
+        let mut request = http::Request::new(());
+        request.headers_mut().insert(
             "traceparent",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
                 .parse()
                 .unwrap(),
         );
-        let caller = from_headers(&headers).unwrap();
-        let seen = CALLER.scope(caller.clone(), async { current() }).await;
-        assert_eq!(seen, Some(caller));
-        assert_eq!(current(), None);
+        let with = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            with.map(|t| t.0.span_id().to_string()).as_deref(),
+            Some("b7ad6b7169203331")
+        );
+        let without = service.oneshot(http::Request::new(())).await.unwrap();
+        assert!(without.is_none());
     }
 }

@@ -30,9 +30,8 @@ use opentelemetry::{
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
-    SCOPE,
-    ids::{self, cycle_span_id},
-    metrics,
+    SCOPE, metrics,
+    span_ids::{self, cycle_span_id},
 };
 use crate::domain::{
     ConfigVersion, CycleId, Finish, Generation, Goal, Timestamp, Trigger, WorkspaceId,
@@ -95,7 +94,7 @@ impl TraceOrigin {
                 parent_span_id: caller.span_id().to_string(),
             },
             _ => Self {
-                trace_id: ids::own_trace_id(cycle).to_string(),
+                trace_id: span_ids::own_trace_id(cycle).to_string(),
                 parent_span_id: String::new(),
             },
         }
@@ -104,7 +103,7 @@ impl TraceOrigin {
 
 /// The remote context of `cycle`'s root span, given its stored trace id.
 fn cycle_context(cycle: CycleId, trace_id: &str) -> Context {
-    let trace_id = TraceId::from_hex(trace_id).unwrap_or_else(|_| ids::own_trace_id(cycle));
+    let trace_id = TraceId::from_hex(trace_id).unwrap_or_else(|_| span_ids::own_trace_id(cycle));
     Context::new().with_remote_span_context(SpanContext::new(
         trace_id,
         cycle_span_id(cycle),
@@ -166,7 +165,7 @@ impl CycleTrace {
         let trace_id = record
             .and_then(|r| TraceId::from_hex(&r.trace_id).ok())
             .filter(|id| *id != TraceId::INVALID)
-            .unwrap_or_else(|| ids::own_trace_id(self.cycle));
+            .unwrap_or_else(|| span_ids::own_trace_id(self.cycle));
         let parent = record
             .and_then(|r| SpanId::from_hex(&r.parent_span_id).ok())
             .filter(|id| *id != SpanId::INVALID)
@@ -201,7 +200,7 @@ impl CycleTrace {
             .with_kind(SpanKind::Internal)
             .with_start_time(system_time(opened_at))
             .with_attributes(attributes);
-        let span = ids::with_planned(trace_id, cycle_span_id(self.cycle), || {
+        let span = span_ids::with_planned(trace_id, cycle_span_id(self.cycle), || {
             tracer.build_with_context(builder, &parent)
         });
         let context = Context::new().with_remote_span_context(span.span_context().clone());

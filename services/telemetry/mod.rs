@@ -12,10 +12,10 @@
 
 pub mod caller;
 pub mod cycle_trace;
-mod ids;
 pub mod metrics;
 pub mod prometheus_endpoint;
 mod sampler;
+mod span_ids;
 
 use std::{
     sync::{
@@ -107,7 +107,7 @@ fn tracer_provider() -> Result<Option<SdkTracerProvider>, TelemetryError> {
         SdkTracerProvider::builder()
             .with_resource(resource())
             .with_sampler(sampler::CycleRoots::from_env())
-            .with_id_generator(ids::PlannedIds::default())
+            .with_id_generator(span_ids::PlannedIds::default())
             .with_batch_exporter(exporter)
             .build(),
     ))

@@ -1,3 +1,4 @@
+//! Unit tests of `engine::coalesce`: each contract it enforces, driven with fakes and a manual clock.
 use std::{collections::HashMap, time::Duration};
 
 use tokio::sync::Semaphore;

@@ -1,3 +1,4 @@
+//! Unit tests of `engine::debounce`: each contract it enforces, driven with fakes and a manual clock.
 use std::sync::Mutex;
 
 use tokio_test::{assert_pending, assert_ready_ok};

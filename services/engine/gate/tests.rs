@@ -1,3 +1,4 @@
+//! Unit tests of `engine::gate`: each contract it enforces, driven with fakes and a manual clock.
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tower::{ServiceExt, service_fn};

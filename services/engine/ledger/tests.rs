@@ -1,3 +1,4 @@
+//! Unit tests of `engine::ledger`: every transition and the contracts it keeps (C1–C3, C5, C7, C8, C11, C17), on a manual clock.
 use std::time::Duration;
 
 use super::*;

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 
 use super::{
-    backends::Backends,
+    backend_set::Backends,
     debounce::{DropCheck, EarlyDrop},
 };
 use crate::{
