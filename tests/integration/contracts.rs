@@ -22,15 +22,22 @@ use crate::support::{
 /// request reaches.
 macro_rules! on_one_and_two_replicas {
     ($body:ident) => {
+        on_one_and_two_replicas!($body, on);
+    };
+    ($body:ident, $options:ident) => {
         mod $body {
             #[tokio::test]
             async fn one_replica() {
-                super::$body(1).await
+                let s = super::TestServer::start(super::$options(1)).await;
+                super::$body(&s).await;
+                s.shutdown().await;
             }
 
             #[tokio::test]
             async fn two_replicas() {
-                super::$body(2).await
+                let s = super::TestServer::start(super::$options(2)).await;
+                super::$body(&s).await;
+                s.shutdown().await;
             }
         }
     };
@@ -39,26 +46,16 @@ macro_rules! on_one_and_two_replicas {
 const WINDOW: Duration = Duration::from_secs(60);
 const PAST_WINDOW: Duration = Duration::from_secs(61);
 
-fn first_cycle(events: &[pb::RestartEvent]) -> String {
-    events[0].cycle_id.clone()
+/// The options of a contract test on `replicas` replicas.
+fn on(replicas: usize) -> Options {
+    Options {
+        replicas,
+        ..Options::default()
+    }
 }
 
-async fn set_secret(
-    s: &TestServer,
-    ws: workspace_lifecycle::domain::WorkspaceId,
-    name: &str,
-    value: &str,
-) -> pb::ConfigChangeResponse {
-    s.client()
-        .set_secret(pb::SetSecretRequest {
-            workspace_id: ws.to_string(),
-            name: name.into(),
-            value: value.into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+fn first_cycle(events: &[pb::RestartEvent]) -> String {
+    events[0].cycle_id.clone()
 }
 
 async fn write_file(
@@ -109,13 +106,8 @@ on_one_and_two_replicas!(
     c2_requests_during_a_cycle_give_exactly_one_more_that_reads_config_at_its_start
 );
 async fn c2_requests_during_a_cycle_give_exactly_one_more_that_reads_config_at_its_start(
-    replicas: usize,
+    s: &TestServer,
 ) {
-    let s = TestServer::start(Options {
-        replicas,
-        ..Options::default()
-    })
-    .await;
     let ws = s.create_online("c2").await;
     let hold = s.backend.hold_next_start(ws);
     let first = tokio::spawn({
@@ -125,7 +117,7 @@ async fn c2_requests_during_a_cycle_give_exactly_one_more_that_reads_config_at_i
     s.backend.wait_for_starts(2).await;
 
     // While the first cycle is in flight (it already read its config):
-    let late = set_secret(&s, ws, "LATE", "after-the-first-read").await;
+    let late = s.set_secret(ws, "LATE", "after-the-first-read").await;
     let followers = join_all((0..5).map(|_| s.restart_stream(ws, pb::Trigger::Manual))).await;
     hold.add_permits(1);
 
@@ -158,7 +150,6 @@ async fn c2_requests_during_a_cycle_give_exactly_one_more_that_reads_config_at_i
     assert!(!starts[1].secrets.contains_key("LATE"));
     assert_eq!(starts[2].secrets["LATE"], "after-the-first-read");
     assert!(starts[2].config_version.0 >= late.config_version);
-    s.shutdown().await;
 }
 
 #[tokio::test]
@@ -198,12 +189,7 @@ async fn c4_workspaces_never_wait_for_each_other() {
 }
 
 on_one_and_two_replicas!(c5_one_stop_start_at_a_time_across_every_entry_point);
-async fn c5_one_stop_start_at_a_time_across_every_entry_point(replicas: usize) {
-    let s = TestServer::start(Options {
-        replicas,
-        ..Options::default()
-    })
-    .await;
+async fn c5_one_stop_start_at_a_time_across_every_entry_point(s: &TestServer) {
     let ws = s.create_online("c5").await;
     let hold = s.backend.hold_next_start(ws);
     let first = s.restart_stream(ws, pb::Trigger::Manual).await.unwrap();
@@ -271,7 +257,6 @@ async fn c5_one_stop_start_at_a_time_across_every_entry_point(replicas: usize) {
         "two starts without a stop between: {calls}"
     );
     assert!(calls.starts_with("ST"), "{calls}");
-    s.shutdown().await;
 }
 
 #[tokio::test]
@@ -324,12 +309,7 @@ async fn c6_no_workspace_stays_provisioning_past_the_deadline() {
 }
 
 on_one_and_two_replicas!(c7_probes_in_the_window_are_dropped_and_counted);
-async fn c7_probes_in_the_window_are_dropped_and_counted(replicas: usize) {
-    let s = TestServer::start(Options {
-        replicas,
-        ..Options::default()
-    })
-    .await;
+async fn c7_probes_in_the_window_are_dropped_and_counted(s: &TestServer) {
     let ws = s.create_online("c7-drop").await;
     for trigger in [pb::Trigger::HealthProbe, pb::Trigger::Reconciler] {
         let events = s.restart(ws, trigger).await;
@@ -355,27 +335,21 @@ async fn c7_probes_in_the_window_are_dropped_and_counted(replicas: usize) {
         w.generation == 2 && w.status == pb::WorkspaceStatus::Online as i32
     })
     .await;
-    s.shutdown().await;
 }
 
 on_one_and_two_replicas!(
     c7_config_changes_in_the_window_are_deferred_never_lost_one_cycle_per_window
 );
 async fn c7_config_changes_in_the_window_are_deferred_never_lost_one_cycle_per_window(
-    replicas: usize,
+    s: &TestServer,
 ) {
-    let s = TestServer::start(Options {
-        replicas,
-        ..Options::default()
-    })
-    .await;
     let ws = s.create_online("c7-defer").await;
     let window_end = s.get(ws).await.debounce_until.unwrap();
 
     let mut last_version = 0;
     let mut cycle = None;
     for i in 0..5 {
-        let r = set_secret(&s, ws, &format!("K{i}"), "v").await;
+        let r = s.set_secret(ws, &format!("K{i}"), "v").await;
         assert_eq!(r.delivery, Delivery::Deferred as i32, "{r:?}");
         assert_eq!(r.not_before, Some(window_end));
         cycle.get_or_insert(r.cycle_id.clone());
@@ -401,7 +375,6 @@ async fn c7_config_changes_in_the_window_are_deferred_never_lost_one_cycle_per_w
         stats(&s.get(ws).await, pb::Trigger::ConfigChanged).deferred,
         5
     );
-    s.shutdown().await;
 }
 
 #[tokio::test]
@@ -418,12 +391,7 @@ async fn c7_manual_is_never_debounced() {
 }
 
 on_one_and_two_replicas!(c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files);
-async fn c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files(replicas: usize) {
-    let s = TestServer::start(Options {
-        replicas,
-        ..Options::default()
-    })
-    .await;
+async fn c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files(s: &TestServer) {
     let ws = s.create_online("c8").await;
     let other = s.create_online("c8-other").await;
     s.advance(PAST_WINDOW);
@@ -466,16 +434,10 @@ async fn c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files(replicas: u
     .await;
     assert_eq!(s.backend.start_count(ws), 3);
     assert_eq!(s.backend.start_count(other), 1);
-    s.shutdown().await;
 }
 
 on_one_and_two_replicas!(c8_fifty_concurrent_writes_give_one_cycle);
-async fn c8_fifty_concurrent_writes_give_one_cycle(replicas: usize) {
-    let s = TestServer::start(Options {
-        replicas,
-        ..Options::default()
-    })
-    .await;
+async fn c8_fifty_concurrent_writes_give_one_cycle(s: &TestServer) {
     let ws = s.create_online("c8-fifty").await;
     s.advance(PAST_WINDOW);
     let answers = join_all((0..50).map(|i| {
@@ -505,7 +467,6 @@ async fn c8_fifty_concurrent_writes_give_one_cycle(replicas: usize) {
     let starts = s.backend.starts(ws);
     assert_eq!(starts.len(), 2);
     assert_eq!(starts[1].files.len(), 50);
-    s.shutdown().await;
 }
 
 #[tokio::test]
@@ -630,17 +591,21 @@ async fn c11_create_racing_restart_serializes_and_both_complete() {
     s.shutdown().await;
 }
 
-on_one_and_two_replicas!(c12_a_stale_cycles_failure_never_touches_the_newer_generation);
-async fn c12_a_stale_cycles_failure_never_touches_the_newer_generation(replicas: usize) {
-    let s = TestServer::start(Options {
-        replicas,
+/// C12 on a 30 s lease, with a deadline that counts across takeovers (C20):
+/// long enough that the takeover 31 s in still has time.
+fn c12_options(replicas: usize) -> Options {
+    Options {
         lease_ttl: Duration::from_secs(30),
-        // The deadline counts across takeovers (C20): long enough that the
-        // takeover 31 s in still has time.
         deadline: Duration::from_secs(120),
-        ..Options::default()
-    })
-    .await;
+        ..on(replicas)
+    }
+}
+
+on_one_and_two_replicas!(
+    c12_a_stale_cycles_failure_never_touches_the_newer_generation,
+    c12_options
+);
+async fn c12_a_stale_cycles_failure_never_touches_the_newer_generation(s: &TestServer) {
     let ws = s.create_online("c12").await;
     let gen1_token = s.backend.starts(ws)[0].token.clone();
 
@@ -701,7 +666,6 @@ async fn c12_a_stale_cycles_failure_never_touches_the_newer_generation(replicas:
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
     }
-    s.shutdown().await;
 }
 
 #[tokio::test]
