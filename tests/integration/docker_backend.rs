@@ -13,7 +13,9 @@ use workspace_backends::{
 };
 use workspace_lifecycle::{domain::WorkspaceId, proto as pb, proto::restart_event::Event};
 
-use crate::support::{AGENT_IMAGE, BackendChoice, Options, TestServer, bounded, collect, last};
+use crate::support::{
+    AGENT_IMAGE, BackendChoice, Options, TestServer, bounded, collect, cycles, last,
+};
 
 fn docker_options() -> Options {
     Options {
@@ -211,16 +213,7 @@ async fn a_container_killed_out_of_band_is_brought_back_by_exactly_one_reconcile
         containers(ws).await,
         [("2".to_owned(), "running".to_owned())]
     );
-    let cycles = s
-        .client()
-        .list_cycles(pb::ListCyclesRequest {
-            workspace_id: ws.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .cycles;
+    let cycles = cycles(&s, ws).await;
     assert_eq!(cycles.len(), 2);
     assert!(
         cycles[0]

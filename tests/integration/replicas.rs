@@ -64,7 +64,7 @@ pub(crate) async fn replica(
 
 /// A MANUAL restart sent to `c`, answered `accepted` (so `c`'s replica runs
 /// the cycle); the stream is returned to keep it open.
-async fn restart_accepted(
+pub(crate) async fn restart_accepted(
     c: &mut LifecycleClient,
     ws: WorkspaceId,
     reason: &str,

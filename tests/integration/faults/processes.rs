@@ -16,10 +16,13 @@ use workspace_lifecycle::{
 };
 
 use crate::{
-    replicas::{assert_serial, create, journal_of, replica, settled, started_generation},
+    replicas::{
+        assert_serial, create, journal_of, replica, restart_accepted, settled, started_generation,
+    },
     support::{
         TestDb, agent_reachable_tempdir, bounded, collect, last, server_binary,
         server_process::{ServerProcess, slow_agent},
+        workspace,
     },
 };
 
@@ -94,6 +97,23 @@ async fn restart(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEve
         .unwrap()
         .into_inner();
     collect(stream).await
+}
+
+/// Reads `stream` until its cycle enters `phase` (bounded, as `what`).
+async fn phase_begins(
+    stream: &mut tonic::Streaming<pb::RestartEvent>,
+    phase: pb::restart_event::Phase,
+    what: &str,
+) {
+    bounded(what, async {
+        loop {
+            let event = stream.message().await.unwrap().expect("the stream goes on");
+            if matches!(event.event, Some(Event::Phase(p)) if p.phase == phase as i32) {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// Pauses the owner `a` (SIGSTOP) until the replica behind `cb` has taken
@@ -249,30 +269,10 @@ async fn an_owner_paused_past_its_lease_changes_nothing_when_resumed() {
     settled(&mut cb, ws).await;
 
     // A restart answered by A: A runs it.
-    let mut stream = ca
-        .restart_workspace(pb::RestartWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            trigger: pb::Trigger::Manual as i32,
-            reason: "pause me".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = stream.message().await.unwrap().unwrap();
-    assert!(matches!(first.event, Some(Event::Accepted(_))), "{first:?}");
+    let stream = restart_accepted(&mut ca, ws, "pause me").await;
     started_generation(dir.path(), ws, 2).await;
     pause_until_taken_over(&a, &mut cb, dir.path(), ws, "paused owner").await;
-    let cycles = ca
-        .list_cycles(pb::ListCyclesRequest {
-            workspace_id: ws.to_string(),
-            page_size: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .cycles;
+    let cycles = workspace::cycles(&ca, &ws.to_string()).await;
     assert!(cycles.iter().any(|c| c.takeovers == 1), "{cycles:?}");
     drop(stream);
 }
@@ -313,16 +313,7 @@ async fn a_replica_whose_clock_runs_ahead_steals_nothing() {
         let events = restart(&mut ca, ws).await;
         assert!(matches!(last(&events), Event::Online(_)), "{events:?}");
     }
-    let cycles = ca
-        .list_cycles(pb::ListCyclesRequest {
-            workspace_id: ws.to_string(),
-            page_size: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .cycles;
+    let cycles = workspace::cycles(&ca, &ws.to_string()).await;
     assert_eq!(cycles.len(), 4);
     assert!(
         cycles.iter().all(|c| c.takeovers == 0),
@@ -371,27 +362,8 @@ async fn kill_9_of_the_owner_in_each_phase_is_completed_by_another_replica() {
         let mut ca = a.client().await;
         let ws = create(&mut ca, &format!("killed-{round}")).await;
         settled(&mut cb, ws).await;
-        let mut stream = ca
-            .restart_workspace(pb::RestartWorkspaceRequest {
-                workspace_id: ws.to_string(),
-                trigger: pb::Trigger::Manual as i32,
-                reason: "kill its owner".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let first = stream.message().await.unwrap().unwrap();
-        assert!(matches!(first.event, Some(Event::Accepted(_))), "{first:?}");
-        bounded("the phase begins", async {
-            loop {
-                let event = stream.message().await.unwrap().expect("the stream goes on");
-                if matches!(event.event, Some(Event::Phase(p)) if p.phase == phase as i32) {
-                    return;
-                }
-            }
-        })
-        .await;
+        let mut stream = restart_accepted(&mut ca, ws, "kill its owner").await;
+        phase_begins(&mut stream, phase, "the phase begins").await;
         a.child.start_kill().unwrap();
         a.child.wait().await.unwrap();
         let killed = tokio::time::Instant::now();
@@ -475,30 +447,12 @@ async fn an_owner_paused_during_its_stop_changes_nothing_when_resumed() {
     settled(&mut cb, ws).await;
     let first = processes_with(&format!("sleep {marker}"));
 
-    let mut stream = ca
-        .restart_workspace(pb::RestartWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            trigger: pb::Trigger::Manual as i32,
-            reason: "pause me while I stop".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let accepted = stream.message().await.unwrap().unwrap();
-    assert!(
-        matches!(accepted.event, Some(Event::Accepted(_))),
-        "{accepted:?}"
-    );
-    bounded("the stop begins", async {
-        loop {
-            let event = stream.message().await.unwrap().expect("the stream goes on");
-            if matches!(event.event, Some(Event::Phase(p)) if p.phase == pb::restart_event::Phase::Stopping as i32)
-            {
-                return;
-            }
-        }
-    })
+    let mut stream = restart_accepted(&mut ca, ws, "pause me while I stop").await;
+    phase_begins(
+        &mut stream,
+        pb::restart_event::Phase::Stopping,
+        "the stop begins",
+    )
     .await;
     pause_until_taken_over(&a, &mut cb, dir.path(), ws, "owner paused in its stop").await;
     let now = processes_with(&format!("sleep {marker}"));
