@@ -8,7 +8,7 @@ use workspace_lifecycle::{
     proto::{self as pb, workspace_agent_client::WorkspaceAgentClient},
 };
 
-use crate::support::{Options, TestServer, collect, last};
+use crate::support::{Options, TestServer, last};
 
 /// A fingerprint of every table's contents.
 async fn fingerprint(s: &TestServer) -> Vec<(String, i64, String)> {
@@ -94,18 +94,8 @@ async fn every_bad_request_is_refused_precisely_and_changes_nothing() {
     let s = TestServer::start(Options::default()).await;
     let live = s.create_online("live").await.to_string();
     let gone = s.create_online("gone").await;
-    let deleted = s
-        .client()
-        .delete_workspace(pb::DeleteWorkspaceRequest {
-            workspace_id: gone.to_string(),
-            reason: String::new(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert!(matches!(
-        last(&collect(deleted).await),
+        last(&s.delete(gone, "").await),
         pb::restart_event::Event::Deleted(_)
     ));
     let gone = gone.to_string();

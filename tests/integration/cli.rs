@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Output, time::Duration};
 use tokio::process::Command;
 use workspace_lifecycle::proto as pb;
 
-use crate::support::{ADMIN_TOKEN, Options, TestServer, WAIT, collect, last};
+use crate::support::{ADMIN_TOKEN, Options, TestServer, WAIT, last};
 
 /// The `wl` binary `cargo test --workspace` built beside this test binary.
 fn wl() -> PathBuf {
@@ -173,17 +173,8 @@ async fn piped_json_parses_and_exit_codes_say_what_happened() {
     );
 
     // A deleted workspace: exit 6 with the reason, as JSON on request.
-    let deleted = s
-        .client()
-        .delete_workspace(pb::DeleteWorkspaceRequest {
-            workspace_id: ws.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert!(matches!(
-        last(&collect(deleted).await),
+        last(&s.delete(ws.parse().unwrap(), "").await),
         pb::restart_event::Event::Deleted(_)
     ));
     let out = run_wl(&s, &["-o", "json", "restart", &ws]).await;

@@ -119,32 +119,12 @@ async fn create_restart_config_stop_and_delete_on_real_containers() {
         [("2".to_owned(), "running".to_owned())]
     );
 
-    let stop = s
-        .client()
-        .stop_workspace(pb::StopWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            reason: String::new(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(matches!(last(&collect(stop).await), Event::Stopped(_)));
+    assert!(matches!(last(&s.stop(ws, "").await), Event::Stopped(_)));
     assert!(containers(ws).await.is_empty(), "stop left a container");
 
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(matches!(last(&events), Event::Online(_)));
-    let delete = s
-        .client()
-        .delete_workspace(pb::DeleteWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            reason: String::new(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(matches!(last(&collect(delete).await), Event::Deleted(_)));
+    assert!(matches!(last(&s.delete(ws, "").await), Event::Deleted(_)));
     assert!(containers(ws).await.is_empty(), "delete left a container");
     s.shutdown().await;
 }

@@ -32,7 +32,7 @@ use workspace_lifecycle::{
 };
 
 use crate::support::{
-    Options, TestServer, bounded, collect,
+    Options, TestServer, bounded,
     counted::Counted,
     cycles, last,
     moto::{InstanceBooter, Moto, run_agent},
@@ -88,17 +88,7 @@ async fn create_restart_and_delete_on_moto_keep_exactly_the_current_generation()
     assert_eq!(live.len(), 1, "exactly one instance: {live:?}");
     assert_eq!(live[0].0, "2");
 
-    let delete = s
-        .client()
-        .delete_workspace(pb::DeleteWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            reason: String::new(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(matches!(last(&collect(delete).await), Event::Deleted(_)));
+    assert!(matches!(last(&s.delete(ws, "").await), Event::Deleted(_)));
     assert_eq!(moto.live_instances(ws).await, [], "delete left an instance");
     assert_eq!(ec2.max_in_flight(ws), 1, "backend calls never overlapped");
     assert_eq!(ec2.errors(), Vec::<String>::new());

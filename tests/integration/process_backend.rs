@@ -6,8 +6,8 @@ use std::{os::unix::fs::MetadataExt, time::Duration};
 use workspace_lifecycle::{proto as pb, proto::restart_event::Event};
 
 use crate::support::{
-    BackendChoice, Options, TestDb, TestServer, agent_reachable_tempdir, bounded, collect, kinds,
-    last, server_process::ServerProcess,
+    BackendChoice, Options, TestDb, TestServer, agent_reachable_tempdir, bounded, kinds, last,
+    server_process::ServerProcess,
 };
 
 fn process_options() -> Options {
@@ -69,17 +69,7 @@ async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
     assert!(!alive(pid1), "generation 1 agent was stopped");
 
     // Stop: the agent process is gone.
-    let stop = s
-        .client()
-        .stop_workspace(pb::StopWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            reason: "done".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(matches!(last(&collect(stop).await), Event::Stopped(_)));
+    assert!(matches!(last(&s.stop(ws, "done").await), Event::Stopped(_)));
     assert!(!alive(pid2), "stop left the agent {pid2} running");
     assert_eq!(s.get(ws).await.status, pb::WorkspaceStatus::Stopped as i32);
 
@@ -87,17 +77,7 @@ async fn create_restart_with_a_secret_stop_and_delete_leave_no_agent_behind() {
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(matches!(last(&events), Event::Online(o) if o.generation == 3));
     let pid3 = agent_pid(&s.online_at(ws, 3).await);
-    let delete = s
-        .client()
-        .delete_workspace(pb::DeleteWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            reason: String::new(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(matches!(last(&collect(delete).await), Event::Deleted(_)));
+    assert!(matches!(last(&s.delete(ws, "").await), Event::Deleted(_)));
     assert!(!alive(pid3), "delete left the agent {pid3} running");
     let w = s.get(ws).await;
     assert_eq!(w.status, pb::WorkspaceStatus::Deleted as i32);

@@ -20,7 +20,7 @@ use workspace_lifecycle::{
 
 use crate::support::{
     ADMIN_TOKEN, OPERATOR_TOKEN, Options, READER_TOKEN, TestServer, collect, last,
-    server_process::ServerProcess,
+    server_process::ServerProcess, stop,
 };
 
 /// Sends a bearer token, or none.
@@ -399,29 +399,9 @@ async fn every_mutation_leaves_an_audit_record() {
         .unwrap()
         .into_inner();
     assert!(!probe.acted, "{probe:?}");
-    let stopped = operator
-        .clone()
-        .stop_workspace(pb::StopWorkspaceRequest {
-            workspace_id: id.clone(),
-            reason: String::new(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    collect(stopped).await;
-    let deleted = s
-        .client()
-        .delete_workspace(pb::DeleteWorkspaceRequest {
-            workspace_id: id.clone(),
-            reason: String::new(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    stop(&mut operator.clone(), ws, "").await;
     assert!(matches!(
-        last(&collect(deleted).await),
+        last(&s.delete(ws, "").await),
         pb::restart_event::Event::Deleted(_)
     ));
     // A refused mutation leaves none.

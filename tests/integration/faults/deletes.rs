@@ -10,20 +10,6 @@ use workspace_lifecycle::{domain::WorkspaceId, proto as pb};
 
 use crate::support::{Options, TestServer, collect, fake_backend::AgentMode, kinds, last};
 
-async fn delete(s: &TestServer, ws: WorkspaceId) -> Vec<pb::RestartEvent> {
-    let stream = s
-        .client()
-        .delete_workspace(pb::DeleteWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            reason: "test".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("delete is accepted")
-        .into_inner();
-    collect(stream).await
-}
-
 /// The workspace's instances the backend still has.
 async fn instances(s: &TestServer, ws: WorkspaceId) -> usize {
     s.backend
@@ -41,7 +27,7 @@ async fn a_failed_delete_is_retried_until_the_workspace_is_deleted() {
     let ws = s.create_online("doomed").await;
     // The delete and its forced retry inside the cycle both fail.
     s.backend.fail_next_deletes(2);
-    let first = delete(&s, ws).await;
+    let first = s.delete(ws, "test").await;
     assert!(
         matches!(last(&first), pb::restart_event::Event::Failed(_)),
         "{:?}",
@@ -59,7 +45,7 @@ async fn a_failed_delete_is_retried_until_the_workspace_is_deleted() {
     );
     // Asking again is fine and says so.
     for _ in 0..2 {
-        let again = delete(&s, ws).await;
+        let again = s.delete(ws, "test").await;
         assert_eq!(kinds(&again), ["deleted"], "delete is idempotent");
     }
     // Other requests are still refused, and change nothing.
@@ -79,7 +65,7 @@ async fn a_delete_that_needs_force_still_ends_deleted() {
     let s = TestServer::start(Options::default()).await;
     let ws = s.create_online("stubborn").await;
     s.backend.fail_next_deletes(1);
-    let events = delete(&s, ws).await;
+    let events = s.delete(ws, "test").await;
     assert!(
         matches!(last(&events), pb::restart_event::Event::Deleted(_)),
         "{:?}",
@@ -125,7 +111,7 @@ async fn a_cycle_past_its_deadline_removes_its_own_instance() {
 async fn a_watch_on_a_deleted_workspace_ends() {
     let s = TestServer::start(Options::default()).await;
     let ws = s.create_online("watched").await;
-    let events = delete(&s, ws).await;
+    let events = s.delete(ws, "test").await;
     assert!(matches!(
         last(&events),
         pb::restart_event::Event::Deleted(_)

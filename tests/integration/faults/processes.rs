@@ -20,7 +20,7 @@ use crate::{
         assert_serial, create, journal_of, replica, restart_accepted, settled, started_generation,
     },
     support::{
-        TestDb, agent_reachable_tempdir, bounded, collect, last, server_binary,
+        TestDb, agent_reachable_tempdir, bounded, collect, delete, last, server_binary,
         server_process::{ServerProcess, slow_agent},
         workspace,
     },
@@ -41,19 +41,6 @@ fn processes_with(marker: &str) -> Vec<i32> {
         }
     }
     found
-}
-
-async fn delete(c: &mut LifecycleClient, ws: WorkspaceId) -> Vec<pb::RestartEvent> {
-    let stream = c
-        .delete_workspace(pb::DeleteWorkspaceRequest {
-            workspace_id: ws.to_string(),
-            reason: "test".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    collect(stream).await
 }
 
 /// A command whose process group's leader, a shell, ignores SIGTERM and
@@ -231,7 +218,7 @@ async fn an_instance_that_ignores_sigterm_is_forced_on_create_restart_and_delete
     );
     assert_eq!(second.len(), 1, "the new generation runs");
     let began = tokio::time::Instant::now();
-    let events = delete(&mut c, ws).await;
+    let events = delete(&mut c, ws, "test").await;
     eprintln!(
         "delete of a SIGTERM-ignoring instance: {:?}",
         began.elapsed()
@@ -241,7 +228,7 @@ async fn an_instance_that_ignores_sigterm_is_forced_on_create_restart_and_delete
         processes_with(&format!("sleep {marker}")).is_empty(),
         "delete left the instance running"
     );
-    let again = delete(&mut c, ws).await;
+    let again = delete(&mut c, ws, "test").await;
     assert!(matches!(last(&again), Event::Deleted(_)), "{again:?}");
 
     let ops = journal_of(dir.path(), ws);

@@ -392,6 +392,16 @@ impl TestServer {
         collect(stream).await
     }
 
+    /// Stops the workspace and collects the whole stream (bounded).
+    pub async fn stop(&self, ws: WorkspaceId, reason: &str) -> Vec<pb::RestartEvent> {
+        stop(&mut self.client(), ws, reason).await
+    }
+
+    /// Deletes the workspace and collects the whole stream (bounded).
+    pub async fn delete(&self, ws: WorkspaceId, reason: &str) -> Vec<pb::RestartEvent> {
+        delete(&mut self.client(), ws, reason).await
+    }
+
     /// Waits until GetWorkspace satisfies `ready`, re-checking on every
     /// event of the workspace (and at least every 500 ms), for at most WAIT.
     pub async fn wait_for(
@@ -443,6 +453,38 @@ pub async fn collect<T>(stream: Streaming<T>) -> Vec<T> {
     )
     .await
     .expect("stream ended in time")
+}
+
+/// StopWorkspace through `c`, the whole stream collected (bounded).
+pub async fn stop(c: &mut LifecycleClient, ws: WorkspaceId, reason: &str) -> Vec<pb::RestartEvent> {
+    let stream = c
+        .stop_workspace(pb::StopWorkspaceRequest {
+            workspace_id: ws.to_string(),
+            reason: reason.into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("StopWorkspace")
+        .into_inner();
+    collect(stream).await
+}
+
+/// DeleteWorkspace through `c`, the whole stream collected (bounded).
+pub async fn delete(
+    c: &mut LifecycleClient,
+    ws: WorkspaceId,
+    reason: &str,
+) -> Vec<pb::RestartEvent> {
+    let stream = c
+        .delete_workspace(pb::DeleteWorkspaceRequest {
+            workspace_id: ws.to_string(),
+            reason: reason.into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("DeleteWorkspace")
+        .into_inner();
+    collect(stream).await
 }
 
 /// The event kinds of a restart stream, as short names.
