@@ -7,7 +7,7 @@ use workspace_lifecycle::{proto as pb, proto::restart_event::Event};
 
 use crate::support::{
     BackendChoice, Options, TestDb, TestServer, agent_reachable_tempdir, bounded, kinds, last,
-    server_process::ServerProcess,
+    server_process::ServerProcess, workspace,
 };
 
 fn process_options() -> Options {
@@ -105,33 +105,10 @@ async fn the_agent_ends_with_the_server_process_that_launched_it() {
         command.args(["--database-url", &db.url]);
     })
     .await;
-    let mut client = server.client().await;
-    let created = client
-        .create_workspace(pb::CreateWorkspaceRequest {
-            name: "parent".into(),
-            backend: pb::BackendKind::Process as i32,
-            spec: None,
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let online = bounded("the workspace is online", async {
-        loop {
-            let w = client
-                .get_workspace(pb::GetWorkspaceRequest {
-                    workspace_id: created.id.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if w.status == pb::WorkspaceStatus::Online as i32 {
-                return w;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let client = server.client().await;
+    let request = workspace::create_request("parent", pb::BackendKind::Process);
+    let id = workspace::create(&client, request).await;
+    let online = workspace::settled(&client, &id, workspace::is_online).await;
     let pid = agent_pid(&online);
     assert!(alive(pid));
     let server_pid = server.child.id().unwrap() as i32;

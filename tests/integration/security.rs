@@ -20,7 +20,7 @@ use workspace_lifecycle::{
 
 use crate::support::{
     ADMIN_TOKEN, OPERATOR_TOKEN, Options, READER_TOKEN, TestServer, collect, last,
-    server_process::ServerProcess, stop,
+    server_process::ServerProcess, stop, workspace,
 };
 
 /// Sends a bearer token, or none.
@@ -554,19 +554,9 @@ async fn known_secret_values_appear_in_no_log_line_error_or_response() {
         "sk-oversize-canary",
     ];
     let mut seen = String::new();
-    let created = c
-        .create_workspace(pb::CreateWorkspaceRequest {
-            name: "canary".into(),
-            backend: pb::BackendKind::Process as i32,
-            spec: None,
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let id = created.id.clone();
-    crate::support::workspace::settled(&c, &id, |w| w.status == pb::WorkspaceStatus::Online as i32)
-        .await;
+    let request = workspace::create_request("canary", pb::BackendKind::Process);
+    let id = workspace::create(&c, request).await;
+    workspace::settled(&c, &id, |w| w.status == pb::WorkspaceStatus::Online as i32).await;
 
     let set = |workspace_id: &str, name: &str, value: String| pb::SetSecretRequest {
         workspace_id: workspace_id.into(),
