@@ -160,6 +160,17 @@ impl<B: Backend> Counted<B> {
         self.holding.load(Ordering::SeqCst)
     }
 
+    /// [`Self::call`], counted in flight for `workspace` while it runs.
+    async fn call_in<T>(
+        &self,
+        workspace: WorkspaceId,
+        timed: Option<fn(&mut Tally) -> &mut Vec<Call>>,
+        f: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let _call = self.in_flight.enter(workspace);
+        self.call(timed, f).await
+    }
+
     /// Runs one call of the wrapped backend: its time appended to `timed`
     /// (when given) and its error to the errors.
     async fn call<T>(
@@ -213,8 +224,8 @@ impl<B: Backend> Backend for Counted<B> {
         through: Generation,
         halt: Halt,
     ) -> Result<(), BackendError> {
-        let _call = self.in_flight.enter(workspace);
-        self.call(
+        self.call_in(
+            workspace,
             Some(|t| &mut t.stop_calls),
             self.inner.stop(workspace, through, halt),
         )
@@ -227,8 +238,7 @@ impl<B: Backend> Backend for Counted<B> {
         through: Generation,
         halt: Halt,
     ) -> Result<(), BackendError> {
-        let _call = self.in_flight.enter(workspace);
-        self.call(None, self.inner.delete(workspace, through, halt))
+        self.call_in(workspace, None, self.inner.delete(workspace, through, halt))
             .await
     }
 

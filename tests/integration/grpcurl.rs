@@ -25,6 +25,12 @@ async fn grpcurl(addr: &str, flags: &[&str], rest: &[&str]) -> (bool, String) {
 /// The walkthrough's authorization header.
 const AUTH: &str = "authorization: Bearer test-admin-token";
 
+/// Calls `method` (`service/Method`) with the walkthrough's authorization
+/// and `body` as the request.
+async fn call(addr: &str, body: &str, method: &str) -> (bool, String) {
+    grpcurl(addr, &["-H", AUTH, "-d", body], &[method]).await
+}
+
 /// Runs grpcurl with exactly `args`; returns (success, stdout + stderr).
 async fn run(args: &[&str]) -> (bool, String) {
     let mut command = tokio::process::Command::new(grpcurl_binary());
@@ -105,22 +111,12 @@ async fn the_readme_walkthrough_works_with_grpcurl() {
         .await;
 
     let body = format!(r#"{{"workspace_id": "{id}", "name": "API_KEY", "value": "sk-demo"}}"#);
-    let (ok, set) = grpcurl(
-        &addr,
-        &["-H", AUTH, "-d", &body],
-        &[&format!("{svc}/SetSecret")],
-    )
-    .await;
+    let (ok, set) = call(&addr, &body, &format!("{svc}/SetSecret")).await;
     assert!(ok && set.contains("configVersion"), "{set}");
     assert!(!set.contains("sk-demo"));
 
     let body = format!(r#"{{"workspace_id": "{id}", "trigger": "MANUAL", "reason": "readme"}}"#);
-    let (ok, restarted) = grpcurl(
-        &addr,
-        &["-H", AUTH, "-d", &body],
-        &[&format!("{svc}/RestartWorkspace")],
-    )
-    .await;
+    let (ok, restarted) = call(&addr, &body, &format!("{svc}/RestartWorkspace")).await;
     assert!(ok, "{restarted}");
     for expected in [
         "\"accepted\"",
@@ -145,23 +141,13 @@ async fn the_readme_walkthrough_works_with_grpcurl() {
     .await;
     assert!(watched.contains("\"snapshot\""), "{watched}");
 
-    let (ok, got) = grpcurl(
-        &addr,
-        &["-H", AUTH, "-d", &body],
-        &[&format!("{svc}/GetWorkspace")],
-    )
-    .await;
+    let (ok, got) = call(&addr, &body, &format!("{svc}/GetWorkspace")).await;
     assert!(
         ok && got.contains("API_KEY") && !got.contains("sk-demo"),
         "{got}"
     );
 
-    let (ok, deleted) = grpcurl(
-        &addr,
-        &["-H", AUTH, "-d", &body],
-        &[&format!("{svc}/DeleteWorkspace")],
-    )
-    .await;
+    let (ok, deleted) = call(&addr, &body, &format!("{svc}/DeleteWorkspace")).await;
     assert!(ok && deleted.contains("\"deleted\""), "{deleted}");
     s.shutdown().await;
 }
@@ -322,12 +308,8 @@ async fn grpcurl_prints_the_error_details() {
     let ws = s.create_online("details").await.to_string();
     let addr = s.addr.to_string();
     let body = format!(r#"{{"workspace_id": "{ws}", "name": "LD_PRELOAD", "value": "x"}}"#);
-    let (ok, text) = grpcurl(
-        &addr,
-        &["-H", AUTH, "-d", &body],
-        &["workspace.lifecycle.v1.WorkspaceLifecycle/SetSecret"],
-    )
-    .await;
+    let method = "workspace.lifecycle.v1.WorkspaceLifecycle/SetSecret";
+    let (ok, text) = call(&addr, &body, method).await;
     assert!(!ok, "{text}");
     assert!(text.contains("Code: InvalidArgument"), "{text}");
     // Decoded through reflection, not raw bytes.

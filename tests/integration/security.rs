@@ -270,15 +270,7 @@ async fn secrets_are_sealed_at_rest() {
         ("MODEL", "model-plaintext-must-not-be-stored"),
     ];
     for (name, value) in values {
-        s.client()
-            .set_secret(pb::SetSecretRequest {
-                workspace_id: ws.to_string(),
-                name: name.into(),
-                value: value.into(),
-                request_id: String::new(),
-            })
-            .await
-            .unwrap();
+        s.set_secret(ws, name, value).await;
     }
     let db = s.db.client().await;
     let rows = db

@@ -139,11 +139,20 @@ impl Sandbox {
         self.dir.path().join(name)
     }
 
-    fn paths(&self) -> (String, String) {
-        (
-            self.path("files").to_string_lossy().into_owned(),
-            self.path("agent").to_string_lossy().into_owned(),
-        )
+    /// The files directory, as the script names it.
+    fn files_dir(&self) -> String {
+        self.path("files").to_string_lossy().into_owned()
+    }
+
+    /// The user-data script of `launch`, on this sandbox's paths.
+    fn script(&self, launch: &Launch) -> Result<String, BackendError> {
+        let files_dir = self.files_dir();
+        let agent = self.path("agent").to_string_lossy().into_owned();
+        let paths = Paths {
+            files_dir: &files_dir,
+            agent: &agent,
+        };
+        user_data::script(launch, &paths)
     }
 
     /// Runs the script under `sh` with the sandbox as working directory.
@@ -223,12 +232,8 @@ async fn every_input_class_in_every_place_boots_as_inert_data() {
         for place in PLACES {
             let launch = launch_with(place, &payload);
             let sandbox = Sandbox::new();
-            let (files_dir, agent) = sandbox.paths();
-            let paths = Paths {
-                files_dir: &files_dir,
-                agent: &agent,
-            };
-            let script = user_data::script(&launch, &paths).unwrap();
+            let files_dir = sandbox.files_dir();
+            let script = sandbox.script(&launch).unwrap();
             assert!(
                 user_data::only_encoded_data(&script),
                 "{class} in {place:?}"
@@ -272,12 +277,8 @@ async fn nul_round_trips_in_file_contents_and_is_refused_where_it_cannot() {
     for place in PLACES {
         let launch = launch_with(place, &payload);
         let sandbox = Sandbox::new();
-        let (files_dir, agent) = sandbox.paths();
-        let paths = Paths {
-            files_dir: &files_dir,
-            agent: &agent,
-        };
-        match (place, user_data::script(&launch, &paths)) {
+        let files_dir = sandbox.files_dir();
+        match (place, sandbox.script(&launch)) {
             (Place::FileContent, Ok(script)) => {
                 let output = sandbox.boot(&script).await;
                 assert!(output.status.success());
