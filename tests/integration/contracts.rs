@@ -58,23 +58,6 @@ fn first_cycle(events: &[pb::RestartEvent]) -> String {
     events[0].cycle_id.clone()
 }
 
-async fn write_file(
-    s: &TestServer,
-    ws: workspace_lifecycle::domain::WorkspaceId,
-    path: &str,
-) -> pb::ConfigChangeResponse {
-    s.client()
-        .write_file(pb::WriteFileRequest {
-            workspace_id: ws.to_string(),
-            path: path.into(),
-            content: path.as_bytes().to_vec(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test]
 async fn c1_one_request_on_an_idle_workspace_runs_exactly_one_cycle() {
     let s = TestServer::start(Options::default()).await;
@@ -397,7 +380,8 @@ async fn c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files(s: &TestSer
     s.advance(PAST_WINDOW);
 
     for i in 0..10 {
-        let r = write_file(&s, ws, &format!("src/file{i}.txt")).await;
+        let path = format!("src/file{i}.txt");
+        let r = s.write_file(ws, &path, path.as_bytes()).await;
         assert_eq!(
             r.delivery,
             Delivery::Deferred as i32,
@@ -426,7 +410,7 @@ async fn c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files(s: &TestSer
 
     // After the window, a new write fires again.
     s.advance(PAST_WINDOW);
-    write_file(&s, ws, "later.txt").await;
+    s.write_file(ws, "later.txt", b"later.txt").await;
     s.advance(Duration::from_secs(6));
     s.wait_for(ws, |w| {
         w.generation == 3 && w.status == pb::WorkspaceStatus::Online as i32

@@ -90,15 +90,7 @@ async fn create_restart_config_stop_and_delete_on_real_containers() {
     );
 
     // A file and a secret, then restart: generation 2 alone, with both.
-    s.client()
-        .write_file(pb::WriteFileRequest {
-            workspace_id: ws.to_string(),
-            path: "conf/app.toml".into(),
-            content: b"x = 1".to_vec(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    s.write_file(ws, "conf/app.toml", b"x = 1").await;
     let set = s.set_secret(ws, "API_KEY", "sk-docker").await;
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(

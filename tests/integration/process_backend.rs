@@ -134,15 +134,7 @@ async fn the_agent_runs_unprivileged_with_private_files() {
     let s = TestServer::start(process_options()).await;
     let ws = s.create("private").await;
     s.online_at(ws, 1).await;
-    s.client()
-        .write_file(pb::WriteFileRequest {
-            workspace_id: ws.to_string(),
-            path: "conf/app.toml".into(),
-            content: b"x = 1".to_vec(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    s.write_file(ws, "conf/app.toml", b"x = 1").await;
     let events = s.restart(ws, pb::Trigger::Manual).await;
     assert!(matches!(last(&events), Event::Online(o) if o.generation == 2));
     let w = s.online_at(ws, 2).await;

@@ -369,6 +369,25 @@ impl TestServer {
             .into_inner()
     }
 
+    /// Writes a file of the workspace (it must succeed).
+    pub async fn write_file(
+        &self,
+        ws: WorkspaceId,
+        path: &str,
+        content: &[u8],
+    ) -> pb::ConfigChangeResponse {
+        self.client()
+            .write_file(pb::WriteFileRequest {
+                workspace_id: ws.to_string(),
+                path: path.into(),
+                content: content.to_vec(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("WriteFile")
+            .into_inner()
+    }
+
     /// Opens a RestartWorkspace stream.
     pub async fn restart_stream(
         &self,
