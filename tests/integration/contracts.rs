@@ -205,7 +205,7 @@ async fn c5_one_stop_start_at_a_time_across_every_entry_point(s: &TestServer) {
             .await
         }
     }));
-    let probes = join_all((0..4).map(|_| report_unreachable(&s, ws)));
+    let probes = join_all((0..4).map(|_| report_unreachable(s, ws)));
     let (restarts, secrets, _probes) = tokio::join!(restarts, secrets, probes);
     let stop = s
         .client()
@@ -302,7 +302,7 @@ async fn c7_probes_in_the_window_are_dropped_and_counted(s: &TestServer) {
         };
         assert!(d.until.is_some());
     }
-    let answer = report_unreachable(&s, ws).await;
+    let answer = report_unreachable(s, ws).await;
     assert!(!answer.acted);
     assert_eq!(answer.outcome, Outcome::DroppedDebounced as i32);
     assert_eq!(s.backend.start_count(ws), 1, "no cycle for any of them");
@@ -312,7 +312,7 @@ async fn c7_probes_in_the_window_are_dropped_and_counted(s: &TestServer) {
 
     // After the window a probe acts.
     s.advance(PAST_WINDOW);
-    let answer = report_unreachable(&s, ws).await;
+    let answer = report_unreachable(s, ws).await;
     assert!(answer.acted, "{answer:?}");
     s.wait_for(ws, |w| {
         w.generation == 2 && w.status == pb::WorkspaceStatus::Online as i32
