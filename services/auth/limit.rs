@@ -29,6 +29,7 @@ use tonic::{Status, body::Body, codegen::http};
 use tower::{Layer, Service};
 
 use super::{Access, Caller, access};
+use crate::transport::holding::Holding;
 
 /// Longest an agent call (Register, Heartbeat) may take, body included.
 pub const AGENT_CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -156,40 +157,8 @@ where
                     }
                 },
             };
-            Ok(response.map(|body| {
-                Body::new(Permitted {
-                    inner: body,
-                    _permit: permit,
-                })
-            }))
+            Ok(response.map(|body| Body::new(Holding::new(body, permit))))
         })
-    }
-}
-
-/// A response body that holds its caller's permit until it ends or is
-/// dropped.
-struct Permitted {
-    inner: Body,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl http_body::Body for Permitted {
-    type Data = tonic::codegen::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -102,19 +102,24 @@ impl Event {
         reason: &str,
         config_version: ConfigVersion,
     ) -> Self {
-        Self {
+        let mut event = Self::cycle(
             workspace,
             at,
-            kind: EventKind::Cycle {
-                cycle,
-                state: CycleState::Ended,
-                generation,
-                phase: None,
-                outcome: Some(outcome),
-                reason: reason.to_owned(),
-                config_version,
-            },
+            cycle,
+            generation,
+            CycleState::Ended,
+            config_version,
+        );
+        if let EventKind::Cycle {
+            outcome: o,
+            reason: r,
+            ..
+        } = &mut event.kind
+        {
+            *o = Some(outcome);
+            *r = reason.to_owned();
         }
+        event
     }
 
     /// The workspace's status changed.

@@ -121,15 +121,13 @@ impl Store {
     /// One cycle, with the triggers it absorbed.
     pub async fn cycle(&self, id: CycleId) -> Result<CycleRecord, Error> {
         let conn = self.conn().await?;
-        let statement = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM cycles WHERE id = $1"))
-            .await
-            .map_err(db)?;
-        let row = conn
-            .query_opt(&statement, &[&id.as_uuid()])
-            .await
-            .map_err(db)?
-            .ok_or_else(|| Error::NotFound(format!("cycle {id}")))?;
+        let row = super::row_by_id(
+            &conn,
+            &format!("SELECT {COLUMNS} FROM cycles WHERE id = $1"),
+            id.as_uuid(),
+            || format!("cycle {id}"),
+        )
+        .await?;
         let mut records = vec![record(&row)?];
         with_triggers(&conn, &mut records).await?;
         Ok(records.remove(0))

@@ -2,7 +2,7 @@
 //! requests it drops before admission (C7, C9): counted and published like
 //! any admission's tally, without taking the row lock.
 
-use super::{RowTx, Store, Tally, db, rows::parse};
+use super::{RowTx, Store, Tally, rows::parse};
 use crate::domain::{
     BackendKind, Desired, Error, Handling, Timestamp, Trigger, WorkspaceId, ledger::DropReason,
 };
@@ -24,18 +24,14 @@ impl Store {
     /// The debounce's unlocked look at a workspace.
     pub async fn peek(&self, id: WorkspaceId) -> Result<Peek, Error> {
         let conn = self.conn().await?;
-        let statement = conn
-            .prepare_cached(
-                "SELECT desired, backend, running_cycle IS NOT NULL, window_until
-                 FROM workspaces WHERE id = $1",
-            )
-            .await
-            .map_err(db)?;
-        let row = conn
-            .query_opt(&statement, &[&id.as_uuid()])
-            .await
-            .map_err(db)?
-            .ok_or_else(|| Error::NotFound(format!("workspace {id}")))?;
+        let row = super::row_by_id(
+            &conn,
+            "SELECT desired, backend, running_cycle IS NOT NULL, window_until
+             FROM workspaces WHERE id = $1",
+            id.as_uuid(),
+            || format!("workspace {id}"),
+        )
+        .await?;
         Ok(Peek {
             desired: parse(row.get::<_, &str>(0))?,
             backend: parse(row.get::<_, &str>(1))?,

@@ -7,6 +7,22 @@ use tokio_postgres::error::SqlState;
 
 use crate::domain::Error;
 
+/// The one row `sql` (a prepared, cached statement taking the id as `$1`)
+/// finds for `id`; `NotFound` naming `what` if there is none.
+pub(crate) async fn row_by_id(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    id: uuid::Uuid,
+    what: impl FnOnce() -> String,
+) -> Result<tokio_postgres::Row, Error> {
+    let statement = client.prepare_cached(sql).await.map_err(db)?;
+    client
+        .query_opt(&statement, &[&id])
+        .await
+        .map_err(db)?
+        .ok_or_else(|| Error::NotFound(what()))
+}
+
 /// Maps a driver error.
 pub(crate) fn db(err: tokio_postgres::Error) -> Error {
     match err.code() {

@@ -63,21 +63,17 @@ pub(crate) async fn lock(
     client: &impl GenericClient,
     workspace: WorkspaceId,
 ) -> Result<Locked, Error> {
-    let statement = client
-        .prepare_cached(
-            "SELECT desired, generation, running_cycle, running_owner, running_lease_until,
-                    running_goal, running_generation, running_takeovers, pending_cycle,
-                    pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
-                    window_until, config_version, status
-             FROM workspaces WHERE id = $1 FOR UPDATE",
-        )
-        .await
-        .map_err(db)?;
-    let row = client
-        .query_opt(&statement, &[&workspace.as_uuid()])
-        .await
-        .map_err(db)?
-        .ok_or_else(|| Error::NotFound(format!("workspace {workspace}")))?;
+    let row = super::row_by_id(
+        client,
+        "SELECT desired, generation, running_cycle, running_owner, running_lease_until,
+                running_goal, running_generation, running_takeovers, pending_cycle,
+                pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
+                window_until, config_version, status
+         FROM workspaces WHERE id = $1 FOR UPDATE",
+        workspace.as_uuid(),
+        || format!("workspace {workspace}"),
+    )
+    .await?;
     Ok(Locked {
         ledger: ledger_from_row(&row)?,
         config_version: ConfigVersion(row.get::<_, i64>("config_version") as u64),

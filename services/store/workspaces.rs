@@ -131,15 +131,13 @@ impl Store {
     /// One workspace with its names, agent and counters.
     pub async fn workspace(&self, id: WorkspaceId) -> Result<WorkspaceRecord, Error> {
         let conn = self.conn().await?;
-        let statement = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
-            .await
-            .map_err(db)?;
-        let row = conn
-            .query_opt(&statement, &[&id.as_uuid()])
-            .await
-            .map_err(db)?
-            .ok_or_else(|| Error::NotFound(format!("workspace {id}")))?;
+        let row = super::row_by_id(
+            &conn,
+            &format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"),
+            id.as_uuid(),
+            || format!("workspace {id}"),
+        )
+        .await?;
         let mut records = vec![record_from_row(&row)?];
         fill_details(&conn, &mut records).await?;
         Ok(records.pop().expect("one record"))

@@ -18,6 +18,7 @@
 
 pub mod accept;
 pub mod conn;
+pub mod holding;
 pub mod track;
 
 use std::time::Duration;

@@ -3,16 +3,13 @@
 //! response body ends or is dropped (a server stream counts until it
 //! ends).
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use tonic::{body::Body, codegen::http};
 use tower::{Layer, Service};
 
-use super::conn::{CallGuard, ConnInfo};
+use super::{conn::ConnInfo, holding::Holding};
 
 /// Counts every call on its connection.
 #[derive(Clone, Copy, Debug, Default)]
@@ -55,40 +52,9 @@ where
         Box::pin(async move {
             let response = response.await?;
             Ok(match guard {
-                Some(guard) => response.map(|inner| {
-                    Body::new(Tracked {
-                        inner,
-                        _guard: guard,
-                    })
-                }),
+                Some(guard) => response.map(|inner| Body::new(Holding::new(inner, guard))),
                 None => response,
             })
         })
-    }
-}
-
-/// A response body that keeps its call open until it ends or is dropped.
-struct Tracked {
-    inner: Body,
-    _guard: CallGuard,
-}
-
-impl http_body::Body for Tracked {
-    type Data = tonic::codegen::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
