@@ -69,57 +69,26 @@ impl Event {
         }
     }
 
-    /// A running cycle entered `phase`.
-    pub fn phase(
-        workspace: WorkspaceId,
-        at: Timestamp,
-        cycle: CycleId,
-        generation: Generation,
-        phase: Phase,
-        config_version: ConfigVersion,
-    ) -> Self {
-        let mut event = Self::cycle(
-            workspace,
-            at,
-            cycle,
-            generation,
-            CycleState::Running,
-            config_version,
-        );
-        if let EventKind::Cycle { phase: p, .. } = &mut event.kind {
+    /// The same cycle event, in `phase` (a running cycle's step).
+    pub fn in_phase(mut self, phase: Phase) -> Self {
+        if let EventKind::Cycle { phase: p, .. } = &mut self.kind {
             *p = Some(phase);
         }
-        event
+        self
     }
 
-    /// A cycle ended with `outcome` (and why, for a failure).
-    pub fn ended(
-        workspace: WorkspaceId,
-        at: Timestamp,
-        cycle: CycleId,
-        generation: Generation,
-        outcome: Outcome,
-        reason: &str,
-        config_version: ConfigVersion,
-    ) -> Self {
-        let mut event = Self::cycle(
-            workspace,
-            at,
-            cycle,
-            generation,
-            CycleState::Ended,
-            config_version,
-        );
+    /// The same cycle event, ended with `outcome` (and why, for a failure).
+    pub fn ended_with(mut self, outcome: Outcome, reason: &str) -> Self {
         if let EventKind::Cycle {
             outcome: o,
             reason: r,
             ..
-        } = &mut event.kind
+        } = &mut self.kind
         {
             *o = Some(outcome);
             *r = reason.to_owned();
         }
-        event
+        self
     }
 
     /// The workspace's status changed.

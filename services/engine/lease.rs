@@ -7,7 +7,8 @@
 use super::gate::{self, GateGuard};
 use crate::{
     domain::{
-        BackendKind, ConfigVersion, CycleId, Error, Event, Finish, Phase, Timestamp, WorkspaceId,
+        BackendKind, ConfigVersion, CycleId, CycleState, Error, Event, Finish, Phase, Timestamp,
+        WorkspaceId,
         ledger::{Claim, Timing, after},
     },
     store::{ConfigSnapshot, Fence, RowTx, Started, Store},
@@ -196,14 +197,15 @@ impl LeaseGuard {
 
     /// Announces a phase (only while the cycle holds the gate).
     pub async fn phase(&self, phase: Phase) -> Result<bool, Error> {
-        let event = Event::phase(
+        let event = Event::cycle(
             self.workspace,
             self.store.clock().now(),
             self.claim.cycle,
             self.claim.generation,
-            phase,
+            CycleState::Running,
             self.config_version(),
-        );
+        )
+        .in_phase(phase);
         self.store.publish_fenced(&self.fence_key(), &event).await
     }
 

@@ -305,15 +305,15 @@ impl RowTx<'_> {
             _ => served,
         };
         self.events.extend([
-            Event::ended(
+            Event::cycle(
                 self.workspace,
                 now,
                 claim.cycle,
                 claim.generation,
-                finish.outcome(),
-                finish.reason(),
+                CycleState::Ended,
                 config_version,
-            ),
+            )
+            .ended_with(finish.outcome(), finish.reason()),
             Event::status(
                 self.workspace,
                 now,
