@@ -28,7 +28,7 @@ impl Admit<Intent> for Store {
     ) -> Result<Vec<Result<Ticket, Error>>, Error> {
         let workspace = *workspace;
         let mut conn = self.connection().await?;
-        let mut tx = RowTx::begin(&mut conn, self, workspace).await?;
+        let tx = RowTx::begin(&mut conn, self, workspace).await?;
 
         let mut creation_failed = None;
         for creation in batch.iter().filter_map(|i| i.creation.as_ref()) {
@@ -65,13 +65,11 @@ impl Admit<Intent> for Store {
             .filter(|(_, result)| result.is_ok())
             .filter_map(|(intent, _)| intent.audit_row())
             .collect();
-        tx.record_tally(&tally, &audit, now).await?;
         // A batch that changed nothing (refusals, drops) leaves the row as
         // it was, `updated_at` included: bad input changes nothing.
-        if (&locked.ledger, locked.config_version) != (&before.0, before.1) {
-            tx.save(&locked, now).await?;
-        }
-        tx.commit().await?;
+        let changed = (&locked.ledger, locked.config_version) != (&before.0, before.1);
+        tx.commit_tally(&tally, &audit, changed.then_some(&locked), now)
+            .await?;
         Ok(results)
     }
 }

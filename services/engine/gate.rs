@@ -220,8 +220,7 @@ impl GateKeeper<WorkspaceId> for Store {
         let Some(guard) = claim_locked(&mut tx, &mut locked, self, now, sent).await? else {
             return Ok(None);
         };
-        tx.save(&locked, now).await?;
-        tx.commit().await?;
+        tx.commit(Some(&locked), now).await?;
         Ok(Some(guard))
     }
 }

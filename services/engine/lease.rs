@@ -188,10 +188,7 @@ impl LeaseGuard {
             locked
                 .ledger
                 .hand_off(self.claim.cycle, store.replica(), self.claim.takeovers, now);
-        if handed {
-            tx.save(&locked, now).await?;
-        }
-        tx.commit().await?;
+        tx.commit(handed.then_some(&locked), now).await?;
         Ok(handed)
     }
 
@@ -242,7 +239,7 @@ impl LeaseGuard {
             .ledger
             .holds(self.claim.cycle, store.replica(), self.claim.takeovers)
         {
-            tx.commit().await?;
+            tx.commit(None, now).await?;
             self.armed = false;
             return Ok(Finished {
                 recorded: false,
@@ -259,8 +256,7 @@ impl LeaseGuard {
             FollowUp::Claim => gate::claim_locked(&mut tx, &mut locked, &store, now, sent).await?,
             FollowUp::Leave => None,
         };
-        tx.save(&locked, now).await?;
-        tx.commit().await?;
+        tx.commit(Some(&locked), now).await?;
         self.armed = false;
         Ok(Finished {
             recorded: true,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
 
-use super::{RowTx, audit, audit::AuditRow, db};
+use super::{Locked, RowTx, audit, audit::AuditRow, db, execute};
 use crate::{
     domain::{
         CycleId, CycleState, Error, Event, EventKind, Generation, Handling, Timestamp, Trigger,
@@ -67,19 +67,28 @@ impl RowTx<'_> {
         apply_change(&self.tx, self.workspace, change, self.store.sealer(), now).await
     }
 
-    /// Writes `tally`'s cycles, counters and audit rows and queues its
-    /// events.
-    pub async fn record_tally(
-        &mut self,
+    /// Writes `tally`'s cycles, counters, events and `audit` rows, and
+    /// `save` (if the batch changed the row), and commits — the writes in
+    /// one pipelined round trip.
+    pub async fn commit_tally(
+        mut self,
         tally: &Tally,
         audit: &[AuditRow<'_>],
+        save: Option<&Locked>,
         now: Timestamp,
     ) -> Result<(), Error> {
-        write_tally(&self.tx, self.workspace, tally, now).await?;
-        audit::record(&self.tx, self.workspace, audit, now).await?;
         let events = tally_events(self.workspace, tally, now);
         self.publish(events);
-        Ok(())
+        let (tx, workspace) = (&self.tx, self.workspace);
+        let writes = async {
+            futures::try_join!(
+                write_tally(tx, workspace, tally, now),
+                audit::record(tx, workspace, audit, now),
+            )
+            .map(|_| ())
+        };
+        self.flush(save, now, writes).await?;
+        self.tx.commit().await.map_err(db)
     }
 }
 
@@ -239,7 +248,8 @@ async fn apply_change(
     Ok(())
 }
 
-/// Writes new cycles, absorbed triggers and counters in three statements.
+/// Writes new cycles, absorbed triggers and counters: three statements,
+/// the counters pipelined with the other two.
 async fn write_tally(
     tx: &impl GenericClient,
     workspace: WorkspaceId,
@@ -247,7 +257,10 @@ async fn write_tally(
     now: Timestamp,
 ) -> Result<(), Error> {
     let id = workspace.as_uuid();
-    if !tally.opened.is_empty() {
+    let opened = async {
+        if tally.opened.is_empty() {
+            return Ok(0);
+        }
         let ids: Vec<uuid::Uuid> = tally.opened.iter().map(|(c, _)| c.as_uuid()).collect();
         let traces: Vec<&str> = tally
             .opened
@@ -259,41 +272,47 @@ async fn write_tally(
             .iter()
             .map(|(_, o)| o.parent_span_id.as_str())
             .collect();
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO cycles (id, workspace_id, state, created_at, trace_id, parent_span_id)
-                 SELECT cycle, $2, 'PENDING', $3, trace, parent
-                 FROM unnest($1::uuid[], $4::text[], $5::text[]) AS t (cycle, trace, parent)",
-            )
-            .await
-            .map_err(db)?;
-        tx.execute(&insert, &[&ids, &id, &now, &traces, &parents])
-            .await
-            .map_err(db)?;
-    }
-    if !tally.absorbed.is_empty() {
+        execute(
+            tx,
+            "INSERT INTO cycles (id, workspace_id, state, created_at, trace_id, parent_span_id)
+             SELECT cycle, $2, 'PENDING', $3, trace, parent
+             FROM unnest($1::uuid[], $4::text[], $5::text[]) AS t (cycle, trace, parent)",
+            &[&ids, &id, &now, &traces, &parents],
+        )
+        .await
+    };
+    let absorbed = async {
+        if tally.absorbed.is_empty() {
+            return Ok(0);
+        }
         let (mut cycles, mut triggers, mut counts) = (Vec::new(), Vec::new(), Vec::new());
         for ((cycle, trigger), count) in &tally.absorbed {
             cycles.push(cycle.as_uuid());
             triggers.push(trigger.as_str());
             counts.push(*count);
         }
-        let upsert = tx
-            .prepare_cached(
-                "INSERT INTO cycle_triggers (cycle_id, trigger, count)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])
-                 ON CONFLICT (cycle_id, trigger) DO UPDATE SET count = cycle_triggers.count + EXCLUDED.count",
-            )
-            .await
-            .map_err(db)?;
-        tx.execute(&upsert, &[&cycles, &triggers, &counts])
-            .await
-            .map_err(db)?;
-    }
-    if !tally.stats.is_empty() {
-        record_stats(tx, workspace, &tally.stats).await?;
-    }
-    Ok(())
+        execute(
+            tx,
+            "INSERT INTO cycle_triggers (cycle_id, trigger, count)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])
+             ON CONFLICT (cycle_id, trigger) DO UPDATE SET count = cycle_triggers.count + EXCLUDED.count",
+            &[&cycles, &triggers, &counts],
+        )
+        .await
+    };
+    let stats = async {
+        if tally.stats.is_empty() {
+            return Ok(());
+        }
+        record_stats(tx, workspace, &tally.stats).await
+    };
+    // Absorbed triggers reference the cycles opened: those two in order,
+    // the counters alongside.
+    let cycles = async {
+        opened.await?;
+        absorbed.await
+    };
+    futures::try_join!(cycles, stats).map(|_| ())
 }
 
 /// Adds to the per-trigger counters of a workspace.

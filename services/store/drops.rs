@@ -51,8 +51,7 @@ impl Store {
         let mut tally = Tally::default();
         tally.count(trigger, Handling::Dropped, None, reason.describe());
         let mut conn = self.conn().await?;
-        let mut tx = RowTx::begin(&mut conn, self, id).await?;
-        tx.record_tally(&tally, &[], now).await?;
-        tx.commit().await
+        let tx = RowTx::begin(&mut conn, self, id).await?;
+        tx.commit_tally(&tally, &[], None, now).await
     }
 }

@@ -56,7 +56,7 @@ use crate::{
         ledger::Timing,
     },
 };
-pub(crate) use error::{db, row_by_id};
+pub(crate) use error::{db, execute, query, row_by_id};
 pub use request_ids::{Claim, RequestClaim};
 
 mod embedded {

@@ -64,27 +64,36 @@ impl<'c> RowTx<'c> {
         rows::lock(&self.tx, self.workspace).await
     }
 
-    /// Writes `locked` back to the row (with when its follow-up is due, for
-    /// the scheduler).
-    pub async fn save(&self, locked: &Locked, now: Timestamp) -> Result<(), Error> {
-        rows::save(
-            &self.tx,
-            self.workspace,
-            locked,
-            &locked.ledger.pending_due(self.store.timing()),
-            now,
-        )
-        .await
-    }
-
     /// Queues events, published when the transaction commits.
     pub fn publish(&mut self, events: impl IntoIterator<Item = Event>) {
         self.events.extend(events);
     }
 
-    /// Sends the queued events and commits.
-    pub async fn commit(self) -> Result<(), Error> {
-        notify::publish(&self.tx, &self.events).await?;
+    /// Writes `save` (if given) back to the row — with when its follow-up is
+    /// due, for the scheduler — sends the queued events, and commits. The
+    /// row and the events go in one pipelined round trip.
+    pub async fn commit(self, save: Option<&Locked>, now: Timestamp) -> Result<(), Error> {
+        self.flush(save, now, async { Ok(()) }).await?;
         self.tx.commit().await.map_err(db)
+    }
+
+    /// Writes the row (if `save`) and the queued events, with `more` (other
+    /// writes of this transaction), pipelined: one round trip.
+    pub(super) async fn flush(
+        &self,
+        save: Option<&Locked>,
+        now: Timestamp,
+        more: impl Future<Output = Result<(), Error>>,
+    ) -> Result<(), Error> {
+        let row = async {
+            match save {
+                Some(locked) => {
+                    let due = locked.ledger.pending_due(self.store.timing());
+                    rows::save(&self.tx, self.workspace, locked, &due, now).await
+                }
+                None => Ok(()),
+            }
+        };
+        futures::try_join!(row, notify::publish(&self.tx, &self.events), more).map(|_| ())
     }
 }

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
 
-use super::{RowTx, Store, db};
+use tokio_postgres::types::ToSql;
+
+use super::{RowTx, Store, db, execute, query};
 use crate::domain::{
     BackendKind, ConfigVersion, CycleId, CycleState, Error, Event, Finish, Generation, Goal,
     ReplicaId, Secret, Timestamp, WorkspaceId, WorkspaceSpec, WorkspaceStatus, ledger::Claim,
@@ -164,7 +166,7 @@ impl RowTx<'_> {
             .query_one(
                 &tx.prepare_cached(
                     "UPDATE workspaces SET status = $2, status_reason = '', updated_at = $3
-                 WHERE id = $1 RETURNING backend, spec, config_version",
+                     WHERE id = $1 RETURNING backend, spec, config_version",
                 )
                 .await
                 .map_err(db)?,
@@ -176,56 +178,57 @@ impl RowTx<'_> {
             .get::<_, &str>("backend")
             .parse()
             .map_err(|e: String| Error::Internal(e))?;
-        let snapshot = if claim.goal == Goal::Provision {
-            let spec: WorkspaceSpec = serde_json::from_value(row.get("spec"))
-                .map_err(|e| Error::Internal(format!("stored spec: {e}")))?;
-            let config_version = ConfigVersion(row.get::<_, i64>("config_version") as u64);
-            Some(
-                read_config(
+        let provisions = claim.goal == Goal::Provision;
+        let config_version =
+            provisions.then(|| ConfigVersion(row.get::<_, i64>("config_version") as u64));
+        let (cycle, goal, generation, version, takeovers) = (
+            claim.cycle.as_uuid(),
+            claim.goal.as_str(),
+            claim.generation.0 as i64,
+            config_version.map(|v| v.0 as i64),
+            claim.takeovers as i32,
+        );
+        let mark_row: [&(dyn ToSql + Sync); 6] =
+            [&cycle, &goal, &generation, &version, &now, &takeovers];
+        let served_row: [&(dyn ToSql + Sync); 2] = [&id, &version];
+        // The config read and the cycle's marks are independent: one
+        // pipelined round trip.
+        let (snapshot, _, marked) = futures::try_join!(
+            async {
+                let Some(config_version) = config_version else {
+                    return Ok(None);
+                };
+                let spec: WorkspaceSpec = serde_json::from_value(row.get("spec"))
+                    .map_err(|e| Error::Internal(format!("stored spec: {e}")))?;
+                let sealer = self.store.sealer();
+                read_config(tx, sealer, workspace, backend, spec, config_version)
+                    .await
+                    .map(Some)
+            },
+            async {
+                if version.is_none() {
+                    return Ok(0);
+                }
+                execute(
                     tx,
-                    self.store.sealer(),
-                    workspace,
-                    backend,
-                    spec,
-                    config_version,
+                    "UPDATE workspaces SET served_config_version = $2 WHERE id = $1",
+                    &served_row,
                 )
-                .await?,
-            )
-        } else {
-            None
-        };
-        let config_version = snapshot.as_ref().map(|s| s.config_version);
-        if let Some(version) = config_version {
-            let served = tx
-                .prepare_cached("UPDATE workspaces SET served_config_version = $2 WHERE id = $1")
                 .await
-                .map_err(db)?;
-            tx.execute(&served, &[&id, &(version.0 as i64)])
-                .await
-                .map_err(db)?;
-        }
-        let mark = tx
-        .prepare_cached(
-            "UPDATE cycles SET state = 'RUNNING', goal = $2, generation = $3, config_version = $4,
-                               started_at = coalesce(started_at, $5), takeovers = $6
-             WHERE id = $1 RETURNING started_at",
-        )
-        .await
-        .map_err(db)?;
-        let marked = tx
-            .query_one(
-                &mark,
-                &[
-                    &claim.cycle.as_uuid(),
-                    &claim.goal.as_str(),
-                    &(claim.generation.0 as i64),
-                    &config_version.map(|v| v.0 as i64),
-                    &now,
-                    &(claim.takeovers as i32),
-                ],
-            )
-            .await
-            .map_err(db)?;
+            },
+            async {
+                let statement = tx
+                    .prepare_cached(
+                        "UPDATE cycles SET state = 'RUNNING', goal = $2, generation = $3,
+                            config_version = $4, started_at = coalesce(started_at, $5),
+                            takeovers = $6
+                         WHERE id = $1 RETURNING started_at",
+                    )
+                    .await
+                    .map_err(db)?;
+                tx.query_one(&statement, &mark_row).await.map_err(db)
+            },
+        )?;
         let first_started_at: Timestamp = marked.get(0);
         self.events.extend([
             Event::cycle(
@@ -256,50 +259,57 @@ impl RowTx<'_> {
         let tx = &self.tx;
         let id = self.workspace.as_uuid();
         let status = finish.status();
-        let update = tx
-        .prepare_cached(
-            "UPDATE workspaces SET status = $2, status_reason = $3, updated_at = $4 WHERE id = $1",
-        )
-        .await
-        .map_err(db)?;
-        tx.execute(&update, &[&id, &status.as_str(), &finish.reason(), &now])
-            .await
-            .map_err(db)?;
-        let end = tx
-        .prepare_cached(
-            "UPDATE cycles SET state = 'ENDED', outcome = $2, reason = $3, ended_at = $4 WHERE id = $1",
-        )
-        .await
-        .map_err(db)?;
-        tx.execute(
-            &end,
-            &[
-                &claim.cycle.as_uuid(),
-                &finish.outcome().as_str(),
-                &finish.reason(),
-                &now,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        if matches!(finish, Finish::Stopped | Finish::Deleted) {
-            let revoke = tx
-            .prepare_cached(
-                "UPDATE generations SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL",
-            )
-            .await
-            .map_err(db)?;
-            tx.execute(&revoke, &[&id, &now]).await.map_err(db)?;
-        }
-        if matches!(finish, Finish::Deleted) {
-            for sql in [
-                "DELETE FROM secrets WHERE workspace_id = $1",
-                "DELETE FROM files WHERE workspace_id = $1",
-            ] {
-                let statement = tx.prepare_cached(sql).await.map_err(db)?;
-                tx.execute(&statement, &[&id]).await.map_err(db)?;
-            }
-        }
+        let (outcome, reason) = (finish.outcome(), finish.reason());
+        let stopped = matches!(finish, Finish::Stopped | Finish::Deleted);
+        let deleted = matches!(finish, Finish::Deleted);
+        let (status_name, cycle, outcome) =
+            (status.as_str(), claim.cycle.as_uuid(), outcome.as_str());
+        let workspace_row: [&(dyn ToSql + Sync); 4] = [&id, &status_name, &reason, &now];
+        let cycle_row: [&(dyn ToSql + Sync); 4] = [&cycle, &outcome, &reason, &now];
+        let revoke: [&(dyn ToSql + Sync); 2] = [&id, &now];
+        let by_workspace: [&(dyn ToSql + Sync); 1] = [&id];
+        // Independent writes, pipelined: one round trip.
+        futures::try_join!(
+            execute(
+                tx,
+                "UPDATE workspaces SET status = $2, status_reason = $3, updated_at = $4 WHERE id = $1",
+                &workspace_row,
+            ),
+            execute(
+                tx,
+                "UPDATE cycles SET state = 'ENDED', outcome = $2, reason = $3, ended_at = $4 WHERE id = $1",
+                &cycle_row,
+            ),
+            async {
+                if !stopped {
+                    return Ok(0);
+                }
+                execute(
+                    tx,
+                    "UPDATE generations SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL",
+                    &revoke,
+                )
+                .await
+            },
+            async {
+                if !deleted {
+                    return Ok(0);
+                }
+                futures::try_join!(
+                    execute(
+                        tx,
+                        "DELETE FROM secrets WHERE workspace_id = $1",
+                        &by_workspace
+                    ),
+                    execute(
+                        tx,
+                        "DELETE FROM files WHERE workspace_id = $1",
+                        &by_workspace
+                    ),
+                )
+                .map(|(a, b)| a + b)
+            },
+        )?;
         let config_version = match finish {
             Finish::Online { config_version } => *config_version,
             _ => served,
@@ -335,16 +345,22 @@ async fn read_config(
     config_version: ConfigVersion,
 ) -> Result<ConfigSnapshot, Error> {
     let id = workspace.as_uuid();
-    let secrets = tx
-        .prepare_cached("SELECT name, value, nonce FROM secrets WHERE workspace_id = $1")
-        .await
-        .map_err(db)?;
+    let by_workspace: [&(dyn ToSql + Sync); 1] = [&id];
+    let (secrets, files) = futures::try_join!(
+        query(
+            tx,
+            "SELECT name, value, nonce FROM secrets WHERE workspace_id = $1",
+            &by_workspace,
+        ),
+        query(
+            tx,
+            "SELECT path, content FROM files WHERE workspace_id = $1",
+            &by_workspace,
+        ),
+    )?;
     // The one place secret values are opened: the cycle hands them to the
     // backend that starts the instance.
-    let secrets = tx
-        .query(&secrets, &[&id])
-        .await
-        .map_err(db)?
+    let secrets = secrets
         .into_iter()
         .map(|row| {
             let name: String = row.get(0);
@@ -353,14 +369,7 @@ async fn read_config(
             Ok((name, value))
         })
         .collect::<Result<_, Error>>()?;
-    let files = tx
-        .prepare_cached("SELECT path, content FROM files WHERE workspace_id = $1")
-        .await
-        .map_err(db)?;
-    let files = tx
-        .query(&files, &[&id])
-        .await
-        .map_err(db)?
+    let files = files
         .into_iter()
         .map(|row| (row.get::<_, String>(0), row.get::<_, Vec<u8>>(1)))
         .collect();
