@@ -1,6 +1,7 @@
 //! The environment contract between backends and the agent. Backends set
 //! these variables; the agent reads them. One list, so the two sides cannot
 //! drift apart.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 /// The control plane's gRPC URL, e.g. `http://127.0.0.1:50051`.
 pub const SERVICE_URL: &str = "WL_SERVICE_URL";

@@ -1,4 +1,5 @@
 //! What can go wrong inside a backend, in terms the engine can act on.
+//! Contracts: C17 (a failure says whether it may be retried).
 
 use std::fmt;
 

@@ -1,6 +1,7 @@
 //! What admission knows of a workspace's whole config after a change: sizes,
 //! never values, so a backend can refuse a config it could never boot
 //! ([`crate::Backend::admits`]) before the change commits.
+//! No lifecycle contract (C1–C20): a backend's limits, checked at admission so a change it cannot carry changes nothing.
 
 use crate::Launch;
 

@@ -1,5 +1,6 @@
 //! The identifiers every layer shares. Newtypes so a generation can never be
 //! passed where a config version is expected.
+//! Contracts: C12, C18 (instances are addressed per generation).
 
 use std::{fmt, str::FromStr};
 

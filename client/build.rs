@@ -1,6 +1,7 @@
 //! Generates the `WorkspaceLifecycle` client from the shared `proto/` with
 //! no system `protoc` (see the root `build.rs`). Only the client: callers
 //! never need the server traits.
+//! No contract: builds the client's protobuf code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../proto/workspace/lifecycle/v1/lifecycle.proto");

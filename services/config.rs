@@ -1,6 +1,7 @@
 //! Configuration: command-line flags, each also settable from the
 //! environment. Defaults give the embedded setup (a project-local Postgres
 //! and the process backend on 127.0.0.1:50051).
+//! No lifecycle contract (C1–C20): how the process runs.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 

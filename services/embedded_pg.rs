@@ -2,6 +2,7 @@
 //! given: initialised under the data directory on first start, started on
 //! a loopback port, reused on later starts. Postgres refuses to run as
 //! root, so as root the cluster belongs to the `postgres` user.
+//! No lifecycle contract (C1–C20): how the process runs.
 //!
 //! Nobody but this service may connect: every connection, TCP or socket,
 //! needs the password the first start generates ([`access`]). The handle

@@ -1,6 +1,7 @@
 //! Honest `grpc.health.v1`: SERVING only while this replica can do its job.
 //! A load balancer that asks must not keep sending calls to a replica whose
 //! every answer would be `UNAVAILABLE`, so health says NOT_SERVING
+//! Contracts: C14 (a load balancer sends calls only to a replica that can serve them).
 //!
 //! - while Postgres is unreachable — found by a background checker with its
 //!   own connection (a ping per `--health-check-interval`, never per call,

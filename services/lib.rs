@@ -1,4 +1,5 @@
 //! The workspace lifecycle control plane.
+//! Contracts: C1–C20 (ARCHITECTURE.md says where each lives).
 //!
 //! A gRPC service that creates, restarts, stops and deletes workspaces — a
 //! child process, a Docker container or an EC2 VM per workspace — and stays

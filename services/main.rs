@@ -1,5 +1,6 @@
 //! The `workspace-lifecycle` binary: `serve` (the default) runs the control
 //! plane; `agent` runs the workspace agent the process backend launches.
+//! No lifecycle contract (C1–C20): how the process runs.
 //!
 //! Every way out of `serve` — a startup error, SIGTERM or SIGINT during
 //! startup or after, a panic unwinding `main` — stops the embedded

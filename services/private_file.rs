@@ -1,6 +1,7 @@
 //! Files only the service's user may read (the embedded default admin
 //! token and secrets key), created once even when several replicas sharing
 //! a data directory start at the same moment.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path};
 

@@ -1,5 +1,6 @@
 //! The generated protobuf and gRPC code for `workspace.lifecycle.v1`, and
 //! its descriptor set for server reflection.
+//! No lifecycle contract (C1–C20): how the process runs.
 
 #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 

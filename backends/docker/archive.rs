@@ -1,5 +1,6 @@
 //! The workspace's files as the tar archive the engine unpacks into a
 //! created container before its first start, private to the agent (0600).
+//! Contracts: C2 (the files of exactly the config the cycle read).
 
 use crate::{BackendError, Launch};
 

@@ -1,6 +1,7 @@
 //! The user data an instance boots with: a shell script that writes the
 //! workspace's files, hands the agent its environment (secrets, the spec's
 //! variables and the agent's own) and execs the agent.
+//! Contracts: C2 (the config the cycle read), within EC2's 16 KiB.
 //!
 //! Nothing an operator chose ever appears raw in the script: every path,
 //! file content, variable name and value — and the two paths of the

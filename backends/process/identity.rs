@@ -4,6 +4,7 @@
 //! (`nobody` unless configured), and the server checks at startup that this
 //! user can reach its directories and run the agent program, failing with
 //! an error that names the fix rather than failing every cycle later.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::{
     os::unix::fs::MetadataExt,

@@ -4,6 +4,7 @@
 //! writes, so an agent can never plant a link the server would follow; the
 //! agent owns only its files and its log. Stopped generations keep their
 //! directory (with the log) for operators, but only the newest few.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 //!
 //! ```text
 //! <root>/                       server, 0711

@@ -1,5 +1,6 @@
 //! Just enough of `/proc` to tell whether a recorded pid is still the process
 //! we started (pids are reused, start times are not).
+//! Contracts: C17, C18 (the backend's own truth the control plane is judged by).
 
 use std::fs;
 

@@ -1,6 +1,7 @@
 //! Ending an instance's processes: the whole process group, SIGTERM and
 //! the grace before SIGKILL (graceful), or SIGKILL at once (forced), then a
 //! bounded wait until the group is empty.
+//! Contracts: C17, C18 (the backend's own truth the control plane is judged by).
 
 use std::time::Duration;
 

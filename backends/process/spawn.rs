@@ -4,6 +4,7 @@
 //! into a workspace), an unprivileged user when the server is root, its own
 //! process group (so a stop reaches every descendant), and a reaper task
 //! that records how it ended for `state`.
+//! Contracts: C17, C18 (the backend's own truth the control plane is judged by).
 
 use std::{path::PathBuf, process::Stdio};
 

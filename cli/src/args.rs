@@ -1,5 +1,6 @@
 //! The command line: one subcommand per thing a person does to a
 //! workspace, a workspace named by id or by name.
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
 //! Exit codes that say what happened, so a script can branch on them
 //! without parsing output (listed in `wl --help`).
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 use std::process::ExitCode;
 

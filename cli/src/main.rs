@@ -1,6 +1,7 @@
 //! `wl`: the control plane for a person at a terminal (and for scripts).
 //! A restart shows its phases live on a terminal, plain lines when piped,
 //! JSON with `--output json`; the exit code says how it ended.
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 mod args;
 mod exit;

@@ -2,6 +2,7 @@
 //! spinner, the phase, the elapsed time — that ends as "online gen N"; when
 //! piped, one plain line per event; with `--output json`, one object per
 //! event.
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 use std::time::Duration;
 

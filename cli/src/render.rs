@@ -1,5 +1,6 @@
 //! How things print: aligned text for people, one JSON object per line for
 //! scripts. Secret values are never printed (no RPC returns them).
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 use serde_json::{Value, json};
 use workspace_lifecycle_client::{Error, Served, proto as pb, proto::restart_event::Event};

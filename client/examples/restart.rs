@@ -1,4 +1,5 @@
 //! Restart a workspace and wait until its new generation is online:
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 //!
 //! ```sh
 //! cargo run -p workspace-lifecycle-client --example restart -- <workspace id> [endpoint]

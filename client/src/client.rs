@@ -2,6 +2,7 @@
 //! where a retry is safe: reads, and mutations, which always carry a fresh
 //! `request_id` so the server answers a repeat with its first answer.
 //! `ReportUnreachable` has no request id and is never retried.
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 use std::future::Future;
 

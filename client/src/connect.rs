@@ -1,5 +1,6 @@
 //! Connecting: plain HTTP/2, TLS, or mTLS, with a bearer token on every
 //! call.
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 use std::time::Duration;
 

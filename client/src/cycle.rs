@@ -4,6 +4,7 @@
 //! shut down, say) it is sent again: the server answers with the recorded
 //! admission and follows the same cycle — no second cycle — and the
 //! repeated admission is not shown twice.
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 use futures::future::BoxFuture;
 use tonic::Streaming;

@@ -1,6 +1,7 @@
 //! What went wrong, in terms a caller can act on: the server's status with
 //! its `google.rpc` details read out, or how a followed cycle ended when it
 //! did not end online.
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 use std::time::Duration;
 

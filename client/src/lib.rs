@@ -1,6 +1,7 @@
 //! The Rust client of the workspace lifecycle control plane, for services
 //! that call it: so that no caller has to generate stubs, attach the token,
 //! follow a restart stream to its end or decide what is safe to retry.
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), workspace_lifecycle_client::Error> {

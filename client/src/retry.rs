@@ -4,6 +4,7 @@
 //! flight; a limit such as "500 secrets" has none, and waiting would not
 //! help) — and the client applies the policy only to calls that are safe
 //! to repeat: reads, and mutations that carry a `request_id`.
+//! No server contract (C1–C20): the caller's side; it relies on C13 and C20.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The client side of bearer authentication, for Rust callers of the
 //! service (the tests and benchmarks use it too).
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use tonic::{
     Request, Status,

@@ -1,6 +1,7 @@
 //! The authentication layer: one place every gRPC call passes through, in
 //! front of every service, so no handler can forget to check. Every call it
 //! refuses is counted for the audit log ([`super::refusals`]).
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::{
     sync::Arc,

@@ -1,5 +1,6 @@
 //! In-flight limits, so that no one can take every connection, task and
 //! database connection from the others:
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 //!
 //! - each authenticated caller may have at most `per_caller` calls in
 //!   flight (a server stream counts until it ends); callers are the names

@@ -6,6 +6,7 @@
 //! store against the workspace it names; every other method needs a role,
 //! and a method missing from the table needs `admin`, so no RPC added later
 //! is open by accident.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 pub mod client;
 mod layer;

@@ -5,6 +5,7 @@
 //! audit row per key per interval with the count. A flood of refused calls
 //! costs a map increment each and a bounded number of rows: at most
 //! [`MAX_KEYS`] per interval, the rest folded into one overflow row.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 //!
 //! The token a refused caller sent is never recorded: it may be a typo of
 //! a real one.

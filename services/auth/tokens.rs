@@ -2,6 +2,7 @@
 //! `WL_AUTH_TOKENS` variable), so the server never holds a token itself,
 //! only its SHA-256; a presented token is hashed and compared with every
 //! entry in constant time.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::path::{Path, PathBuf};
 

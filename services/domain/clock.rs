@@ -3,6 +3,7 @@
 //! engine needs wall time, and tests need to move it by hand: the contract
 //! suite runs against a real Postgres, where tokio's paused clock would fire
 //! every timeout at once.
+//! Contracts: C19.
 
 use std::{
     sync::{Arc, Mutex},

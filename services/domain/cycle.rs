@@ -1,4 +1,5 @@
 //! The vocabulary of a cycle's life: its state, its phase, how it ended.
+//! Contracts: C6, C17 (every cycle ends in one of these ways).
 
 use serde::{Deserialize, Serialize};
 

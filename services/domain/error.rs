@@ -1,5 +1,6 @@
-//! Engine errors, in terms a caller can act on. The gRPC layer maps each to
+//! Errors in terms a caller can act on. The gRPC layer maps each to
 //! one status code in exactly one place (`grpc::status`).
+//! Contracts: C20 (a retryable error says so), and bad input changes nothing.
 
 /// Why the engine refused or could not serve a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

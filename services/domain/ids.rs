@@ -1,4 +1,5 @@
 //! Identifiers minted by the control plane itself.
+//! Contracts: C12 (a lease is held in a replica's id).
 
 use std::{fmt, str::FromStr};
 

@@ -1,5 +1,6 @@
 //! The vocabulary of the control plane: one type per concept, shared by the
 //! engine, the store and the gRPC adapters.
+//! Contracts: the state every contract speaks of (C1–C20).
 
 /// Gives an enum its stored name: `as_str`, `Display` and `FromStr`.
 macro_rules! named_enum {

@@ -1,5 +1,6 @@
 //! What a workspace should be (desired), what it is (status), and what a
 //! cycle will do about the difference (goal).
+//! Contracts: C6, C10.
 
 /// What the last request asked the workspace to be. A cycle decides its goal
 /// from this when it starts, so a stop that arrives while a restart waits

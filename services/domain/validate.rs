@@ -1,6 +1,7 @@
 //! Input rules, checked before anything is written, so bad input is refused
 //! with `INVALID_ARGUMENT` and changes nothing. The backends re-check what
 //! could hurt them (file paths); these are the rules users read.
+//! No lifecycle contract (C1–C20): bad input gets a precise status and changes nothing.
 //!
 //! Two rules are allow-lists because what they guard reaches a process:
 //! environment names ([`env_name`]) and file paths ([`file_path`]). Anything

@@ -3,6 +3,7 @@
 //! 0600, the service's user only), checked by scram-sha-256 on every
 //! connection — TCP and Unix socket alike. Without it a local user, or a
 //! container on the host network, reaching 127.0.0.1 gets nothing.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path, process::Stdio};
 

@@ -3,6 +3,7 @@
 //! a cluster this process started is stopped, so no Postgres outlives the
 //! server that started it. (`SIGKILL` cannot be caught; a later start
 //! finds the cluster running and reuses it.)
+//! No lifecycle contract (C1–C20): how the process runs.
 
 use super::{EmbeddedError, EmbeddedPostgres};
 

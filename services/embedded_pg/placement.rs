@@ -1,6 +1,7 @@
 //! Where the embedded cluster lives on this machine: the installed server
 //! binaries, the data directory (in the `postgres` user's home when it
 //! cannot reach ours), and the loopback port kept across restarts.
+//! No lifecycle contract (C1–C20): how the process runs.
 
 use std::{
     net::TcpListener,

@@ -1,4 +1,5 @@
 //! The backends this server runs, by kind.
+//! Contracts: C17 (the collector lists every backend's instances).
 
 use std::{collections::HashMap, sync::Arc};
 

@@ -1,6 +1,7 @@
 //! The coalesce layer: admits requests durably, many at a time per
 //! workspace, and lets through to the gate only a request whose cycle may
 //! start now.
+//! Contracts: C2, C4, C13, C15.
 //!
 //! Concurrent requests for one workspace queue in a per-key lane; one task
 //! drains the lane and admits everything queued in a single durable step

@@ -1,4 +1,5 @@
 //! The cycle service: what happens once a request holds the gate.
+//! Contracts: C6, C10, C17, C18, C20.
 //!
 //! A cycle is: Stop the old instance → (for provisioning) Start the new
 //! generation with the config read when the gate was taken → wait until

@@ -2,6 +2,7 @@
 //! answers. Create, restart (any trigger), stop, delete, secret and file
 //! mutations, probe reports, the reconciler and the scheduler's resumptions
 //! all travel as an [`Intent`] through the same layers.
+//! Contracts: C1–C3, C13.
 
 use std::{fmt, hash::Hash};
 

@@ -1,5 +1,6 @@
 //! Every transition of the per-workspace gate and follow-up state (the
 //! state itself is `domain::ledger`).
+//! Contracts: C1–C3, C5, C7, C8, C11, C17.
 //!
 //! This is the one place that decides whether a request opens a cycle, joins
 //! the follow-up, waits for the debounce window or is dropped; who may run a

@@ -1,5 +1,6 @@
 //! The restart engine: every request for a cycle passes through one tower
 //! stack keyed by workspace id —
+//! Contracts: C1–C15, C17–C20 (each layer's file names its own).
 //!
 //! ```text
 //! Intent ─▶ debounce ─▶ coalesce ─▶ gate ─▶ cycle service

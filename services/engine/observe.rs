@@ -2,6 +2,7 @@
 //! counted by trigger and handling, and — when traces are exported — put
 //! into the trace of the cycle that answers it. Resumptions by the
 //! scheduler are the engine's own work and are not requests.
+//! Contracts: C16.
 
 use std::task::{Context, Poll};
 

@@ -1,6 +1,7 @@
 //! The retention loop: prunes history older than the configured age every
 //! few minutes, batch by batch ([`Store::prune`]), on every replica (the
 //! deletes are idempotent, so replicas need no coordination).
+//! Contracts: C15 (history is bounded too); it never prunes what a contract reads.
 
 use std::time::Duration;
 

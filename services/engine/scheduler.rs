@@ -1,4 +1,5 @@
 //! The scheduler: starts what is due when nobody is there to start it.
+//! Contracts: C13, C14 (a due follow-up runs on some replica).
 //!
 //! A follow-up normally starts the moment the cycle before it ends (the
 //! runner hands the gate on). The scheduler covers the rest: follow-ups that

@@ -1,4 +1,5 @@
 //! Test doubles shared by the layers' unit tests.
+//! Contracts: the unit tests of C2, C4, C5, C7, C11, C15 use them.
 
 use tower::{ServiceBuilder, util::MapErr};
 use tower_test::mock;

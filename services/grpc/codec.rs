@@ -4,6 +4,7 @@
 //! string, a truncated varint, garbage), with a `BadRequest` naming the field
 //! decoding stopped at. tonic's own codec calls that `INTERNAL`, which tells
 //! a caller the server is broken and invites a retry that cannot help.
+//! No lifecycle contract (C1–C20): bad input gets a precise status and changes nothing.
 //!
 //! On the client side the same mapping applies to an undecodable *response*;
 //! the reason (`UNDECODABLE_MESSAGE`) says what happened either way.

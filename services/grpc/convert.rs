@@ -1,4 +1,5 @@
 //! Conversions between the wire types and the domain.
+//! No lifecycle contract (C1–C20): bad input gets a precise status and changes nothing.
 
 use std::str::FromStr;
 

@@ -1,6 +1,7 @@
 //! `WorkspaceLifecycle`, the public API: each handler validates its
 //! request, turns it into one engine intent, and converts the answer — the
 //! shared shapes (a cycle RPC, a config mutation) written once here.
+//! Contracts: C13, C20.
 
 use std::sync::Arc;
 

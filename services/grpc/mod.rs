@@ -1,6 +1,7 @@
 //! Thin adapters from the wire to the engine: each handler validates and
 //! converts its request, calls the engine, and converts the answer. Errors
 //! become gRPC statuses in exactly one place ([`status`]).
+//! Contracts: C13, C20.
 
 mod agent;
 mod answers;

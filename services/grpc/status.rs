@@ -4,6 +4,7 @@
 //! refused a `FAILED_PRECONDITION`, `RetryInfo` says when to try again where
 //! a retry can help, and every one carries an `ErrorInfo` whose `reason` is
 //! a stable identifier (the [`reason`] constants) that clients switch on.
+//! Contracts: C20 (RetryInfo on what a retry can fix).
 
 use std::{collections::HashMap, time::Duration};
 

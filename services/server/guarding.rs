@@ -2,6 +2,7 @@
 //! tokens, or the embedded default admin token), over what (TLS, mTLS),
 //! and how much (message size, calls in flight, connection limits) — so
 //! no peer, authenticated or not, can take the server from the others.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::sync::Arc;
 

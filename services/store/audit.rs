@@ -2,6 +2,7 @@
 //! transaction that admits it. The detail names what changed (a secret's
 //! name, a file's path and size, a workspace's name) and never a secret
 //! value.
+//! Contracts: C13 (the audit row commits with the change).
 
 use deadpool_postgres::GenericClient;
 use serde_json::json;

@@ -1,4 +1,5 @@
 //! Reading cycle history.
+//! Contracts: C16 (a cycle's trace id is read here).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -2,6 +2,7 @@
 //! `UNAVAILABLE` (retry), a constraint is the caller's problem, the rest is
 //! internal. Messages carry no parameter values, so no secret can leak
 //! through them.
+//! Contracts: C20 (a lost database is `UNAVAILABLE`, retryable).
 
 use tokio_postgres::error::SqlState;
 

@@ -2,6 +2,7 @@
 //! for events and hands them to the in-process bus. If the connection
 //! drops, it reconnects with backoff and tells every subscriber to resync,
 //! since events may have been missed meanwhile.
+//! Contracts: C14, C20.
 
 use std::time::Duration;
 

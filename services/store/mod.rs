@@ -1,4 +1,5 @@
 //! Postgres: the truth about every workspace.
+//! Contracts: C5, C12, C14.
 //!
 //! One method per operation, each one transaction. Every operation that
 //! touches the gate, the follow-up or the debounce window locks the

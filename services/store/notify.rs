@@ -1,5 +1,6 @@
 //! Publishing events: `NOTIFY` inside the transaction that made the change,
 //! so listeners hear only of committed changes, in commit order.
+//! Contracts: C14, C20.
 
 use deadpool_postgres::GenericClient;
 

@@ -1,6 +1,7 @@
 //! Request ids (AIP-155): the first answer to each mutation a caller tagged
 //! with a `request_id`, so a retry gets that answer instead of a second
 //! effect — sequentially, concurrently and across replicas.
+//! Contracts: C13, C20.
 //!
 //! A claim is a transaction holding an advisory transaction lock on the
 //! id: a concurrent request with the same id, on any replica, waits (with

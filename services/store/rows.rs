@@ -1,5 +1,6 @@
 //! The ledger's columns on the workspace row: loading it under the row lock
 //! and writing it back.
+//! Contracts: C5, C12 (the row lock serialises every transition).
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;

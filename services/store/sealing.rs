@@ -3,6 +3,7 @@
 //! per write (24 bytes, so random nonces cannot collide in practice) and
 //! the associated data is the workspace id and the secret name, so a sealed
 //! value copied to another row fails to open instead of leaking there.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! Reading workspaces: what GetWorkspace and ListWorkspaces show, one page
 //! at a time with one query per kind of detail (flat as history grows).
 //! Secret values are never selected here.
+//! Contracts: C15 (reads stay flat as history grows).
 
 use std::collections::{BTreeMap, HashMap};
 

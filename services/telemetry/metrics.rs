@@ -2,6 +2,7 @@
 //! cycles by trigger and outcome, how long cycles take and wait for the
 //! gate, how many run now. Recorded through the OpenTelemetry API, read
 //! over OTLP and on the Prometheus endpoint.
+//! Contracts: C16.
 //!
 //! Labels are bounded enums (trigger, handling, goal, outcome, drop
 //! reason) — never ids or free text, so series cannot grow without bound

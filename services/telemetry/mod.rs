@@ -1,6 +1,7 @@
 //! Logs, traces and metrics, configured the way the OpenTelemetry ecosystem
 //! expects: the standard `OTEL_*` variables choose the collector, the
 //! service name and the sampler; without an endpoint nothing is exported.
+//! Contracts: C16.
 //!
 //! What is exported is shaped for operators reading Jaeger: one trace per
 //! cycle ([`cycle_trace`]) and nothing else — a span with no parent is kept

@@ -1,5 +1,6 @@
 //! `GET /metrics` in the Prometheus text format, on its own port so a
 //! scraper never shares the gRPC listener (or its authentication).
+//! Contracts: C16.
 
 use std::{convert::Infallible, net::SocketAddr};
 

@@ -2,6 +2,7 @@
 //! `OTEL_TRACES_SAMPLER_ARG`) decides for cycle roots and for spans under a
 //! sampled parent; any other span without a parent is dropped, so the
 //! collector receives one trace per cycle and nothing else.
+//! Contracts: C16.
 
 use opentelemetry::{
     Context, KeyValue,

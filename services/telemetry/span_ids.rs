@@ -1,4 +1,5 @@
 //! Span ids known before the span exists.
+//! Contracts: C16.
 //!
 //! A cycle is admitted (and requests join it) before it runs, possibly on
 //! another replica, yet every request's span must land in the cycle's

@@ -6,6 +6,7 @@
 //! and closed at once (the peer learns now, rather than waiting in the
 //! kernel's backlog behind the flood), and running out of descriptors
 //! backs off, doubling from 10 ms to 1 s, with one log line per 10 s.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::{io, sync::Arc, time::Duration};
 

@@ -5,6 +5,7 @@
 //! (or TLS) driver always has pending on a quiet connection, so it needs
 //! no task of its own; closing is an error from `poll_read`, upon which
 //! the driver drops the connection and with it the cap's permit.
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::{
     io,

@@ -1,6 +1,7 @@
 //! A response body that holds something — a connection's open-call guard,
 //! a caller's in-flight permit — until the body ends or is dropped, so a
 //! server stream counts as in flight for as long as it is open.
+//! Contracts: C15 (nothing outlives its call).
 
 use std::{
     pin::Pin,

@@ -1,6 +1,7 @@
 //! The transport under the gRPC services: which TCP connections the server
 //! holds and for how long. Nothing here knows about RPCs beyond "a call is
 //! open on this connection".
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 //!
 //! - [`accept`]: the accept loop — a cap on open connections, and a backoff
 //!   instead of a spin when the process runs out of descriptors;

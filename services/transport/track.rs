@@ -2,6 +2,7 @@
 //! ([`super::conn`]) runs only while it has none. A call ends when its
 //! response body ends or is dropped (a server stream counts until it
 //! ends).
+//! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::task::{Context, Poll};
 

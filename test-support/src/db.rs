@@ -2,6 +2,7 @@
 //! `TEST_DATABASE_URL` (CI), on a cluster the tests start themselves under
 //! `target/tmp/test-pg`, or on whatever maintenance URL a benchmark chose —
 //! URLs in either form (`key=value` or `postgres://`).
+//! No contract of its own: the tests and benches check C1–C20 with it.
 
 use std::sync::OnceLock;
 

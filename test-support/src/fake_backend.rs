@@ -2,6 +2,7 @@
 //! count what the backend saw (SPEC: "cycle counts are counts of backend
 //! Start calls"). It plays the agent over the real gRPC API, and a test can
 //! hold starts, fail or panic them, and script the instance state.
+//! No contract of its own: the tests and benches check C1–C20 with it.
 
 use std::{
     collections::{BTreeMap, HashMap},

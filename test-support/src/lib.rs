@@ -2,6 +2,7 @@
 //! (`benches/`) stand on, written once: fresh databases, the server binary
 //! run as its own process, backends that count, time and hold what they are
 //! asked (the fake one included), and bounded waits on a workspace's state.
+//! No contract of its own: the tests and benches check C1–C20 with it.
 //!
 //! A crate rather than a module both include: it is compiled once (not once
 //! per bench binary), its items are a real API (no blanket `dead_code`

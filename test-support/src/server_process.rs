@@ -1,6 +1,7 @@
 //! The server binary run as its own process, the way operators run it:
 //! flags and environment, a log file, the admin token it generates under
 //! its data directory, its pid (for signals, CPU and RSS).
+//! No contract of its own: the tests and benches check C1–C20 with it.
 
 use std::{
     path::{Path, PathBuf},

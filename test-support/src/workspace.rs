@@ -2,6 +2,7 @@
 //! client (server processes, benchmarks): create one, read it, wait
 //! (bounded, by polling) until it is in a state, and the states tests wait
 //! for.
+//! No contract of its own: the tests and benches check C1–C20 with it.
 
 use std::time::Duration;
 

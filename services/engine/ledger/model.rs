@@ -1,4 +1,5 @@
 //! Model checks of the ledger over thread interleavings (shuttle).
+//! Contracts: C2, C5, C11 (model-checked).
 //!
 //! Each thread plays one caller or runner in any replica; the shuttle mutex
 //! plays the workspace row lock (each ledger transition is one transaction).
