@@ -373,6 +373,38 @@ async fn c7_manual_is_never_debounced() {
     s.shutdown().await;
 }
 
+/// One reading of how a request was handled: a MANUAL restart that joins
+/// the deferred follow-up (and so starts it at once) is answered
+/// `accepted` and counted accepted — not answered one way and counted
+/// another; the deferred change rides in that cycle (C2, C7).
+#[tokio::test]
+async fn c7_a_manual_restart_joining_a_deferred_cycle_is_answered_and_counted_accepted() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("c7-join").await;
+    let deferred = s.set_secret(ws, "K", "v").await;
+    assert_eq!(deferred.delivery, Delivery::Deferred as i32, "{deferred:?}");
+
+    let events = s.restart(ws, pb::Trigger::Manual).await;
+    assert_eq!(kinds(&events)[0], "accepted", "{events:?}");
+    assert!(matches!(last(&events), Event::Online(_)), "{events:?}");
+    let Some(Event::Accepted(accepted)) = &events[0].event else {
+        unreachable!()
+    };
+    assert_eq!(
+        accepted.cycle_id, deferred.cycle_id,
+        "the restart started the deferred cycle"
+    );
+
+    let w = s.get(ws).await;
+    let manual = stats(&w, pb::Trigger::Manual);
+    assert_eq!((manual.accepted, manual.coalesced), (1, 0), "{manual:?}");
+    assert_eq!(stats(&w, pb::Trigger::ConfigChanged).deferred, 1);
+    let starts = s.backend.starts(ws);
+    assert_eq!(starts.len(), 2, "create, then exactly one more cycle");
+    assert_eq!(starts[1].secrets.len(), 1, "the deferred change delivered");
+    s.shutdown().await;
+}
+
 on_one_and_two_replicas!(c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files);
 async fn c8_a_burst_of_ten_writes_gives_one_cycle_with_all_ten_files(s: &TestServer) {
     let ws = s.create_online("c8").await;
