@@ -14,9 +14,11 @@
 //! - `Ready` (the gate is free and the cycle is due): on to the gate;
 //! - anything else is the final answer (coalesced, deferred, dropped).
 //!
-//! Lanes live only while requests are queued (C15). The drain runs in its
-//! own task, so a caller that goes away mid-admission cannot cancel a
-//! transaction other callers depend on.
+//! Lanes live only while requests are queued (C15). The first caller of an
+//! idle lane drives its drain on its own task (no spawn, no cross-thread
+//! hop in the common case); once that caller has its answer, or if it goes
+//! away, the rest of the drain continues as a task of its own, so a caller
+//! that leaves mid-admission cannot cancel a transaction others depend on.
 
 use std::{
     sync::{Arc, Mutex},
@@ -175,16 +177,38 @@ impl Lanes {
             state.queue.push((request, reply));
             !std::mem::replace(&mut state.draining, true)
         };
-        if start_drain {
-            tokio::spawn(Self::drain::<A, R>(
-                lanes.acquire(&key, Lane::new),
-                key,
-                admit,
-                clock,
-            ));
+        if !start_drain {
+            // Another caller drives this lane; our batch is answered by it.
+            let (request, ticket) = answer.await.map_err(|_| {
+                Error::Internal("admission task ended without an answer".into())
+            })?;
+            drop(lane);
+            return ticket.map(|ticket| (request, ticket));
         }
-        let (request, ticket) = answer
-            .await
+        // This caller drives the lane on its own task — no spawn, no
+        // cross-thread wake-up — until its own answer is in. Whatever the
+        // drain still has to do then (batches others queued meanwhile), or
+        // all of it if this caller goes away first, moves to a task of its
+        // own: a caller that leaves never cancels a batch others joined.
+        let mut drain = Detachable::new(Self::drain::<A, R>(
+            lanes.acquire(&key, Lane::new),
+            key,
+            admit,
+            clock,
+        ));
+        let mut answer = std::pin::pin!(answer);
+        let answered = std::future::poll_fn(|cx| {
+            if let Poll::Ready(answered) = answer.as_mut().poll(cx) {
+                return Poll::Ready(answered);
+            }
+            // The drain finishing without our answer still lets `answer`
+            // resolve (its sender dropped): poll it again next time.
+            let _ = drain.poll_unpin(cx);
+            answer.as_mut().poll(cx)
+        })
+        .await;
+        drain.finish_or_detach();
+        let (request, ticket) = answered
             .map_err(|_| Error::Internal("admission task ended without an answer".into()))?;
         drop(lane);
         ticket.map(|ticket| (request, ticket))
@@ -217,6 +241,50 @@ impl Lanes {
             };
             for ((request, reply), result) in requests.into_iter().zip(replies).zip(results) {
                 let _ = reply.send((request, result));
+            }
+        }
+    }
+}
+
+/// A future driven on the caller's task that, if it has not finished when
+/// the caller is done with it (or dropped), continues as a task of its own.
+struct Detachable {
+    future: Option<BoxFuture<'static, ()>>,
+}
+
+impl Detachable {
+    fn new(future: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            future: Some(Box::pin(future)),
+        }
+    }
+
+    fn poll_unpin(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Ready(());
+        };
+        let polled = future.as_mut().poll(cx);
+        if polled.is_ready() {
+            self.future = None;
+        }
+        polled
+    }
+
+    /// Finishes now if it can without waiting; otherwise moves it to a task.
+    fn finish_or_detach(mut self) {
+        let waker = futures::task::noop_waker();
+        let _ = self.poll_unpin(&mut Context::from_waker(&waker));
+        // `Drop` spawns what is left.
+    }
+}
+
+impl Drop for Detachable {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            // Outside a runtime (the process is ending) the drain is dropped:
+            // its transaction rolls back and nothing was acknowledged.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(future);
             }
         }
     }
