@@ -179,9 +179,9 @@ impl Lanes {
         };
         if !start_drain {
             // Another caller drives this lane; our batch is answered by it.
-            let (request, ticket) = answer.await.map_err(|_| {
-                Error::Internal("admission task ended without an answer".into())
-            })?;
+            let (request, ticket) = answer
+                .await
+                .map_err(|_| Error::Internal("admission task ended without an answer".into()))?;
             drop(lane);
             return ticket.map(|ticket| (request, ticket));
         }
