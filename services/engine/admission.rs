@@ -27,7 +27,7 @@ impl Admit<Intent> for Store {
         now: Timestamp,
     ) -> Result<Vec<Result<Ticket, Error>>, Error> {
         let workspace = *workspace;
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let tx = RowTx::begin(&mut conn, self, workspace).await?;
 
         let mut creation_failed = None;

@@ -209,7 +209,7 @@ impl GateKeeper<WorkspaceId> for Store {
         now: Timestamp,
     ) -> Result<Option<LeaseGuard>, Error> {
         let sent = tokio::time::Instant::now();
-        let mut conn = self.connection().await?;
+        let mut conn = self.conn().await?;
         let mut tx = RowTx::begin(&mut conn, self, *workspace).await?;
         let mut locked = match tx.lock().await {
             Ok(locked) => locked,

@@ -181,7 +181,7 @@ impl LeaseGuard {
         *self.fence.lock().expect("fence poisoned") = tokio::time::Instant::now();
         let store = self.store.clone();
         let now = store.clock().now();
-        let mut conn = store.connection().await?;
+        let mut conn = store.conn().await?;
         let tx = RowTx::begin(&mut conn, &store, self.workspace).await?;
         let mut locked = tx.lock().await?;
         let handed =
@@ -232,7 +232,7 @@ impl LeaseGuard {
         let store = self.store.clone();
         let sent = tokio::time::Instant::now();
         let now = store.clock().now();
-        let mut conn = store.connection().await?;
+        let mut conn = store.conn().await?;
         let mut tx = RowTx::begin(&mut conn, &store, self.workspace).await?;
         let mut locked = tx.lock().await?;
         if !locked

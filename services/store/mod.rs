@@ -234,8 +234,9 @@ impl Store {
         &self.sealer
     }
 
-    /// A pooled connection, or `UNAVAILABLE` if none comes in time.
-    pub(crate) async fn conn(&self) -> Result<Object, Error> {
+    /// A pooled connection, or `UNAVAILABLE` if none comes in time (the
+    /// engine opens a [`RowTx`] on it).
+    pub async fn conn(&self) -> Result<Object, Error> {
         self.pool
             .get()
             .await

@@ -30,13 +30,6 @@ pub struct RowTx<'c> {
     pub(super) events: Vec<Event>,
 }
 
-impl Store {
-    /// A pooled connection, or `UNAVAILABLE` if none comes in time.
-    pub async fn connection(&self) -> Result<Connection, Error> {
-        self.conn().await
-    }
-}
-
 impl<'c> RowTx<'c> {
     /// Opens a transaction about `workspace` on `conn`.
     pub async fn begin(
