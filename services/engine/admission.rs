@@ -1,20 +1,25 @@
-//! Admission's decisions (C2, C7, C8, C13): each request of a batch for
-//! one workspace goes through the ledger's `admit` in arrival order, under
-//! the row lock, and the store writes the outcome in the same transaction.
-//! A caller is answered only after that commit.
+//! Admission's decisions (C2, C7, C8, C13): the batches of a group — each
+//! one workspace's requests in arrival order — are admitted in one
+//! transaction. Every row of the group is locked; each request goes through
+//! the ledger's `admit`, and its config change is checked and applied in
+//! memory; the store writes the outcome of the whole group at its commit.
+//! A caller is answered only after that commit. If a statement fails, the
+//! group rolled back as a whole and each workspace is admitted on its own,
+//! so one workspace's failure stays its own.
 
 use async_trait::async_trait;
 
 use super::{
-    coalesce::{Admit, Ticket},
+    coalesce::{Admit, Batch, BatchAnswers, Ticket},
     intent::{Admission, Intent, Stage, Verdict, Waiting},
 };
 use crate::{
     domain::{
         CycleId, Error, Handling, Timestamp, WorkspaceId,
+        change::Creation,
         ledger::{AdmitRequest, Admitted},
     },
-    store::{AuditRow, Locked, RowTx, Store, Tally},
+    store::{Admitting, AuditRow, ConfigState, GroupTx, Locked, Store, Tally, WorkspaceWrites},
     telemetry::cycle_trace::TraceOrigin,
 };
 
@@ -25,60 +30,161 @@ impl Admit<Intent> for Store {
         workspace: &WorkspaceId,
         batch: &[Intent],
         now: Timestamp,
-    ) -> Result<Vec<Result<Ticket, Error>>, Error> {
-        let workspace = *workspace;
-        let mut conn = self.conn().await?;
-        let tx = RowTx::begin(&mut conn, self, workspace).await?;
+    ) -> BatchAnswers {
+        let group = [Batch {
+            key: workspace,
+            requests: batch,
+        }];
+        let mut answers = self.admit_group(&group, now).await;
+        answers
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("admission lost a batch".into())))
+    }
 
-        let mut creation_failed = None;
-        for creation in batch.iter().filter_map(|i| i.creation.as_ref()) {
-            if let Err(err) = tx.insert_workspace(creation, now).await {
-                creation_failed = Some(err);
+    async fn admit_group(&self, group: &[Batch<'_, Intent>], now: Timestamp) -> Vec<BatchAnswers> {
+        match admit_together(self, group, now).await {
+            Ok(answers) => answers,
+            // A statement failed and the group rolled back: each workspace on
+            // its own, so the failure stays with the one that caused it. (A
+            // lost database fails them all alike: no point asking again.)
+            Err(err) if group.len() > 1 && !matches!(err, Error::Unavailable(_)) => {
+                let mut answers = Vec::with_capacity(group.len());
+                for batch in group {
+                    let alone = admit_together(self, std::slice::from_ref(batch), now).await;
+                    answers.push(match alone {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| {
+                            Err(Error::Internal("admission lost a batch".into()))
+                        }),
+                        Err(err) => Err(err),
+                    });
+                }
+                answers
             }
+            Err(err) => group.iter().map(|_| Err(err.clone())).collect(),
         }
-        if let Some(err) = creation_failed {
-            return Ok(vec![Err(err); batch.len()]);
-        }
-
-        let mut locked = tx.lock().await?;
-        let before = (locked.ledger.clone(), locked.config_version);
-        let mut tally = Tally::default();
-        let mut results = Vec::with_capacity(batch.len());
-        let mut starting = None;
-        for intent in batch {
-            let result = admit_one(
-                &tx,
-                intent,
-                &mut locked,
-                &mut tally,
-                &mut starting,
-                self,
-                now,
-            )
-            .await;
-            results.push(result);
-        }
-
-        let audit: Vec<AuditRow<'_>> = batch
-            .iter()
-            .zip(&results)
-            .filter(|(_, result)| result.is_ok())
-            .filter_map(|(intent, _)| intent.audit_row())
-            .collect();
-        // A batch that changed nothing (refusals, drops) leaves the row as
-        // it was, `updated_at` included: bad input changes nothing.
-        let changed = (&locked.ledger, locked.config_version) != (&before.0, before.1);
-        tx.commit_tally(&tally, &audit, changed.then_some(&locked), now)
-            .await?;
-        Ok(results)
     }
 }
 
+/// Admits `group` in one transaction; `Err` if it rolled back.
+async fn admit_together(
+    store: &Store,
+    group: &[Batch<'_, Intent>],
+    now: Timestamp,
+) -> Result<Vec<BatchAnswers>, Error> {
+    let mut conn = store.conn().await?;
+    let tx = GroupTx::begin(&mut conn, store).await?;
+    let mut answers: Vec<Option<BatchAnswers>> = group.iter().map(|_| None).collect();
+
+    // New workspaces first: a name taken by a live workspace fails that
+    // batch and nothing else.
+    let creations: Vec<(usize, WorkspaceId, &Creation)> = group
+        .iter()
+        .enumerate()
+        .filter_map(|(i, batch)| {
+            let creation = batch.requests.iter().find_map(|r| r.creation.as_ref())?;
+            Some((i, *batch.key, creation))
+        })
+        .collect();
+    let inserted = tx
+        .insert_workspaces(
+            &creations
+                .iter()
+                .map(|(_, w, c)| (*w, *c))
+                .collect::<Vec<_>>(),
+            now,
+        )
+        .await?;
+    for ((i, _, creation), inserted) in creations.iter().zip(inserted) {
+        if !inserted {
+            let err = Error::AlreadyExists(format!(
+                "a workspace named {:?} already exists",
+                creation.name
+            ));
+            answers[*i] = Some(Ok(vec![Err(err); group[*i].requests.len()]));
+        }
+    }
+
+    let alive = || group.iter().zip(&answers).filter(|(_, a)| a.is_none());
+    let ids: Vec<WorkspaceId> = alive().map(|(b, _)| *b.key).collect();
+    let configs: Vec<WorkspaceId> = alive()
+        .filter(|(b, _)| b.requests.iter().any(|r| r.change.is_some()))
+        .map(|(b, _)| *b.key)
+        .collect();
+    let mut locked = tx.lock(&ids, &configs).await?;
+
+    let mut writes = Vec::with_capacity(ids.len());
+    for (batch, answer) in group.iter().zip(answers.iter_mut()) {
+        if answer.is_some() {
+            continue;
+        }
+        let Some(admitting) = locked.remove(batch.key) else {
+            *answer = Some(Err(Error::NotFound(format!("workspace {}", batch.key))));
+            continue;
+        };
+        let (results, write) = admit_batch(store, *batch.key, batch.requests, admitting, now);
+        *answer = Some(Ok(results));
+        writes.push(write);
+    }
+    tx.commit(&writes, now).await?;
+    Ok(answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(Error::Internal("admission lost a batch".into()))))
+        .collect())
+}
+
+/// Admits one workspace's batch against its locked row, in arrival order.
+fn admit_batch<'a>(
+    store: &Store,
+    workspace: WorkspaceId,
+    batch: &'a [Intent],
+    mut admitting: Admitting<'a>,
+    now: Timestamp,
+) -> (Vec<Result<Ticket, Error>>, WorkspaceWrites<'a>) {
+    let locked = &mut admitting.locked;
+    let before = (locked.ledger.clone(), locked.config_version);
+    let mut tally = Tally::default();
+    let mut starting = None;
+    let results: Vec<Result<Ticket, Error>> = batch
+        .iter()
+        .map(|intent| {
+            admit_one(
+                intent,
+                locked,
+                admitting.config.as_mut(),
+                &mut tally,
+                &mut starting,
+                store,
+                now,
+            )
+        })
+        .collect();
+    let audit: Vec<AuditRow<'a>> = batch
+        .iter()
+        .zip(&results)
+        .filter(|(_, result)| result.is_ok())
+        .filter_map(|(intent, _)| intent.audit_row())
+        .collect();
+    // A batch that changed nothing (refusals, drops) leaves the row as it
+    // was, `updated_at` included: bad input changes nothing.
+    let changed = (&locked.ledger, locked.config_version) != (&before.0, before.1);
+    let write = WorkspaceWrites {
+        workspace,
+        tally,
+        audit,
+        save: changed.then(|| admitting.locked.clone()),
+        config: admitting
+            .config
+            .map(|config| config.into_writes())
+            .unwrap_or_default(),
+    };
+    (results, write)
+}
+
 /// Applies one request to the locked row.
-async fn admit_one(
-    tx: &RowTx<'_>,
-    intent: &Intent,
+fn admit_one<'a>(
+    intent: &'a Intent,
     locked: &mut Locked,
+    config: Option<&mut ConfigState<'a>>,
     tally: &mut Tally,
     starting: &mut Option<CycleId>,
     store: &Store,
@@ -95,7 +201,10 @@ async fn admit_one(
         return Err(refusal.into());
     }
     if let Some(change) = &intent.change {
-        tx.apply_change(change, now).await?;
+        let config = config.ok_or_else(|| {
+            Error::Internal("a config change without its workspace's config".into())
+        })?;
+        config.apply(change, store)?;
         locked.config_version.0 += 1;
     }
     let config_version = Some(locked.config_version);

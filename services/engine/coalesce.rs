@@ -7,7 +7,10 @@
 //! drains the lane and admits everything queued in a single durable step
 //! (one transaction), so a storm on one workspace costs one round trip per
 //! batch instead of one per request, while every caller is still answered
-//! only after its own request committed (C13). What the admission decides —
+//! only after its own request committed (C13). Across workspaces the
+//! lanes' batches meet in the group committer (`group.rs`): when they
+//! arrive faster than they commit, many workspaces' batches share one
+//! transaction. What the admission decides —
 //! open a follow-up, join it, defer it, drop it — is the ledger's rule
 //! (C2/C7); this layer only batches and routes:
 //!
@@ -35,6 +38,9 @@ use super::{
     keyed::{KeyedSlots, SlotRef},
 };
 use crate::domain::{ConfigVersion, CycleId, Error, Timestamp, clock::SharedClock};
+use group::Committer;
+
+mod group;
 
 /// The outcome of admitting one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,18 +58,36 @@ pub enum Ticket {
     Done(Admission),
 }
 
-/// Durable admission of a batch of requests for one key.
+/// One key's requests, in arrival order, as handed to [`Admit`].
+pub struct Batch<'a, R: StackRequest> {
+    /// The key every request is for.
+    pub key: &'a R::Key,
+    /// The requests.
+    pub requests: &'a [R],
+}
+
+/// The answers to one [`Batch`]: one per request, or an `Err` for the
+/// whole batch (nothing of it was admitted).
+pub type BatchAnswers = Result<Vec<Result<Ticket, Error>>, Error>;
+
+/// Durable admission of batches of requests.
 #[async_trait]
 pub trait Admit<R: StackRequest>: Send + Sync + 'static {
     /// Admits `batch` (all for `key`, in arrival order) in one durable step,
     /// returning one result per request. An `Err` for the whole call means
     /// nothing was admitted.
-    async fn admit(
-        &self,
-        key: &R::Key,
-        batch: &[R],
-        now: Timestamp,
-    ) -> Result<Vec<Result<Ticket, Error>>, Error>;
+    async fn admit(&self, key: &R::Key, batch: &[R], now: Timestamp) -> BatchAnswers;
+
+    /// Admits several keys' batches (no key twice) together — one durable
+    /// step for all where the implementation can (group commit) — with one
+    /// answer per batch, in order. One after the other unless overridden.
+    async fn admit_group(&self, group: &[Batch<'_, R>], now: Timestamp) -> Vec<BatchAnswers> {
+        let mut answers = Vec::with_capacity(group.len());
+        for batch in group {
+            answers.push(self.admit(batch.key, batch.requests, now).await);
+        }
+        answers
+    }
 }
 
 type Reply<R> = oneshot::Sender<(R, Result<Ticket, Error>)>;
@@ -92,21 +116,21 @@ impl<R> Lane<R> {
 
 /// Adds the coalescing admission in front of a service.
 pub struct CoalesceLayer<A, R: StackRequest> {
-    admit: Arc<A>,
-    clock: SharedClock,
+    committer: Arc<Committer<A, R>>,
     lanes: KeyedSlots<R::Key, Lane<R>>,
 }
 
-impl<A, R: StackRequest> CoalesceLayer<A, R> {
+impl<A: Admit<R>, R: StackRequest> CoalesceLayer<A, R> {
     /// A layer admitting through `admit`.
     pub fn new(admit: Arc<A>, clock: SharedClock) -> Self {
         Self {
-            admit,
-            clock,
+            committer: Arc::new(Committer::new(admit, clock)),
             lanes: KeyedSlots::new(),
         }
     }
+}
 
+impl<A, R: StackRequest> CoalesceLayer<A, R> {
     /// How many workspaces have requests queued right now (C15 checks).
     pub fn live_lanes(&self) -> usize {
         self.lanes.len()
@@ -116,8 +140,7 @@ impl<A, R: StackRequest> CoalesceLayer<A, R> {
 impl<A, R: StackRequest> Clone for CoalesceLayer<A, R> {
     fn clone(&self) -> Self {
         Self {
-            admit: self.admit.clone(),
-            clock: self.clock.clone(),
+            committer: self.committer.clone(),
             lanes: self.lanes.clone(),
         }
     }
@@ -129,8 +152,7 @@ impl<S, A, R: StackRequest> Layer<S> for CoalesceLayer<A, R> {
     fn layer(&self, inner: S) -> Self::Service {
         Coalesce {
             inner,
-            admit: self.admit.clone(),
-            clock: self.clock.clone(),
+            committer: self.committer.clone(),
             lanes: self.lanes.clone(),
         }
     }
@@ -139,8 +161,7 @@ impl<S, A, R: StackRequest> Layer<S> for CoalesceLayer<A, R> {
 /// The coalescing admission service.
 pub struct Coalesce<S, A, R: StackRequest> {
     inner: S,
-    admit: Arc<A>,
-    clock: SharedClock,
+    committer: Arc<Committer<A, R>>,
     lanes: KeyedSlots<R::Key, Lane<R>>,
 }
 
@@ -148,8 +169,7 @@ impl<S: Clone, A, R: StackRequest> Clone for Coalesce<S, A, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            admit: self.admit.clone(),
-            clock: self.clock.clone(),
+            committer: self.committer.clone(),
             lanes: self.lanes.clone(),
         }
     }
@@ -165,8 +185,7 @@ impl Lanes {
     /// for its admission.
     async fn enqueue<A: Admit<R>, R: StackRequest>(
         lanes: KeyedSlots<R::Key, Lane<R>>,
-        admit: Arc<A>,
-        clock: SharedClock,
+        committer: Arc<Committer<A, R>>,
         request: R,
     ) -> Result<(R, Ticket), Error> {
         let key = request.key();
@@ -193,8 +212,7 @@ impl Lanes {
         let mut drain = Detachable::new(Self::drain::<A, R>(
             lanes.acquire(&key, Lane::new),
             key,
-            admit,
-            clock,
+            committer,
         ));
         let mut answer = std::pin::pin!(answer);
         let answered = std::future::poll_fn(|cx| {
@@ -214,12 +232,13 @@ impl Lanes {
         ticket.map(|ticket| (request, ticket))
     }
 
-    /// Admits whatever is queued, batch after batch, until the lane is empty.
+    /// Admits whatever is queued, batch after batch, until the lane is
+    /// empty: each batch goes to the group committer, alone or with other
+    /// lanes' batches.
     async fn drain<A: Admit<R>, R: StackRequest>(
         lane: SlotRef<R::Key, Lane<R>>,
         key: R::Key,
-        admit: Arc<A>,
-        clock: SharedClock,
+        committer: Arc<Committer<A, R>>,
     ) {
         loop {
             let batch = {
@@ -231,17 +250,7 @@ impl Lanes {
                 std::mem::take(&mut state.queue)
             };
             let (requests, replies): (Vec<R>, Vec<Reply<R>>) = batch.into_iter().unzip();
-            let results = admit.admit(&key, &requests, clock.now()).await;
-            let results = match results {
-                Ok(results) if results.len() == requests.len() => results,
-                Ok(_) => {
-                    vec![Err(Error::Internal("admission lost a request".into())); requests.len()]
-                }
-                Err(err) => vec![Err(err); requests.len()],
-            };
-            for ((request, reply), result) in requests.into_iter().zip(replies).zip(results) {
-                let _ = reply.send((request, result));
-            }
+            committer.submit(key.clone(), requests, replies).await;
         }
     }
 }
@@ -311,9 +320,9 @@ where
         }
         let fresh = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, fresh);
-        let (lanes, admit, clock) = (self.lanes.clone(), self.admit.clone(), self.clock.clone());
+        let (lanes, committer) = (self.lanes.clone(), self.committer.clone());
         Box::pin(async move {
-            let (mut request, ticket) = Lanes::enqueue(lanes, admit, clock, request).await?;
+            let (mut request, ticket) = Lanes::enqueue(lanes, committer, request).await?;
             match ticket {
                 Ticket::Done(admission) => Ok(admission),
                 Ticket::Ready {

@@ -34,7 +34,7 @@ pub enum Stage {
 }
 
 /// What every layer needs of a request.
-pub trait StackRequest: Send + 'static {
+pub trait StackRequest: Send + Sync + 'static {
     /// What the layers key their per-workspace state by.
     type Key: Clone + Eq + Hash + fmt::Debug + Send + Sync + 'static;
 

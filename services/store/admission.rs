@@ -1,19 +1,21 @@
-//! Admission's writes: new workspaces, config changes within their limits,
-//! and what a batch did (cycles opened, triggers absorbed, counters, audit
-//! rows, events), all in the batch's one transaction (C2, C13). The
-//! decisions are the engine's (`engine::admission`).
+//! Admission's writes: what a group of batches did — rows, config changes,
+//! cycles opened, triggers absorbed, counters, audit rows, events — each
+//! kind one statement for every workspace of the group, all pipelined in
+//! one round trip before the group's commit (C2, C13). The decisions are
+//! the engine's (`engine::admission`).
 
 use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
+use uuid::Uuid;
 
-use super::{Locked, RowTx, audit, audit::AuditRow, db, execute};
+use super::{
+    Locked, Store, audit, audit::AuditRow, config_state::ConfigWrites, execute, notify, rows,
+};
 use crate::{
     domain::{
         CycleId, CycleState, Error, Event, EventKind, Generation, Handling, Timestamp, Trigger,
         WorkspaceId,
-        change::{Change, Creation},
-        validate,
     },
     telemetry::cycle_trace::TraceOrigin,
 };
@@ -53,298 +55,246 @@ impl Tally {
     }
 }
 
-impl RowTx<'_> {
-    /// Inserts a new workspace (before `lock`); `AlreadyExists` if its name
-    /// is taken by a live one.
-    pub async fn insert_workspace(&self, creation: &Creation, now: Timestamp) -> Result<(), Error> {
-        insert_workspace(&self.tx, self.workspace, creation, now).await
-    }
+/// What admission decided for one workspace of a group, written at the
+/// group's commit.
+pub struct WorkspaceWrites<'a> {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// Counters, cycles opened, triggers absorbed.
+    pub tally: Tally,
+    /// The admitted mutations callers made.
+    pub audit: Vec<AuditRow<'a>>,
+    /// The row, if the batch changed it (a batch that changed nothing
+    /// leaves it as it was, `updated_at` included).
+    pub save: Option<Locked>,
+    /// The secrets and files the batch changed.
+    pub config: ConfigWrites<'a>,
+}
 
-    /// Applies a config mutation to the locked row's workspace, within the
-    /// workspace's and the backend's limits.
-    pub async fn apply_change(&self, change: &Change, now: Timestamp) -> Result<(), Error> {
-        super::limits::check(&self.tx, &self.store, self.workspace, change).await?;
-        apply_change(&self.tx, self.workspace, change, self.store.sealer(), now).await
-    }
-
-    /// Writes `tally`'s cycles, counters, events and `audit` rows, and
-    /// `save` (if the batch changed the row), and commits — the writes in
-    /// one pipelined round trip.
-    pub async fn commit_tally(
-        mut self,
-        tally: &Tally,
-        audit: &[AuditRow<'_>],
-        save: Option<&Locked>,
-        now: Timestamp,
-    ) -> Result<(), Error> {
-        let events = tally_events(self.workspace, tally, now);
-        self.publish(events);
-        let (tx, workspace) = (&self.tx, self.workspace);
-        let writes = async {
-            futures::try_join!(
-                write_tally(tx, workspace, tally, now),
-                audit::record(tx, workspace, audit, now),
-            )
-            .map(|_| ())
-        };
-        self.flush(save, now, writes).await?;
-        self.tx.commit().await.map_err(db)
+impl WorkspaceWrites<'_> {
+    /// Only counters (requests dropped before admission).
+    pub fn counted(workspace: WorkspaceId, tally: Tally) -> Self {
+        Self {
+            workspace,
+            tally,
+            audit: Vec::new(),
+            save: None,
+            config: ConfigWrites::default(),
+        }
     }
 }
 
-async fn insert_workspace(
+/// Writes everything `writes` says, pipelined: one round trip.
+pub(super) async fn write_group(
     tx: &impl GenericClient,
-    workspace: WorkspaceId,
-    creation: &Creation,
+    store: &Store,
+    writes: &[WorkspaceWrites<'_>],
     now: Timestamp,
 ) -> Result<(), Error> {
-    let spec =
-        serde_json::to_value(&creation.spec).map_err(|e| Error::Internal(format!("spec: {e}")))?;
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
-             VALUES ($1, $2, $3, $4, $5, $5, 'PROVISIONING')
-             ON CONFLICT (name) WHERE desired <> 'deleted' DO NOTHING",
-        )
-        .await
-        .map_err(db)?;
-    let inserted = tx
-        .execute(
-            &statement,
-            &[
-                &workspace.as_uuid(),
-                &creation.name,
-                &creation.backend.as_str(),
-                &spec,
-                &now,
-            ],
-        )
-        .await
-        .map_err(db)?;
-    if inserted == 0 {
-        return Err(Error::AlreadyExists(format!(
-            "a workspace named {:?} already exists",
-            creation.name
-        )));
-    }
-    Ok(())
+    let saves: Vec<rows::Save<'_>> = writes
+        .iter()
+        .filter_map(|w| {
+            w.save.as_ref().map(|locked| rows::Save {
+                workspace: w.workspace,
+                locked,
+                due: locked.ledger.pending_due(store.timing()),
+            })
+        })
+        .collect();
+    let events: Vec<Event> = writes
+        .iter()
+        .flat_map(|w| tally_events(w.workspace, &w.tally, now))
+        .collect();
+    let audit: Vec<(WorkspaceId, AuditRow<'_>)> = writes
+        .iter()
+        .flat_map(|w| w.audit.iter().map(|row| (w.workspace, *row)))
+        .collect();
+    futures::try_join!(
+        rows::save(tx, &saves, now),
+        notify::publish(tx, &events),
+        write_secrets(tx, writes, now),
+        write_files(tx, writes, now),
+        write_cycles(tx, writes, now),
+        write_stats(tx, writes),
+        audit::record(tx, &audit, now),
+    )
+    .map(|_| ())
 }
 
-/// Applies a config mutation to the locked workspace.
-async fn apply_change(
+/// Secrets set and deleted, for every workspace: at most two statements.
+async fn write_secrets(
     tx: &impl GenericClient,
-    workspace: WorkspaceId,
-    change: &Change,
-    sealer: &super::Sealer,
+    writes: &[WorkspaceWrites<'_>],
     now: Timestamp,
 ) -> Result<(), Error> {
-    let id = workspace.as_uuid();
-    match change {
-        Change::SetSecret { name, value } => {
-            let count = tx
-                .prepare_cached(
-                    "SELECT count(*) FROM secrets WHERE workspace_id = $1 AND name <> $2",
-                )
-                .await
-                .map_err(db)?;
-            let others: i64 = tx.query_one(&count, &[&id, name]).await.map_err(db)?.get(0);
-            if others >= validate::MAX_SECRETS {
-                return Err(Error::Exhausted(format!(
-                    "a workspace holds at most {} secrets",
-                    validate::MAX_SECRETS
-                )));
+    let (mut set, mut deleted) = ((vec![], vec![], vec![], vec![]), (vec![], vec![]));
+    for w in writes {
+        for (name, sealed) in &w.config.secrets {
+            match sealed {
+                Some(sealed) => {
+                    set.0.push(w.workspace.as_uuid());
+                    set.1.push(name.as_str());
+                    set.2.push(sealed.ciphertext.as_slice());
+                    set.3.push(sealed.nonce.as_slice());
+                }
+                None => {
+                    deleted.0.push(w.workspace.as_uuid());
+                    deleted.1.push(name.as_str());
+                }
             }
-            let upsert = tx
-                .prepare_cached(
-                    "INSERT INTO secrets (workspace_id, name, value, nonce, updated_at) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (workspace_id, name) DO UPDATE
-                     SET value = EXCLUDED.value, nonce = EXCLUDED.nonce, updated_at = EXCLUDED.updated_at",
-                )
-                .await
-                .map_err(db)?;
-            let sealed = sealer.seal(workspace, name, value)?;
-            tx.execute(
-                &upsert,
-                &[&id, name, &sealed.ciphertext, &sealed.nonce, &now],
-            )
-            .await
-            .map_err(db)?;
-        }
-        Change::DeleteSecret { name } => {
-            let delete = tx
-                .prepare_cached("DELETE FROM secrets WHERE workspace_id = $1 AND name = $2")
-                .await
-                .map_err(db)?;
-            if tx.execute(&delete, &[&id, name]).await.map_err(db)? == 0 {
-                return Err(Error::NotFound(format!("secret {name:?}")));
-            }
-        }
-        Change::DeleteFile { path } => {
-            let delete = tx
-                .prepare_cached("DELETE FROM files WHERE workspace_id = $1 AND path = $2")
-                .await
-                .map_err(db)?;
-            if tx.execute(&delete, &[&id, path]).await.map_err(db)? == 0 {
-                return Err(Error::NotFound(format!("file {path:?}")));
-            }
-        }
-        Change::WriteFile { path, content } => {
-            // A path is a file or a directory, never both: a file `a` and a
-            // file `a/b` could never be written together.
-            let clash = tx
-                .prepare_cached(
-                    "SELECT path FROM files WHERE workspace_id = $1
-                       AND (path = ANY($2) OR starts_with(path, $3 || '/')) LIMIT 1",
-                )
-                .await
-                .map_err(db)?;
-            let parents: Vec<String> = path
-                .match_indices('/')
-                .map(|(at, _)| path[..at].to_owned())
-                .collect();
-            if let Some(row) = tx
-                .query_opt(&clash, &[&id, &parents, path])
-                .await
-                .map_err(db)?
-            {
-                let other: String = row.get(0);
-                return Err(Error::Invalid(format!(
-                    "path {path:?} clashes with the file {other:?}: a path is a file or a directory, not both"
-                )));
-            }
-            let usage = tx
-                .prepare_cached(
-                    "SELECT count(*), coalesce(sum(length(content)), 0)::bigint
-                     FROM files WHERE workspace_id = $1 AND path <> $2",
-                )
-                .await
-                .map_err(db)?;
-            let row = tx.query_one(&usage, &[&id, path]).await.map_err(db)?;
-            let (others, bytes): (i64, i64) = (row.get(0), row.get(1));
-            if others >= validate::MAX_FILES {
-                return Err(Error::Exhausted(format!(
-                    "a workspace holds at most {} files",
-                    validate::MAX_FILES
-                )));
-            }
-            if bytes + content.len() as i64 > validate::MAX_TOTAL_FILE_BYTES {
-                return Err(Error::Exhausted(format!(
-                    "a workspace's files total at most {} bytes",
-                    validate::MAX_TOTAL_FILE_BYTES
-                )));
-            }
-            let upsert = tx
-                .prepare_cached(
-                    "INSERT INTO files (workspace_id, path, content, updated_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (workspace_id, path) DO UPDATE SET content = EXCLUDED.content, updated_at = EXCLUDED.updated_at",
-                )
-                .await
-                .map_err(db)?;
-            tx.execute(&upsert, &[&id, path, content, &now])
-                .await
-                .map_err(db)?;
         }
     }
-    Ok(())
-}
-
-/// Writes new cycles, absorbed triggers and counters: three statements,
-/// the counters pipelined with the other two.
-async fn write_tally(
-    tx: &impl GenericClient,
-    workspace: WorkspaceId,
-    tally: &Tally,
-    now: Timestamp,
-) -> Result<(), Error> {
-    let id = workspace.as_uuid();
-    let opened = async {
-        if tally.opened.is_empty() {
+    let upsert = async {
+        if set.0.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<uuid::Uuid> = tally.opened.iter().map(|(c, _)| c.as_uuid()).collect();
-        let traces: Vec<&str> = tally
-            .opened
-            .iter()
-            .map(|(_, o)| o.trace_id.as_str())
-            .collect();
-        let parents: Vec<&str> = tally
-            .opened
-            .iter()
-            .map(|(_, o)| o.parent_span_id.as_str())
-            .collect();
         execute(
             tx,
-            "INSERT INTO cycles (id, workspace_id, state, created_at, trace_id, parent_span_id)
-             SELECT cycle, $2, 'PENDING', $3, trace, parent
-             FROM unnest($1::uuid[], $4::text[], $5::text[]) AS t (cycle, trace, parent)",
-            &[&ids, &id, &now, &traces, &parents],
+            "INSERT INTO secrets (workspace_id, name, value, nonce, updated_at)
+             SELECT w, n, v, nonce, $5 FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[])
+               AS t (w, n, v, nonce)
+             ON CONFLICT (workspace_id, name) DO UPDATE
+             SET value = EXCLUDED.value, nonce = EXCLUDED.nonce, updated_at = EXCLUDED.updated_at",
+            &[&set.0, &set.1, &set.2, &set.3, &now],
         )
         .await
     };
-    let absorbed = async {
-        if tally.absorbed.is_empty() {
+    let delete = async {
+        if deleted.0.is_empty() {
             return Ok(0);
         }
-        let (mut cycles, mut triggers, mut counts) = (Vec::new(), Vec::new(), Vec::new());
-        for ((cycle, trigger), count) in &tally.absorbed {
+        execute(
+            tx,
+            "DELETE FROM secrets s USING unnest($1::uuid[], $2::text[]) AS d (w, n)
+             WHERE s.workspace_id = d.w AND s.name = d.n",
+            &[&deleted.0, &deleted.1],
+        )
+        .await
+    };
+    futures::try_join!(upsert, delete).map(|_| ())
+}
+
+/// Files written and deleted, for every workspace: at most two statements.
+async fn write_files(
+    tx: &impl GenericClient,
+    writes: &[WorkspaceWrites<'_>],
+    now: Timestamp,
+) -> Result<(), Error> {
+    let (mut written, mut deleted) = ((vec![], vec![], vec![]), (vec![], vec![]));
+    for w in writes {
+        for (path, content) in &w.config.files {
+            match content {
+                Some(content) => {
+                    written.0.push(w.workspace.as_uuid());
+                    written.1.push(path.as_str());
+                    written.2.push(*content);
+                }
+                None => {
+                    deleted.0.push(w.workspace.as_uuid());
+                    deleted.1.push(path.as_str());
+                }
+            }
+        }
+    }
+    let upsert = async {
+        if written.0.is_empty() {
+            return Ok(0);
+        }
+        execute(
+            tx,
+            "INSERT INTO files (workspace_id, path, content, updated_at)
+             SELECT w, p, c, $4 FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS t (w, p, c)
+             ON CONFLICT (workspace_id, path) DO UPDATE
+             SET content = EXCLUDED.content, updated_at = EXCLUDED.updated_at",
+            &[&written.0, &written.1, &written.2, &now],
+        )
+        .await
+    };
+    let delete = async {
+        if deleted.0.is_empty() {
+            return Ok(0);
+        }
+        execute(
+            tx,
+            "DELETE FROM files f USING unnest($1::uuid[], $2::text[]) AS d (w, p)
+             WHERE f.workspace_id = d.w AND f.path = d.p",
+            &[&deleted.0, &deleted.1],
+        )
+        .await
+    };
+    futures::try_join!(upsert, delete).map(|_| ())
+}
+
+/// New cycles and the triggers they absorbed, for every workspace: one
+/// statement (the triggers' foreign key is checked at its end, when the
+/// cycles it inserted are there).
+async fn write_cycles(
+    tx: &impl GenericClient,
+    writes: &[WorkspaceWrites<'_>],
+    now: Timestamp,
+) -> Result<(), Error> {
+    let (mut ids, mut workspaces, mut traces, mut parents) = (vec![], vec![], vec![], vec![]);
+    let (mut cycles, mut triggers, mut counts) = (vec![], vec![], vec![]);
+    for w in writes {
+        for (cycle, origin) in &w.tally.opened {
+            ids.push(cycle.as_uuid());
+            workspaces.push(w.workspace.as_uuid());
+            traces.push(origin.trace_id.as_str());
+            parents.push(origin.parent_span_id.as_str());
+        }
+        for ((cycle, trigger), count) in &w.tally.absorbed {
             cycles.push(cycle.as_uuid());
             triggers.push(trigger.as_str());
             counts.push(*count);
         }
-        execute(
-            tx,
-            "INSERT INTO cycle_triggers (cycle_id, trigger, count)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])
-             ON CONFLICT (cycle_id, trigger) DO UPDATE SET count = cycle_triggers.count + EXCLUDED.count",
-            &[&cycles, &triggers, &counts],
-        )
-        .await
-    };
-    let stats = async {
-        if tally.stats.is_empty() {
-            return Ok(());
-        }
-        record_stats(tx, workspace, &tally.stats).await
-    };
-    // Absorbed triggers reference the cycles opened: those two in order,
-    // the counters alongside.
-    let cycles = async {
-        opened.await?;
-        absorbed.await
-    };
-    futures::try_join!(cycles, stats).map(|_| ())
+    }
+    if ids.is_empty() && cycles.is_empty() {
+        return Ok(());
+    }
+    execute(
+        tx,
+        "WITH opened AS (
+             INSERT INTO cycles (id, workspace_id, state, created_at, trace_id, parent_span_id)
+             SELECT cycle, w, 'PENDING', $5, trace, parent
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS t (cycle, w, trace, parent)
+         )
+         INSERT INTO cycle_triggers (cycle_id, trigger, count)
+         SELECT * FROM unnest($6::uuid[], $7::text[], $8::bigint[])
+         ON CONFLICT (cycle_id, trigger) DO UPDATE SET count = cycle_triggers.count + EXCLUDED.count",
+        &[&ids, &workspaces, &traces, &parents, &now, &cycles, &triggers, &counts],
+    )
+    .await
+    .map(|_| ())
 }
 
-/// Adds to the per-trigger counters of a workspace.
-pub(super) async fn record_stats(
-    tx: &impl GenericClient,
-    workspace: WorkspaceId,
-    stats: &BTreeMap<Trigger, [i64; Handling::COUNT]>,
-) -> Result<(), Error> {
+/// Adds to the per-trigger counters of every workspace: one statement.
+async fn write_stats(tx: &impl GenericClient, writes: &[WorkspaceWrites<'_>]) -> Result<(), Error> {
+    let mut workspaces: Vec<Uuid> = Vec::new();
     let mut triggers = Vec::new();
     let mut columns: [Vec<i64>; Handling::COUNT] = Default::default();
-    for (trigger, counts) in stats {
-        triggers.push(trigger.as_str());
-        for (column, count) in columns.iter_mut().zip(counts) {
-            column.push(*count);
+    for w in writes {
+        for (trigger, counts) in &w.tally.stats {
+            workspaces.push(w.workspace.as_uuid());
+            triggers.push(trigger.as_str());
+            for (column, count) in columns.iter_mut().zip(counts) {
+                column.push(*count);
+            }
         }
     }
-    let upsert = tx
-        .prepare_cached(
-            "INSERT INTO trigger_stats (workspace_id, trigger, accepted, coalesced, deferred, dropped)
-             SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-             ON CONFLICT (workspace_id, trigger) DO UPDATE SET
-                accepted = trigger_stats.accepted + EXCLUDED.accepted,
-                coalesced = trigger_stats.coalesced + EXCLUDED.coalesced,
-                deferred = trigger_stats.deferred + EXCLUDED.deferred,
-                dropped = trigger_stats.dropped + EXCLUDED.dropped",
-        )
-        .await
-        .map_err(db)?;
-    tx.execute(
-        &upsert,
+    if workspaces.is_empty() {
+        return Ok(());
+    }
+    execute(
+        tx,
+        "INSERT INTO trigger_stats (workspace_id, trigger, accepted, coalesced, deferred, dropped)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+         ON CONFLICT (workspace_id, trigger) DO UPDATE SET
+            accepted = trigger_stats.accepted + EXCLUDED.accepted,
+            coalesced = trigger_stats.coalesced + EXCLUDED.coalesced,
+            deferred = trigger_stats.deferred + EXCLUDED.deferred,
+            dropped = trigger_stats.dropped + EXCLUDED.dropped",
         &[
-            &workspace.as_uuid(),
+            &workspaces,
             &triggers,
             &columns[0],
             &columns[1],
@@ -353,8 +303,7 @@ pub(super) async fn record_stats(
         ],
     )
     .await
-    .map_err(db)?;
-    Ok(())
+    .map(|_| ())
 }
 
 fn tally_events(workspace: WorkspaceId, tally: &Tally, now: Timestamp) -> Vec<Event> {

@@ -52,34 +52,32 @@ fn detail(row: &AuditRow<'_>) -> serde_json::Value {
     detail
 }
 
-/// Records the admitted mutations callers made (a refused request changed
-/// nothing and is not recorded).
+/// Records the admitted mutations callers made, for any number of
+/// workspaces, in one statement (a refused request changed nothing and is
+/// not recorded).
 pub(super) async fn record(
     tx: &impl GenericClient,
-    workspace: WorkspaceId,
-    rows: &[AuditRow<'_>],
+    rows: &[(WorkspaceId, AuditRow<'_>)],
     now: Timestamp,
 ) -> Result<(), Error> {
-    let actors: Vec<&str> = rows.iter().map(|r| r.by.actor.as_str()).collect();
-    let actions: Vec<&str> = rows.iter().map(|r| r.by.action).collect();
-    let details: Vec<serde_json::Value> = rows.iter().map(detail).collect();
-    if actors.is_empty() {
+    if rows.is_empty() {
         return Ok(());
     }
+    let workspaces: Vec<uuid::Uuid> = rows.iter().map(|(w, _)| w.as_uuid()).collect();
+    let actors: Vec<&str> = rows.iter().map(|(_, r)| r.by.actor.as_str()).collect();
+    let actions: Vec<&str> = rows.iter().map(|(_, r)| r.by.action).collect();
+    let details: Vec<serde_json::Value> = rows.iter().map(|(_, r)| detail(r)).collect();
     let insert = tx
         .prepare_cached(
             "INSERT INTO audit_log (at, actor, action, workspace_id, detail)
-             SELECT $1, actor, action, $2, detail
-             FROM unnest($3::text[], $4::text[], $5::jsonb[]) AS t(actor, action, detail)",
+             SELECT $1, actor, action, w, detail
+             FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[]) AS t(w, actor, action, detail)",
         )
         .await
         .map_err(db)?;
-    tx.execute(
-        &insert,
-        &[&now, &workspace.as_uuid(), &actors, &actions, &details],
-    )
-    .await
-    .map_err(db)?;
+    tx.execute(&insert, &[&now, &workspaces, &actors, &actions, &details])
+        .await
+        .map_err(db)?;
     Ok(())
 }
 

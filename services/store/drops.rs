@@ -2,7 +2,7 @@
 //! requests it drops before admission (C7, C9): counted and published like
 //! any admission's tally, without taking the row lock.
 
-use super::{RowTx, Store, Tally, rows::parse};
+use super::{GroupTx, Store, Tally, WorkspaceWrites, rows::parse};
 use crate::domain::{
     BackendKind, Desired, Error, Handling, Timestamp, Trigger, WorkspaceId, ledger::DropReason,
 };
@@ -51,7 +51,7 @@ impl Store {
         let mut tally = Tally::default();
         tally.count(trigger, Handling::Dropped, None, reason.describe());
         let mut conn = self.conn().await?;
-        let tx = RowTx::begin(&mut conn, self, id).await?;
-        tx.commit_tally(&tally, &[], None, now).await
+        let tx = GroupTx::begin(&mut conn, self).await?;
+        tx.commit(&[WorkspaceWrites::counted(id, tally)], now).await
     }
 }

@@ -14,9 +14,11 @@
 mod admission;
 mod agents;
 mod audit;
+mod config_state;
 mod cycles;
 mod drops;
 mod error;
+mod group_tx;
 mod limits;
 pub mod listener;
 mod notify;
@@ -35,11 +37,13 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-pub use admission::Tally;
+pub use admission::{Tally, WorkspaceWrites};
 pub use agents::{AgentReport, Registration, token_hash};
 pub use audit::{AuditRow, RefusedRow};
+pub use config_state::{ConfigState, ConfigWrites};
 pub use cycles::CycleRecord;
 pub use drops::Peek;
+pub use group_tx::{Admitting, GroupTx};
 pub use limits::LimitCheck;
 pub use retention::Pruned;
 pub use row_tx::{Connection, Locked, RowTx};

@@ -81,8 +81,12 @@ impl<'c> RowTx<'c> {
         let row = async {
             match save {
                 Some(locked) => {
-                    let due = locked.ledger.pending_due(self.store.timing());
-                    rows::save(&self.tx, self.workspace, locked, &due, now).await
+                    let row = rows::Save {
+                        workspace: self.workspace,
+                        locked,
+                        due: locked.ledger.pending_due(self.store.timing()),
+                    };
+                    rows::save(&self.tx, &[row], now).await
                 }
                 None => Ok(()),
             }

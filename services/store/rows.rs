@@ -58,6 +58,23 @@ fn ledger_from_row(row: &Row) -> Result<Ledger, Error> {
     })
 }
 
+/// The columns a [`Locked`] is read from.
+macro_rules! locked_columns {
+    () => {
+        "desired, generation, running_cycle, running_owner, running_lease_until,
+         running_goal, running_generation, running_takeovers, pending_cycle,
+         pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
+         window_until, config_version, status"
+    };
+}
+
+fn locked_from_row(row: &Row) -> Result<Locked, Error> {
+    Ok(Locked {
+        ledger: ledger_from_row(row)?,
+        config_version: ConfigVersion(row.get::<_, i64>("config_version") as u64),
+    })
+}
+
 /// Locks the workspace row for the rest of the transaction and loads its
 /// ledger. `NotFound` if there is no such workspace.
 pub(crate) async fn lock(
@@ -66,71 +83,136 @@ pub(crate) async fn lock(
 ) -> Result<Locked, Error> {
     let row = super::row_by_id(
         client,
-        "SELECT desired, generation, running_cycle, running_owner, running_lease_until,
-                running_goal, running_generation, running_takeovers, pending_cycle,
-                pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
-                window_until, config_version, status
-         FROM workspaces WHERE id = $1 FOR UPDATE",
+        concat!(
+            "SELECT ",
+            locked_columns!(),
+            " FROM workspaces WHERE id = $1 FOR UPDATE"
+        ),
         workspace.as_uuid(),
         || format!("workspace {workspace}"),
     )
     .await?;
-    Ok(Locked {
-        ledger: ledger_from_row(&row)?,
-        config_version: ConfigVersion(row.get::<_, i64>("config_version") as u64),
-    })
+    locked_from_row(&row)
 }
 
-/// Writes the ledger (and the config version) back to the locked row.
+/// Locks several workspace rows in id order — so two transactions locking
+/// overlapping sets never wait on each other in a cycle — and loads their
+/// ledgers; a workspace that does not exist is missing from the answer.
+pub(crate) async fn lock_all(
+    client: &impl GenericClient,
+    statement: &tokio_postgres::Statement,
+    ids: &[Uuid],
+) -> Result<Vec<(WorkspaceId, Locked)>, Error> {
+    let rows = client.query(statement, &[&ids]).await.map_err(db)?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                WorkspaceId::from(row.get::<_, Uuid>("id")),
+                locked_from_row(row)?,
+            ))
+        })
+        .collect()
+}
+
+/// The statement [`lock_all`] runs.
+pub(crate) const LOCK_ALL: &str = concat!(
+    "SELECT id, ",
+    locked_columns!(),
+    " FROM workspaces WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+);
+
+/// One locked row to write back, with when its follow-up is due.
+pub(crate) struct Save<'l> {
+    pub(crate) workspace: WorkspaceId,
+    pub(crate) locked: &'l Locked,
+    pub(crate) due: Option<Timestamp>,
+}
+
+/// Writes the ledgers (and config versions) back to their locked rows: one
+/// statement for all of them.
 pub(crate) async fn save(
     client: &impl GenericClient,
-    workspace: WorkspaceId,
-    locked: &Locked,
-    pending_due: &Option<Timestamp>,
+    rows: &[Save<'_>],
     now: Timestamp,
 ) -> Result<(), Error> {
-    let ledger = &locked.ledger;
-    let running = ledger.running.as_ref();
-    let pending = ledger.pending.as_ref();
-    let statement = client
-        .prepare_cached(
-            "UPDATE workspaces SET
-                desired = $2, generation = $3,
-                running_cycle = $4, running_owner = $5, running_lease_until = $6,
-                running_goal = $7, running_generation = $8, running_takeovers = $9,
-                pending_cycle = $10, pending_created_at = $11, pending_urgent = $12,
-                pending_burst_first = $13, pending_burst_last = $14,
-                window_until = $15, pending_due_at = $16, config_version = $17,
-                updated_at = $18
-             WHERE id = $1",
-        )
-        .await
-        .map_err(db)?;
-    client
-        .execute(
-            &statement,
-            &[
-                &workspace.as_uuid(),
-                &ledger.desired.as_str(),
-                &(ledger.generation.0 as i64),
-                &running.map(|r| r.cycle.as_uuid()),
-                &running.map(|r| r.owner.as_uuid()),
-                &running.map(|r| r.lease_until),
-                &running.map(|r| r.goal.as_str()),
-                &running.map(|r| r.generation.0 as i64),
-                &running.map(|r| r.takeovers as i32),
-                &pending.map(|p| p.cycle.as_uuid()),
-                &pending.map(|p| p.created_at),
-                &pending.map(|p| p.urgent),
-                &pending.and_then(|p| p.burst.map(|b| b.first_at)),
-                &pending.and_then(|p| p.burst.map(|b| b.last_at)),
-                &ledger.window_until,
-                pending_due,
-                &(locked.config_version.0 as i64),
-                &now,
-            ],
-        )
-        .await
-        .map_err(db)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ledgers = || rows.iter().map(|r| &r.locked.ledger);
+    let running = || ledgers().map(|l| l.running.as_ref());
+    let pending = || ledgers().map(|l| l.pending.as_ref());
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.workspace.as_uuid()).collect();
+    let desired: Vec<&str> = ledgers().map(|l| l.desired.as_str()).collect();
+    let generation: Vec<i64> = ledgers().map(|l| l.generation.0 as i64).collect();
+    let running_cycle: Vec<Option<Uuid>> =
+        running().map(|r| r.map(|r| r.cycle.as_uuid())).collect();
+    let running_owner: Vec<Option<Uuid>> =
+        running().map(|r| r.map(|r| r.owner.as_uuid())).collect();
+    let lease_until: Vec<Option<Timestamp>> = running().map(|r| r.map(|r| r.lease_until)).collect();
+    let goal: Vec<Option<&str>> = running().map(|r| r.map(|r| r.goal.as_str())).collect();
+    let running_generation: Vec<Option<i64>> = running()
+        .map(|r| r.map(|r| r.generation.0 as i64))
+        .collect();
+    let takeovers: Vec<Option<i32>> = running().map(|r| r.map(|r| r.takeovers as i32)).collect();
+    let pending_cycle: Vec<Option<Uuid>> =
+        pending().map(|p| p.map(|p| p.cycle.as_uuid())).collect();
+    let pending_created: Vec<Option<Timestamp>> =
+        pending().map(|p| p.map(|p| p.created_at)).collect();
+    let urgent: Vec<Option<bool>> = pending().map(|p| p.map(|p| p.urgent)).collect();
+    let burst_first: Vec<Option<Timestamp>> = pending()
+        .map(|p| p.and_then(|p| p.burst.map(|b| b.first_at)))
+        .collect();
+    let burst_last: Vec<Option<Timestamp>> = pending()
+        .map(|p| p.and_then(|p| p.burst.map(|b| b.last_at)))
+        .collect();
+    let window_until: Vec<Option<Timestamp>> = ledgers().map(|l| l.window_until).collect();
+    let due: Vec<Option<Timestamp>> = rows.iter().map(|r| r.due).collect();
+    let config_version: Vec<i64> = rows
+        .iter()
+        .map(|r| r.locked.config_version.0 as i64)
+        .collect();
+    super::execute(
+        client,
+        "UPDATE workspaces w SET
+            desired = v.desired, generation = v.generation,
+            running_cycle = v.running_cycle, running_owner = v.running_owner,
+            running_lease_until = v.running_lease_until, running_goal = v.running_goal,
+            running_generation = v.running_generation, running_takeovers = v.running_takeovers,
+            pending_cycle = v.pending_cycle, pending_created_at = v.pending_created_at,
+            pending_urgent = v.pending_urgent, pending_burst_first = v.pending_burst_first,
+            pending_burst_last = v.pending_burst_last, window_until = v.window_until,
+            pending_due_at = v.pending_due_at, config_version = v.config_version,
+            updated_at = $18
+         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::uuid[],
+                     $6::timestamptz[], $7::text[], $8::bigint[], $9::integer[], $10::uuid[],
+                     $11::timestamptz[], $12::boolean[], $13::timestamptz[], $14::timestamptz[],
+                     $15::timestamptz[], $16::timestamptz[], $17::bigint[])
+           AS v (id, desired, generation, running_cycle, running_owner, running_lease_until,
+                 running_goal, running_generation, running_takeovers, pending_cycle,
+                 pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
+                 window_until, pending_due_at, config_version)
+         WHERE w.id = v.id",
+        &[
+            &ids,
+            &desired,
+            &generation,
+            &running_cycle,
+            &running_owner,
+            &lease_until,
+            &goal,
+            &running_generation,
+            &takeovers,
+            &pending_cycle,
+            &pending_created,
+            &urgent,
+            &burst_first,
+            &burst_last,
+            &window_until,
+            &due,
+            &config_version,
+            &now,
+        ],
+    )
+    .await?;
     Ok(())
 }

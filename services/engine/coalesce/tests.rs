@@ -221,3 +221,82 @@ async fn a_failed_admission_fails_every_request_of_the_batch_and_nothing_goes_on
         .unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)));
 }
+
+/// Records the keys of every group and holds each group for a permit.
+struct GroupingAdmit {
+    permits: Semaphore,
+    groups: Mutex<Vec<Vec<u32>>>,
+}
+
+#[async_trait]
+impl Admit<TestRequest> for GroupingAdmit {
+    async fn admit(&self, _: &u32, batch: &[TestRequest], _: Timestamp) -> BatchAnswers {
+        Ok(batch
+            .iter()
+            .map(|_| Ok(Ticket::Done(Admission::of(Verdict::Idle))))
+            .collect())
+    }
+
+    async fn admit_group(
+        &self,
+        group: &[Batch<'_, TestRequest>],
+        now: Timestamp,
+    ) -> Vec<BatchAnswers> {
+        self.permits.acquire().await.unwrap().forget();
+        self.groups
+            .lock()
+            .unwrap()
+            .push(group.iter().map(|b| *b.key).collect());
+        let mut answers = Vec::new();
+        for batch in group {
+            answers.push(self.admit(batch.key, batch.requests, now).await);
+        }
+        answers
+    }
+}
+
+#[tokio::test]
+async fn batches_of_many_keys_that_wait_for_a_slot_share_one_group() {
+    let admit = Arc::new(GroupingAdmit {
+        permits: Semaphore::new(0),
+        groups: Mutex::default(),
+    });
+    let layer: CoalesceLayer<GroupingAdmit, TestRequest> = CoalesceLayer::new(
+        admit.clone(),
+        Arc::new(ManualClock::new(chrono::Utc::now())),
+    );
+    let (inner, _handle) = mock_inner();
+    let svc = layer.layer(inner);
+    let keys = 20;
+    let calls: Vec<_> = (0..keys)
+        .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
+        .collect();
+    // The first MAX_IN_FLIGHT keys take the slots (held by the permits);
+    // every other key's batch waits for one.
+    let waiting = keys as usize - group::MAX_IN_FLIGHT;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while layer.committer.waiting() < waiting {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the batches queue behind the busy slots");
+    admit.permits.add_permits(100);
+    for call in calls {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
+        assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
+    }
+    let mut sizes: Vec<usize> = admit.groups.lock().unwrap().iter().map(Vec::len).collect();
+    sizes.sort();
+    let mut expected = vec![1; group::MAX_IN_FLIGHT];
+    expected.push(waiting);
+    assert_eq!(sizes, expected, "the waiting batches went in one group");
+    let mut seen: Vec<u32> = admit.groups.lock().unwrap().concat();
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..keys).collect::<Vec<_>>(),
+        "each key admitted once"
+    );
+    assert_eq!(layer.live_lanes(), 0);
+}

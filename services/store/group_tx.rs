@@ -1,0 +1,174 @@
+//! One transaction admitting the batches of many workspaces at once — the
+//! store's half of group commit (C2, C12, C13). New workspaces are inserted
+//! in one statement; every row is locked in id order in one statement (two
+//! groups locking overlapping sets never wait on each other in a cycle),
+//! with the config of the workspaces that change it read right after, under
+//! the lock, in the same round trip; at the end every write of the group
+//! goes out pipelined and the group commits. A failed statement rolls the
+//! whole group back: the engine then admits each workspace on its own.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{
+    Connection, Locked, Store, admission, admission::WorkspaceWrites, config_state::ConfigState,
+    db, limits, rows, rows::parse,
+};
+use crate::domain::{Error, Timestamp, WorkspaceId, WorkspaceSpec, change::Creation};
+
+/// A workspace locked for admission.
+pub struct Admitting<'a> {
+    /// Its ledger and config version.
+    pub locked: Locked,
+    /// Its config's names and sizes (read when the batch changes it).
+    pub config: Option<ConfigState<'a>>,
+}
+
+/// A transaction about a group of workspaces, open until `commit` (dropped:
+/// rolled back, nothing written).
+pub struct GroupTx<'c> {
+    tx: Transaction<'c>,
+    store: Store,
+}
+
+impl<'c> GroupTx<'c> {
+    /// Opens a transaction on `conn`.
+    pub async fn begin(conn: &'c mut Connection, store: &Store) -> Result<Self, Error> {
+        let tx = conn.transaction().await.map_err(db)?;
+        Ok(Self {
+            tx,
+            store: store.clone(),
+        })
+    }
+
+    /// Inserts new workspaces, in one statement; for each, whether it was
+    /// inserted (`false`: a live workspace already has its name).
+    pub async fn insert_workspaces(
+        &self,
+        creations: &[(WorkspaceId, &Creation)],
+        now: Timestamp,
+    ) -> Result<Vec<bool>, Error> {
+        if creations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut specs = Vec::with_capacity(creations.len());
+        for (_, creation) in creations {
+            specs.push(
+                serde_json::to_value(&creation.spec)
+                    .map_err(|e| Error::Internal(format!("spec: {e}")))?,
+            );
+        }
+        let ids: Vec<Uuid> = creations.iter().map(|(id, _)| id.as_uuid()).collect();
+        let names: Vec<&str> = creations.iter().map(|(_, c)| c.name.as_str()).collect();
+        let backends: Vec<&str> = creations.iter().map(|(_, c)| c.backend.as_str()).collect();
+        let inserted = super::query(
+            &self.tx,
+            "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
+             SELECT id, name, backend, spec, $5, $5, 'PROVISIONING'
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS t (id, name, backend, spec)
+             ON CONFLICT (name) WHERE desired <> 'deleted' DO NOTHING
+             RETURNING id",
+            &[&ids, &names, &backends, &specs, &now],
+        )
+        .await?;
+        let inserted: std::collections::HashSet<Uuid> =
+            inserted.iter().map(|row| row.get(0)).collect();
+        Ok(ids.iter().map(|id| inserted.contains(id)).collect())
+    }
+
+    /// Locks the rows of `ids` and reads the config of those in `configs`
+    /// (sizes only), in one round trip; a workspace that does not exist is
+    /// missing from the answer.
+    pub async fn lock<'a>(
+        &self,
+        ids: &[WorkspaceId],
+        configs: &[WorkspaceId],
+    ) -> Result<HashMap<WorkspaceId, Admitting<'a>>, Error> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let tx = &self.tx;
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        let configs: Vec<Uuid> = configs.iter().map(|id| id.as_uuid()).collect();
+        let with_spec = limits::enforced(&self.store);
+        // Prepared first, so the reads below go out in this order, the lock
+        // first: Postgres runs them in order, the reads once it is held.
+        let (lock, specs, secrets, files) = futures::try_join!(
+            tx.prepare_cached(rows::LOCK_ALL),
+            tx.prepare_cached(
+                "SELECT id, backend, CASE WHEN $2 THEN spec END FROM workspaces WHERE id = ANY($1)"
+            ),
+            tx.prepare_cached(
+                "SELECT workspace_id, name, greatest(length(value) - $2, 0)
+                 FROM secrets WHERE workspace_id = ANY($1)"
+            ),
+            tx.prepare_cached(
+                "SELECT workspace_id, path, length(content) FROM files WHERE workspace_id = ANY($1)"
+            ),
+        )
+        .map_err(db)?;
+        let overhead = limits::SEAL_OVERHEAD;
+        let spec_params: [&(dyn ToSql + Sync); 2] = [&configs, &with_spec];
+        let secret_params: [&(dyn ToSql + Sync); 2] = [&configs, &overhead];
+        let file_params: [&(dyn ToSql + Sync); 1] = [&configs];
+        let read = async {
+            if configs.is_empty() {
+                return Ok((Vec::new(), Vec::new(), Vec::new()));
+            }
+            futures::try_join!(
+                tx.query(&specs, &spec_params),
+                tx.query(&secrets, &secret_params),
+                tx.query(&files, &file_params),
+            )
+            .map_err(db)
+        };
+        let (locked, (specs, secrets, files)) =
+            futures::try_join!(rows::lock_all(tx, &lock, &ids), read)?;
+
+        let mut admitting: HashMap<WorkspaceId, Admitting<'a>> = locked
+            .into_iter()
+            .map(|(id, locked)| {
+                let admitting = Admitting {
+                    locked,
+                    config: None,
+                };
+                (id, admitting)
+            })
+            .collect();
+        for row in &specs {
+            let id = WorkspaceId::from(row.get::<_, Uuid>(0));
+            let spec = match row.get::<_, Option<serde_json::Value>>(2) {
+                Some(spec) => Some(
+                    serde_json::from_value::<WorkspaceSpec>(spec)
+                        .map_err(|e| Error::Internal(format!("stored spec: {e}")))?,
+                ),
+                None => None,
+            };
+            if let Some(entry) = admitting.get_mut(&id) {
+                entry.config = Some(ConfigState::new(id, parse(row.get(1))?, spec));
+            }
+        }
+        for row in &secrets {
+            let id = WorkspaceId::from(row.get::<_, Uuid>(0));
+            if let Some(config) = admitting.get_mut(&id).and_then(|e| e.config.as_mut()) {
+                config.stored_secret(row.get(1), row.get::<_, i32>(2) as usize);
+            }
+        }
+        for row in &files {
+            let id = WorkspaceId::from(row.get::<_, Uuid>(0));
+            if let Some(config) = admitting.get_mut(&id).and_then(|e| e.config.as_mut()) {
+                config.stored_file(row.get(1), row.get::<_, i32>(2) as usize);
+            }
+        }
+        Ok(admitting)
+    }
+
+    /// Writes everything the group decided, pipelined, and commits.
+    pub async fn commit(self, writes: &[WorkspaceWrites<'_>], now: Timestamp) -> Result<(), Error> {
+        admission::write_group(&self.tx, &self.store, writes, now).await?;
+        self.tx.commit().await.map_err(db)
+    }
+}
