@@ -45,7 +45,7 @@ use super::{
 use crate::{
     domain::{Error, EventKind, Finish, Generation, Goal, Phase},
     store::{Registration, Store, token_hash},
-    telemetry::cycle_trace::{AdmittedCycle, CycleStart, CycleTrace},
+    telemetry::cycle_trace::{CycleStart, CycleTrace},
 };
 
 /// The knobs of a cycle.
@@ -163,22 +163,10 @@ impl Service<Gated<Intent, LeaseGuard>> for CycleService {
     }
 }
 
-/// What the cycle's trace needs of it, with its admission read from the
-/// store (a cycle whose admission cannot be read still runs, untraced).
-async fn cycle_start(store: &Store, guard: &LeaseGuard) -> CycleStart {
+/// What the cycle's trace needs of it (its admission was read with the
+/// claim).
+fn cycle_start(guard: &LeaseGuard) -> CycleStart {
     let claim = *guard.claim();
-    let admitted = match store.cycle(claim.cycle).await {
-        Ok(record) => Some(AdmittedCycle {
-            created_at: record.created_at,
-            trace_id: record.trace_id,
-            parent_span_id: record.parent_span_id,
-            triggers: record.triggers,
-        }),
-        Err(err) => {
-            tracing::warn!(%err, "cannot read the cycle for its trace");
-            None
-        }
-    };
     CycleStart {
         cycle: claim.cycle,
         workspace: guard.workspace(),
@@ -187,14 +175,14 @@ async fn cycle_start(store: &Store, guard: &LeaseGuard) -> CycleStart {
         takeovers: claim.takeovers,
         claimed_at: guard.started_at(),
         config_version: guard.snapshot().map(|s| s.config_version),
-        admitted,
+        admitted: guard.admitted().cloned(),
     }
 }
 
 /// Runs the guard's cycle, then every follow-up that is due when it ends.
 async fn run(deps: Arc<CycleDeps>, mut guard: LeaseGuard) {
     loop {
-        let trace = CycleTrace::begin(cycle_start(&deps.store, &guard).await);
+        let trace = CycleTrace::begin(cycle_start(&guard));
         let finish = tokio::select! {
             finish = execute_guarded(&deps, &guard, &trace) => finish,
             _ = deps.hand_off.cancelled() => {
@@ -273,7 +261,7 @@ async fn execute(
     let workspace = guard.workspace();
     let backend = deps.backends.get(guard.backend())?;
 
-    enter(guard, Phase::Stopping).await?;
+    // The Stopping phase was announced with the claim.
     stop_escalating(guard, backend.as_ref(), claim.generation, deadline)
         .instrument(trace.phase("stop"))
         .await?;
@@ -297,10 +285,10 @@ async fn execute(
     let token = mint_token()?;
     // Listen before starting, so the registration cannot slip past.
     let registrations = deps.bus.subscribe(workspace);
+    // The token's hash and the Provisioning phase: one fenced statement.
     if !guard.record_generation(&token_hash(token.expose())).await? {
         return Err(CycleError::Fenced);
     }
-    enter(guard, Phase::Provisioning).await?;
     let launch = Launch {
         workspace,
         generation: claim.generation,

@@ -12,6 +12,7 @@ use crate::{
         ledger::{Claim, Timing, after},
     },
     store::{ConfigSnapshot, Fence, RowTx, Started, Store},
+    telemetry::cycle_trace::AdmittedCycle,
 };
 
 /// Proof that a cycle holds a workspace's gate.
@@ -21,6 +22,8 @@ pub struct LeaseGuard {
     claim: Claim,
     backend: BackendKind,
     snapshot: Option<ConfigSnapshot>,
+    /// How the cycle was admitted, for its trace (read with the claim).
+    admitted: Option<AdmittedCycle>,
     started_at: Timestamp,
     /// When the cycle first started, whoever ran it: its provision deadline
     /// counts from here, across takeovers (C20).
@@ -48,6 +51,7 @@ impl Drop for LeaseGuard {
             claim: self.claim,
             backend: self.backend,
             snapshot: None,
+            admitted: None,
             started_at: self.started_at,
             first_started_at: self.first_started_at,
             fence: std::sync::Mutex::new(tokio::time::Instant::now()),
@@ -104,6 +108,11 @@ impl LeaseGuard {
     /// The config to deliver (provisioning cycles only).
     pub fn snapshot(&self) -> Option<&ConfigSnapshot> {
         self.snapshot.as_ref()
+    }
+
+    /// How the cycle was admitted (read with its claim), for its trace.
+    pub fn admitted(&self) -> Option<&AdmittedCycle> {
+        self.admitted.as_ref()
     }
 
     /// Gives up on ending the cycle here: the lease will expire and another
@@ -194,7 +203,12 @@ impl LeaseGuard {
 
     /// Announces a phase (only while the cycle holds the gate).
     pub async fn phase(&self, phase: Phase) -> Result<bool, Error> {
-        let event = Event::cycle(
+        let event = self.phase_event(phase);
+        self.store.publish_fenced(&self.fence_key(), &event).await
+    }
+
+    fn phase_event(&self, phase: Phase) -> Event {
+        Event::cycle(
             self.workspace,
             self.store.clock().now(),
             self.claim.cycle,
@@ -202,8 +216,7 @@ impl LeaseGuard {
             CycleState::Running,
             self.config_version(),
         )
-        .in_phase(phase);
-        self.store.publish_fenced(&self.fence_key(), &event).await
+        .in_phase(phase)
     }
 
     fn config_version(&self) -> ConfigVersion {
@@ -213,11 +226,13 @@ impl LeaseGuard {
             .unwrap_or_default()
     }
 
-    /// Records the new generation's token hash (fenced). False if the cycle
-    /// lost the gate.
+    /// Records the new generation's token hash and announces the
+    /// Provisioning phase — one statement, fenced. False if the cycle lost
+    /// the gate.
     pub async fn record_generation(&self, token_hash: &[u8]) -> Result<bool, Error> {
+        let event = self.phase_event(Phase::Provisioning);
         self.store
-            .record_generation(&self.fence_key(), self.claim.generation, token_hash)
+            .record_generation(&self.fence_key(), self.claim.generation, token_hash, &event)
             .await
     }
 
@@ -298,6 +313,7 @@ impl LeaseGuard {
             claim,
             backend: started.backend,
             snapshot: started.snapshot,
+            admitted: Some(started.admitted),
             started_at: now,
             first_started_at: started.first_started_at,
             fence: std::sync::Mutex::new(fence_after(sent, store.timing())),

@@ -1,35 +1,16 @@
-//! The running cycle's rows: its start (status, cycle row, the config it
-//! delivers, read in the claiming transaction so C2 is exact), its fenced
-//! writes while it holds the gate (C12, C18) and its end (C17). Every
-//! write a runner makes goes through one SQL condition, [`held!`].
-
-use std::collections::BTreeMap;
+//! The running cycle's rows: its fenced writes while it holds the gate
+//! (C12, C18) and its end (C17); its start is `claimed.rs`. Every write a
+//! runner makes goes through one SQL condition, [`held!`].
 
 use deadpool_postgres::GenericClient;
 
 use tokio_postgres::types::ToSql;
 
-use super::{RowTx, Store, db, execute, query};
+use super::{RowTx, Store, db, execute};
 use crate::domain::{
-    BackendKind, ConfigVersion, CycleId, CycleState, Error, Event, Finish, Generation, Goal,
-    ReplicaId, Secret, Timestamp, WorkspaceId, WorkspaceSpec, WorkspaceStatus, ledger::Claim,
+    ConfigVersion, CycleId, CycleState, Error, Event, Finish, Generation, ReplicaId, Timestamp,
+    WorkspaceId, ledger::Claim,
 };
-
-/// The config a provisioning cycle delivers, read right after it took the
-/// gate.
-#[derive(Clone, Debug)]
-pub struct ConfigSnapshot {
-    /// Where the workspace runs.
-    pub backend: BackendKind,
-    /// What it runs.
-    pub spec: WorkspaceSpec,
-    /// Secret values (redacted in `Debug`).
-    pub secrets: BTreeMap<String, Secret>,
-    /// Files.
-    pub files: BTreeMap<String, Vec<u8>>,
-    /// The version of all of the above.
-    pub config_version: ConfigVersion,
-}
 
 /// The one fencing condition (C12, C18): the row's running cycle is this
 /// guard's cycle, in this replica's name, at this takeover count. `$1`
@@ -64,17 +45,6 @@ impl Fence {
             self.epoch as i32,
         )
     }
-}
-
-/// What starting a claimed cycle read.
-#[derive(Debug)]
-pub struct Started {
-    /// The workspace's backend.
-    pub backend: BackendKind,
-    /// The config to deliver (provisioning cycles only).
-    pub snapshot: Option<ConfigSnapshot>,
-    /// When the cycle first started, whoever ran it (C20).
-    pub first_started_at: Timestamp,
 }
 
 impl Store {
@@ -119,135 +89,57 @@ impl Store {
         Ok(held == 1)
     }
 
-    /// Records `generation`'s token hash, only if `fence` still holds.
+    /// Records `generation`'s token hash and publishes `event` (the phase it
+    /// enters), in one statement, only if `fence` still holds.
     pub async fn record_generation(
         &self,
         fence: &Fence,
         generation: Generation,
         token_hash: &[u8],
+        event: &Event,
     ) -> Result<bool, Error> {
         let now = self.clock().now();
+        let payload =
+            serde_json::to_string(event).map_err(|e| Error::Internal(format!("event: {e}")))?;
         let (w, c, o, t) = fence.key();
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(concat!(
-                "INSERT INTO generations (workspace_id, generation, cycle_id, token_hash, created_at)
-                 SELECT $1, $5, $2, $6, $7 FROM workspaces WHERE ",
+                "WITH recorded AS (
+                    INSERT INTO generations (workspace_id, generation, cycle_id, token_hash, created_at)
+                    SELECT $1, $5, $2, $6, $7 FROM workspaces WHERE ",
                 held!(),
                 " ON CONFLICT (workspace_id, generation) DO UPDATE SET
-                    cycle_id = EXCLUDED.cycle_id, token_hash = EXCLUDED.token_hash,
-                    created_at = EXCLUDED.created_at, registered_at = NULL, revoked_at = NULL"
+                        cycle_id = EXCLUDED.cycle_id, token_hash = EXCLUDED.token_hash,
+                        created_at = EXCLUDED.created_at, registered_at = NULL, revoked_at = NULL
+                    RETURNING 1
+                 )
+                 SELECT pg_notify($8, $9) FROM recorded"
             ))
             .await
             .map_err(db)?;
-        let inserted = conn
+        let recorded = conn
             .execute(
                 &statement,
-                &[&w, &c, &o, &t, &(generation.0 as i64), &token_hash, &now],
+                &[
+                    &w,
+                    &c,
+                    &o,
+                    &t,
+                    &(generation.0 as i64),
+                    &token_hash,
+                    &now,
+                    &super::notify::CHANNEL,
+                    &payload,
+                ],
             )
             .await
             .map_err(db)?;
-        Ok(inserted == 1)
+        Ok(recorded == 1)
     }
 }
 
 impl RowTx<'_> {
-    /// Marks a freshly claimed cycle running, sets the workspace's status and
-    /// (for provisioning) reads the config it will deliver.
-    pub async fn start_claimed(&mut self, claim: &Claim, now: Timestamp) -> Result<Started, Error> {
-        let tx = &self.tx;
-        let workspace = self.workspace;
-        let id = workspace.as_uuid();
-        let status = match claim.goal {
-            Goal::Provision => WorkspaceStatus::Provisioning,
-            Goal::Stop | Goal::Delete => WorkspaceStatus::Stopping,
-        };
-        let row = tx
-            .query_one(
-                &tx.prepare_cached(
-                    "UPDATE workspaces SET status = $2, status_reason = '', updated_at = $3
-                     WHERE id = $1 RETURNING backend, spec, config_version",
-                )
-                .await
-                .map_err(db)?,
-                &[&id, &status.as_str(), &now],
-            )
-            .await
-            .map_err(db)?;
-        let backend: BackendKind = row
-            .get::<_, &str>("backend")
-            .parse()
-            .map_err(|e: String| Error::Internal(e))?;
-        let provisions = claim.goal == Goal::Provision;
-        let config_version =
-            provisions.then(|| ConfigVersion(row.get::<_, i64>("config_version") as u64));
-        let (cycle, goal, generation, version, takeovers) = (
-            claim.cycle.as_uuid(),
-            claim.goal.as_str(),
-            claim.generation.0 as i64,
-            config_version.map(|v| v.0 as i64),
-            claim.takeovers as i32,
-        );
-        let mark_row: [&(dyn ToSql + Sync); 6] =
-            [&cycle, &goal, &generation, &version, &now, &takeovers];
-        let served_row: [&(dyn ToSql + Sync); 2] = [&id, &version];
-        // The config read and the cycle's marks are independent: one
-        // pipelined round trip.
-        let (snapshot, _, marked) = futures::try_join!(
-            async {
-                let Some(config_version) = config_version else {
-                    return Ok(None);
-                };
-                let spec: WorkspaceSpec = serde_json::from_value(row.get("spec"))
-                    .map_err(|e| Error::Internal(format!("stored spec: {e}")))?;
-                let sealer = self.store.sealer();
-                read_config(tx, sealer, workspace, backend, spec, config_version)
-                    .await
-                    .map(Some)
-            },
-            async {
-                if version.is_none() {
-                    return Ok(0);
-                }
-                execute(
-                    tx,
-                    "UPDATE workspaces SET served_config_version = $2 WHERE id = $1",
-                    &served_row,
-                )
-                .await
-            },
-            async {
-                let statement = tx
-                    .prepare_cached(
-                        "UPDATE cycles SET state = 'RUNNING', goal = $2, generation = $3,
-                            config_version = $4, started_at = coalesce(started_at, $5),
-                            takeovers = $6
-                         WHERE id = $1 RETURNING started_at",
-                    )
-                    .await
-                    .map_err(db)?;
-                tx.query_one(&statement, &mark_row).await.map_err(db)
-            },
-        )?;
-        let first_started_at: Timestamp = marked.get(0);
-        self.events.extend([
-            Event::cycle(
-                workspace,
-                now,
-                claim.cycle,
-                claim.generation,
-                CycleState::Running,
-                config_version.unwrap_or_default(),
-            ),
-            Event::status(workspace, now, status, "", claim.generation),
-        ]);
-        Ok(Started {
-            backend,
-            snapshot,
-            first_started_at,
-        })
-    }
-
     /// Writes the end of a cycle: status, cycle row, tokens, config removal.
     pub async fn record_end(
         &mut self,
@@ -334,50 +226,4 @@ impl RowTx<'_> {
         ]);
         Ok(())
     }
-}
-
-async fn read_config(
-    tx: &impl GenericClient,
-    sealer: &super::Sealer,
-    workspace: WorkspaceId,
-    backend: BackendKind,
-    spec: WorkspaceSpec,
-    config_version: ConfigVersion,
-) -> Result<ConfigSnapshot, Error> {
-    let id = workspace.as_uuid();
-    let by_workspace: [&(dyn ToSql + Sync); 1] = [&id];
-    let (secrets, files) = futures::try_join!(
-        query(
-            tx,
-            "SELECT name, value, nonce FROM secrets WHERE workspace_id = $1",
-            &by_workspace,
-        ),
-        query(
-            tx,
-            "SELECT path, content FROM files WHERE workspace_id = $1",
-            &by_workspace,
-        ),
-    )?;
-    // The one place secret values are opened: the cycle hands them to the
-    // backend that starts the instance.
-    let secrets = secrets
-        .into_iter()
-        .map(|row| {
-            let name: String = row.get(0);
-            let nonce: Option<&[u8]> = row.get(2);
-            let value = sealer.open(workspace, &name, nonce.unwrap_or_default(), row.get(1))?;
-            Ok((name, value))
-        })
-        .collect::<Result<_, Error>>()?;
-    let files = files
-        .into_iter()
-        .map(|row| (row.get::<_, String>(0), row.get::<_, Vec<u8>>(1)))
-        .collect();
-    Ok(ConfigSnapshot {
-        backend,
-        spec,
-        secrets,
-        files,
-        config_version,
-    })
 }

@@ -1,0 +1,222 @@
+//! A claimed cycle's start, in the claiming transaction (C2, C16, C20):
+//! the workspace's status, the cycle's row marked running, the config it
+//! will deliver (read under the row lock, so C2 is exact), how it was
+//! admitted (for its trace), and its first phase announced — one pipelined
+//! round trip.
+
+use std::collections::BTreeMap;
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+
+use super::{RowTx, db, execute, query, rows::parse};
+use crate::{
+    domain::{
+        BackendKind, ConfigVersion, CycleState, Error, Event, Goal, Phase, Secret, Timestamp,
+        Trigger, WorkspaceId, WorkspaceSpec, WorkspaceStatus, ledger::Claim,
+    },
+    telemetry::cycle_trace::AdmittedCycle,
+};
+
+/// The config a provisioning cycle delivers, read right after it took the
+/// gate.
+#[derive(Clone, Debug)]
+pub struct ConfigSnapshot {
+    /// Where the workspace runs.
+    pub backend: BackendKind,
+    /// What it runs.
+    pub spec: WorkspaceSpec,
+    /// Secret values (redacted in `Debug`).
+    pub secrets: BTreeMap<String, Secret>,
+    /// Files.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// The version of all of the above.
+    pub config_version: ConfigVersion,
+}
+
+/// What starting a claimed cycle read.
+#[derive(Debug)]
+pub struct Started {
+    /// The workspace's backend.
+    pub backend: BackendKind,
+    /// The config to deliver (provisioning cycles only).
+    pub snapshot: Option<ConfigSnapshot>,
+    /// When the cycle first started, whoever ran it (C20).
+    pub first_started_at: Timestamp,
+    /// How it was admitted, for its trace (read in the claim's round trip).
+    pub admitted: AdmittedCycle,
+}
+
+impl RowTx<'_> {
+    /// Marks a freshly claimed cycle running, sets the workspace's status and
+    /// (for provisioning) reads the config it will deliver.
+    pub async fn start_claimed(&mut self, claim: &Claim, now: Timestamp) -> Result<Started, Error> {
+        let tx = &self.tx;
+        let workspace = self.workspace;
+        let id = workspace.as_uuid();
+        let status = match claim.goal {
+            Goal::Provision => WorkspaceStatus::Provisioning,
+            Goal::Stop | Goal::Delete => WorkspaceStatus::Stopping,
+        };
+        let row = tx
+            .query_one(
+                &tx.prepare_cached(
+                    "UPDATE workspaces SET status = $2, status_reason = '', updated_at = $3
+                     WHERE id = $1 RETURNING backend, spec, config_version",
+                )
+                .await
+                .map_err(db)?,
+                &[&id, &status.as_str(), &now],
+            )
+            .await
+            .map_err(db)?;
+        let backend: BackendKind = row
+            .get::<_, &str>("backend")
+            .parse()
+            .map_err(|e: String| Error::Internal(e))?;
+        let provisions = claim.goal == Goal::Provision;
+        let config_version =
+            provisions.then(|| ConfigVersion(row.get::<_, i64>("config_version") as u64));
+        let (cycle, goal, generation, version, takeovers) = (
+            claim.cycle.as_uuid(),
+            claim.goal.as_str(),
+            claim.generation.0 as i64,
+            config_version.map(|v| v.0 as i64),
+            claim.takeovers as i32,
+        );
+        let mark_row: [&(dyn ToSql + Sync); 6] =
+            [&cycle, &goal, &generation, &version, &now, &takeovers];
+        let served_row: [&(dyn ToSql + Sync); 2] = [&id, &version];
+        // The config read and the cycle's marks are independent: one
+        // pipelined round trip.
+        let cycle_row: [&(dyn ToSql + Sync); 1] = [&cycle];
+        let (snapshot, _, marked, absorbed) = futures::try_join!(
+            async {
+                let Some(config_version) = config_version else {
+                    return Ok(None);
+                };
+                let spec: WorkspaceSpec = serde_json::from_value(row.get("spec"))
+                    .map_err(|e| Error::Internal(format!("stored spec: {e}")))?;
+                let sealer = self.store.sealer();
+                read_config(tx, sealer, workspace, backend, spec, config_version)
+                    .await
+                    .map(Some)
+            },
+            async {
+                if version.is_none() {
+                    return Ok(0);
+                }
+                execute(
+                    tx,
+                    "UPDATE workspaces SET served_config_version = $2 WHERE id = $1",
+                    &served_row,
+                )
+                .await
+            },
+            async {
+                let statement = tx
+                    .prepare_cached(
+                        "UPDATE cycles SET state = 'RUNNING', goal = $2, generation = $3,
+                            config_version = $4, started_at = coalesce(started_at, $5),
+                            takeovers = $6
+                         WHERE id = $1
+                         RETURNING started_at, created_at, trace_id, parent_span_id",
+                    )
+                    .await
+                    .map_err(db)?;
+                tx.query_one(&statement, &mark_row).await.map_err(db)
+            },
+            query(
+                tx,
+                "SELECT trigger, count FROM cycle_triggers WHERE cycle_id = $1",
+                &cycle_row,
+            ),
+        )?;
+        let first_started_at: Timestamp = marked.get(0);
+        let mut triggers = BTreeMap::new();
+        for row in &absorbed {
+            let trigger: Trigger = parse(row.get::<_, &str>(0))?;
+            triggers.insert(trigger, row.get::<_, i64>(1) as u64);
+        }
+        let admitted = AdmittedCycle {
+            created_at: marked.get(1),
+            trace_id: marked.get(2),
+            parent_span_id: marked.get(3),
+            triggers,
+        };
+        self.events.extend([
+            Event::cycle(
+                workspace,
+                now,
+                claim.cycle,
+                claim.generation,
+                CycleState::Running,
+                config_version.unwrap_or_default(),
+            ),
+            Event::status(workspace, now, status, "", claim.generation),
+            // Every cycle begins by stopping what runs: announced with the
+            // claim, in its transaction, instead of a write of its own.
+            Event::cycle(
+                workspace,
+                now,
+                claim.cycle,
+                claim.generation,
+                CycleState::Running,
+                config_version.unwrap_or_default(),
+            )
+            .in_phase(Phase::Stopping),
+        ]);
+        Ok(Started {
+            backend,
+            snapshot,
+            first_started_at,
+            admitted,
+        })
+    }
+}
+
+async fn read_config(
+    tx: &impl GenericClient,
+    sealer: &super::Sealer,
+    workspace: WorkspaceId,
+    backend: BackendKind,
+    spec: WorkspaceSpec,
+    config_version: ConfigVersion,
+) -> Result<ConfigSnapshot, Error> {
+    let id = workspace.as_uuid();
+    let by_workspace: [&(dyn ToSql + Sync); 1] = [&id];
+    let (secrets, files) = futures::try_join!(
+        query(
+            tx,
+            "SELECT name, value, nonce FROM secrets WHERE workspace_id = $1",
+            &by_workspace,
+        ),
+        query(
+            tx,
+            "SELECT path, content FROM files WHERE workspace_id = $1",
+            &by_workspace,
+        ),
+    )?;
+    // The one place secret values are opened: the cycle hands them to the
+    // backend that starts the instance.
+    let secrets = secrets
+        .into_iter()
+        .map(|row| {
+            let name: String = row.get(0);
+            let nonce: Option<&[u8]> = row.get(2);
+            let value = sealer.open(workspace, &name, nonce.unwrap_or_default(), row.get(1))?;
+            Ok((name, value))
+        })
+        .collect::<Result<_, Error>>()?;
+    let files = files
+        .into_iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, Vec<u8>>(1)))
+        .collect();
+    Ok(ConfigSnapshot {
+        backend,
+        spec,
+        secrets,
+        files,
+        config_version,
+    })
+}
