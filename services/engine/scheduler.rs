@@ -29,22 +29,54 @@ use crate::{
 #[derive(Clone, Default)]
 pub struct SchedulerHandle {
     poke: Arc<Notify>,
-    earliest: Arc<Mutex<Option<Timestamp>>>,
+    plan: Arc<Mutex<Plan>>,
+}
+
+/// When the scheduler looks next, and what it was told meanwhile.
+#[derive(Default)]
+struct Plan {
+    /// The earliest time it was told of since it last looked.
+    earliest: Option<Timestamp>,
+    /// When it will look next (`None` while it is looking).
+    next_look: Option<Timestamp>,
 }
 
 impl SchedulerHandle {
-    /// Something becomes due at `at`.
+    /// Something becomes due at `at`. Wakes the scheduler only if that is
+    /// before it would look anyway: when it looks, it reads every due time
+    /// from Postgres, so a burst of deferred requests costs no extra sweep.
     pub fn wake_at(&self, at: Timestamp) {
-        let mut earliest = self.earliest.lock().expect("scheduler poisoned");
-        if earliest.is_none_or(|e| at < e) {
-            *earliest = Some(at);
+        let mut plan = self.plan.lock().expect("scheduler poisoned");
+        if plan.next_look.is_some_and(|next| at >= next) {
+            return;
         }
-        drop(earliest);
-        self.poke.notify_one();
+        if plan.earliest.is_none_or(|e| at < e) {
+            plan.earliest = Some(at);
+        }
+        // While it is looking (`next_look` is `None`), it takes `earliest`
+        // before it sleeps: no wake-up needed.
+        if plan.next_look.take().is_some() {
+            drop(plan);
+            self.poke.notify_one();
+        }
     }
 
-    fn take(&self) -> Option<Timestamp> {
-        self.earliest.lock().expect("scheduler poisoned").take()
+    /// Takes what it was told and plans its next look: no later than that,
+    /// no sooner than `floor`.
+    fn plan_next_look(&self, until: Timestamp, floor: Timestamp) -> Timestamp {
+        let mut plan = self.plan.lock().expect("scheduler poisoned");
+        let next = plan
+            .earliest
+            .take()
+            .map_or(until, |e| until.min(e))
+            .max(floor);
+        plan.next_look = Some(next);
+        next
+    }
+
+    /// Marks the scheduler as looking.
+    fn looking(&self) {
+        self.plan.lock().expect("scheduler poisoned").next_look = None;
     }
 }
 
@@ -79,16 +111,43 @@ pub(super) async fn run(
             }
             Err(err) => tracing::warn!(%err, "scheduler sweep failed"),
         }
-        if let Some(local) = handle.take() {
-            until = until.min(local);
-        }
         // Never spin: whatever is "due" but not claimable (a live lease on
         // another replica) is looked at again shortly, not immediately.
-        until = until.max(now + chrono::Duration::milliseconds(20));
+        let until = handle.plan_next_look(until, now + chrono::Duration::milliseconds(20));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = clock.sleep_until(until) => {}
             _ = handle.poke.notified() => {}
         }
+        handle.looking();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn only_a_due_time_before_the_planned_look_wakes_the_scheduler() {
+        let handle = SchedulerHandle::default();
+        let t0 = chrono::Utc::now();
+        let s = chrono::Duration::seconds;
+        assert_eq!(handle.plan_next_look(t0 + s(10), t0), t0 + s(10));
+        handle.wake_at(t0 + s(20));
+        assert!(
+            handle.poke.notified().now_or_never().is_none(),
+            "due after the planned look: it will read it then"
+        );
+        handle.wake_at(t0 + s(5));
+        assert!(
+            handle.poke.notified().now_or_never().is_some(),
+            "due before the planned look: woken"
+        );
+        // Told again before it looked: no second wake-up, the earliest kept.
+        handle.wake_at(t0 + s(3));
+        assert!(handle.poke.notified().now_or_never().is_none());
+        assert_eq!(handle.plan_next_look(t0 + s(10), t0), t0 + s(3));
     }
 }

@@ -83,15 +83,16 @@ pub struct StoreConfig {
     pub secrets_key: SecretsKey,
 }
 
-/// The shared handle on Postgres.
+/// The shared handle on Postgres. Cloned for every admission and cycle:
+/// what is not a handle already is behind an `Arc`.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    pg_config: tokio_postgres::Config,
+    pg_config: Arc<tokio_postgres::Config>,
     replica: ReplicaId,
     timing: Timing,
     clock: SharedClock,
-    sealer: Sealer,
+    sealer: Arc<Sealer>,
     /// The backends' limits, checked at admission (set by the engine).
     limits: Arc<std::sync::OnceLock<LimitCheck>>,
 }
@@ -138,11 +139,11 @@ impl Store {
             .map_err(|e| Error::Internal(format!("connection pool: {e}")))?;
         let store = Self {
             pool,
-            pg_config,
+            pg_config: Arc::new(pg_config),
             replica,
             timing,
             clock,
-            sealer: Sealer::new(&config.secrets_key),
+            sealer: Arc::new(Sealer::new(&config.secrets_key)),
             limits: Arc::default(),
         };
         drop(store.conn().await?);
