@@ -13,9 +13,32 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() {
-    support::memory::run(
+    support::memory::run_with(
         "keyed_memory",
         "jemalloc (tikv-jemallocator, background purge threads, default decay)",
+        Some(jemalloc_stats),
     )
     .await;
+}
+
+/// jemalloc's own account of what it holds, and the size classes of
+/// whatever is live in bulk (at least 1 MB): what a parked request is made
+/// of.
+fn jemalloc_stats() -> String {
+    use workspace_lifecycle::allocator::{Stats, size_classes};
+    let (stats, classes) = match (Stats::read(), size_classes()) {
+        (Ok(stats), Ok(classes)) => (stats, classes),
+        (Err(err), _) | (_, Err(err)) => return format!("jemalloc statistics unavailable: {err}"),
+    };
+    let mut out = stats.to_string();
+    for class in classes.iter().filter(|c| c.size * c.live >= 1_000_000) {
+        out += &format!(
+            "\n      size class {:>6} B: {:>8} live ({:.1} MB) in {} extents",
+            class.size,
+            class.live,
+            (class.size * class.live) as f64 / 1e6,
+            class.extents
+        );
+    }
+    out
 }

@@ -13,8 +13,10 @@
 //! - [`auth`]: who may call what, and how often;
 //! - [`health`]: what `grpc.health.v1` says, and why;
 //! - [`transport`]: which connections the server holds, and how long;
-//! - [`server`]: assembling and serving it all.
+//! - [`server`]: assembling and serving it all;
+//! - [`allocator`]: the global allocator's settings and statistics.
 
+pub mod allocator;
 pub mod auth;
 pub mod config;
 pub mod domain;

@@ -23,12 +23,19 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-fn line(label: &str, rss: u64, start: u64, live: usize) {
+/// What the global allocator says it holds, printed under each RSS line
+/// (`None` where the bench has nothing to ask it).
+pub type AllocatorStats = Option<fn() -> String>;
+
+fn line(label: &str, rss: u64, start: u64, live: usize, stats: AllocatorStats) {
     println!(
         "  {label:<44} RSS {:>8.1} MB  ({:>+8.1} MB vs start)  live per-key entries {live}",
         mb(rss),
         mb(rss) - mb(start)
     );
+    if let Some(stats) = stats {
+        println!("    {}", stats());
+    }
 }
 
 async fn settle() {
@@ -59,6 +66,12 @@ const WITHIN: u64 = 10_000_000;
 /// The whole measurement, in a process whose global allocator is
 /// `allocator` (each bench binary declares its own).
 pub async fn run(bench: &str, allocator: &str) {
+    run_with(bench, allocator, None).await;
+}
+
+/// [`run`], printing `stats` (what the allocator says it holds) under each
+/// RSS line.
+pub async fn run_with(bench: &str, allocator: &str, stats: AllocatorStats) {
     println!("# keyed memory — {}", super::command(bench));
     println!("# machine: {}", super::machine());
     println!("# global allocator: {allocator}");
@@ -71,7 +84,7 @@ pub async fn run(bench: &str, allocator: &str) {
     settle().await;
     let start = super::rss_bytes();
     println!("\nresident memory, keyed stack over {KEYS} distinct workspace ids");
-    line("start", start, start, keyed.coalesce.live_lanes());
+    line("start", start, start, keyed.coalesce.live_lanes(), stats);
 
     // The event bus: a channel per watched workspace, made and evicted.
     for i in 0..KEYS {
@@ -83,6 +96,7 @@ pub async fn run(bench: &str, allocator: &str) {
         super::rss_bytes(),
         start,
         bus.live_channels(),
+        stats,
     );
     const HELD: u64 = 10_000;
     let before_held = super::rss_bytes();
@@ -95,6 +109,7 @@ pub async fn run(bench: &str, allocator: &str) {
         with_held,
         start,
         bus.live_channels(),
+        stats,
     );
     println!(
         "    ≈ {:.1} KB per live subscription (its broadcast buffer)",
@@ -107,6 +122,7 @@ pub async fn run(bench: &str, allocator: &str) {
         super::rss_bytes(),
         start,
         bus.live_channels(),
+        stats,
     );
 
     // Touch a million ids, eight callers at a time.
@@ -129,6 +145,7 @@ pub async fn run(bench: &str, allocator: &str) {
         super::rss_bytes(),
         start,
         keyed.coalesce.live_lanes(),
+        stats,
     );
 
     // A million ids resident at once, twice: the second round shows whether
@@ -158,6 +175,7 @@ pub async fn run(bench: &str, allocator: &str) {
             super::rss_bytes(),
             start,
             keyed.coalesce.live_lanes(),
+            stats,
         );
         keyed.parking.release();
         for task in parked {
@@ -169,6 +187,7 @@ pub async fn run(bench: &str, allocator: &str) {
             super::rss_bytes(),
             start,
             keyed.coalesce.live_lanes(),
+            stats,
         );
         let (rss, took) = returned(start).await;
         line(
@@ -182,6 +201,7 @@ pub async fn run(bench: &str, allocator: &str) {
             rss,
             start,
             keyed.coalesce.live_lanes(),
+            stats,
         );
         worst = worst.max(rss.saturating_sub(start));
     }
