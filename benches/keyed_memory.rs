@@ -6,6 +6,8 @@
 //!
 //!   cargo bench --bench keyed_memory
 
+#[path = "support/jemalloc_stats.rs"]
+mod jemalloc_stats;
 mod support;
 
 #[global_allocator]
@@ -25,7 +27,7 @@ async fn main() {
 /// whatever is live in bulk (at least 1 MB): what a parked request is made
 /// of.
 fn jemalloc_stats() -> String {
-    use workspace_lifecycle::allocator::{Stats, size_classes};
+    use jemalloc_stats::{Stats, size_classes};
     let (stats, classes) = match (Stats::read(), size_classes()) {
         (Ok(stats), Ok(classes)) => (stats, classes),
         (Err(err), _) | (_, Err(err)) => return format!("jemalloc statistics unavailable: {err}"),

@@ -14,9 +14,7 @@
 //! - [`health`]: what `grpc.health.v1` says, and why;
 //! - [`transport`]: which connections the server holds, and how long;
 //! - [`server`]: assembling and serving it all;
-//! - [`allocator`]: the global allocator's settings and statistics.
 
-pub mod allocator;
 pub mod auth;
 pub mod config;
 pub mod domain;

@@ -1,6 +1,5 @@
 //! The server binary's global allocator, jemalloc: what it holds, read from
-//! its own statistics. No lifecycle contract (C1–C20): how the process
-//! gives memory back to the OS, which C15's memory figures rest on.
+//! its own statistics (C15's memory figures rest on it).
 //!
 //! `services/main.rs` declares jemalloc as the global allocator; the
 //! keyed-memory benchmark declares the same, so it measures the server's
@@ -21,25 +20,25 @@ use tikv_jemalloc_ctl::{Access, AsName, epoch, stats};
 /// live data from freed-but-unpurged pages and from jemalloc's own
 /// bookkeeping when RSS does not come back.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Bytes the program has allocated and not freed.
-    pub allocated: usize,
+    pub(crate) allocated: usize,
     /// Bytes in pages that hold live allocations.
-    pub active: usize,
+    pub(crate) active: usize,
     /// Bytes jemalloc has resident: active, dirty, and metadata pages.
-    pub resident: usize,
+    pub(crate) resident: usize,
     /// jemalloc's own bookkeeping (base and internal allocations).
-    pub metadata: usize,
+    pub(crate) metadata: usize,
     /// Of `metadata`: the extent headers (`edata_t`), one per extent.
-    pub metadata_edata: usize,
+    pub(crate) metadata_edata: usize,
     /// Of `metadata`: the radix tree from pages to extents.
-    pub metadata_rtree: usize,
+    pub(crate) metadata_rtree: usize,
     /// Virtual memory kept mapped for reuse but purged (not resident).
-    pub retained: usize,
+    pub(crate) retained: usize,
     /// Freed pages not yet purged (dirty, all arenas), in bytes.
-    pub dirty: usize,
+    pub(crate) dirty: usize,
     /// Pages purged lazily (muzzy, all arenas), in bytes.
-    pub muzzy: usize,
+    pub(crate) muzzy: usize,
 }
 
 /// `MALLCTL_ARENAS_ALL`: the merged statistics of every arena.
@@ -59,7 +58,7 @@ fn read(name: &[u8]) -> Result<usize, tikv_jemalloc_ctl::Error> {
 impl Stats {
     /// Refreshes jemalloc's cached statistics and reads them. Under another
     /// global allocator this reads the (unused) linked-in jemalloc.
-    pub fn read() -> Result<Self, tikv_jemalloc_ctl::Error> {
+    pub(crate) fn read() -> Result<Self, tikv_jemalloc_ctl::Error> {
         epoch::advance()?;
         Ok(Self {
             allocated: stats::allocated::read()?,
@@ -99,18 +98,18 @@ impl fmt::Display for Stats {
 /// of, and in how many extents (each with an `edata` header that jemalloc
 /// keeps, for reuse, after the extent is gone).
 #[derive(Debug, Clone, Copy)]
-pub struct SizeClass {
+pub(crate) struct SizeClass {
     /// The class's allocation size, in bytes.
-    pub size: usize,
+    pub(crate) size: usize,
     /// Allocations of this class not yet freed.
-    pub live: usize,
+    pub(crate) live: usize,
     /// Extents holding them: slabs for small classes, one per large one.
-    pub extents: usize,
+    pub(crate) extents: usize,
 }
 
 /// Every size class with live allocations, all arenas merged, largest share
 /// of bytes first.
-pub fn size_classes() -> Result<Vec<SizeClass>, tikv_jemalloc_ctl::Error> {
+pub(crate) fn size_classes() -> Result<Vec<SizeClass>, tikv_jemalloc_ctl::Error> {
     epoch::advance()?;
     let mut classes = Vec::new();
     let nbins: u32 = b"arenas.nbins\0".name().read()?;
