@@ -42,21 +42,28 @@ impl Admit<Intent> for Store {
     }
 
     async fn admit_group(&self, group: &[Batch<'_, Intent>], now: Timestamp) -> Vec<BatchAnswers> {
-        match admit_together(self, group, now).await {
-            Ok(answers) => answers,
+        if group.len() == 1 {
+            return vec![admit_alone(self, &group[0], now).await];
+        }
+        match admit_together(self, group, now, false).await {
+            // A workspace whose row was busy waits for it on its own.
+            Ok(answers) => {
+                let mut all = Vec::with_capacity(group.len());
+                for (batch, answer) in group.iter().zip(answers) {
+                    all.push(match answer {
+                        Some(answer) => answer,
+                        None => admit_alone(self, batch, now).await,
+                    });
+                }
+                all
+            }
             // A statement failed and the group rolled back: each workspace on
             // its own, so the failure stays with the one that caused it. (A
             // lost database fails them all alike: no point asking again.)
-            Err(err) if group.len() > 1 && !matches!(err, Error::Unavailable(_)) => {
+            Err(err) if !matches!(err, Error::Unavailable(_)) => {
                 let mut answers = Vec::with_capacity(group.len());
                 for batch in group {
-                    let alone = admit_together(self, std::slice::from_ref(batch), now).await;
-                    answers.push(match alone {
-                        Ok(mut one) => one.pop().unwrap_or_else(|| {
-                            Err(Error::Internal("admission lost a batch".into()))
-                        }),
-                        Err(err) => Err(err),
-                    });
+                    answers.push(admit_alone(self, batch, now).await);
                 }
                 answers
             }
@@ -65,12 +72,27 @@ impl Admit<Intent> for Store {
     }
 }
 
-/// Admits `group` in one transaction; `Err` if it rolled back.
+/// Admits one workspace's batch in a transaction of its own, waiting for
+/// its row.
+async fn admit_alone(store: &Store, batch: &Batch<'_, Intent>, now: Timestamp) -> BatchAnswers {
+    match admit_together(store, std::slice::from_ref(batch), now, true).await {
+        Ok(mut answers) => answers
+            .pop()
+            .flatten()
+            .unwrap_or_else(|| Err(Error::Internal("admission lost a batch".into()))),
+        Err(err) => Err(err),
+    }
+}
+
+/// Admits `group` in one transaction; `Err` if it rolled back. Unless
+/// `wait`, a workspace whose row another transaction holds is left out
+/// (`None`): nothing of it was written.
 async fn admit_together(
     store: &Store,
     group: &[Batch<'_, Intent>],
     now: Timestamp,
-) -> Result<Vec<BatchAnswers>, Error> {
+    wait: bool,
+) -> Result<Vec<Option<BatchAnswers>>, Error> {
     let mut conn = store.conn().await?;
     let tx = GroupTx::begin(&mut conn, store).await?;
     let mut answers: Vec<Option<BatchAnswers>> = group.iter().map(|_| None).collect();
@@ -110,7 +132,7 @@ async fn admit_together(
         .filter(|(b, _)| b.requests.iter().any(|r| r.change.is_some()))
         .map(|(b, _)| *b.key)
         .collect();
-    let mut locked = tx.lock(&ids, &configs).await?;
+    let mut locked = tx.lock(&ids, &configs, wait).await?;
 
     let mut writes = Vec::with_capacity(ids.len());
     for (batch, answer) in group.iter().zip(answers.iter_mut()) {
@@ -118,7 +140,9 @@ async fn admit_together(
             continue;
         }
         let Some(admitting) = locked.remove(batch.key) else {
-            *answer = Some(Err(Error::NotFound(format!("workspace {}", batch.key))));
+            if wait {
+                *answer = Some(Err(Error::NotFound(format!("workspace {}", batch.key))));
+            }
             continue;
         };
         let (results, write) = admit_batch(store, *batch.key, batch.requests, admitting, now);
@@ -126,10 +150,7 @@ async fn admit_together(
         writes.push(write);
     }
     tx.commit(&writes, now).await?;
-    Ok(answers
-        .into_iter()
-        .map(|a| a.unwrap_or_else(|| Err(Error::Internal("admission lost a batch".into()))))
-        .collect())
+    Ok(answers)
 }
 
 /// Admits one workspace's batch against its locked row, in arrival order.

@@ -80,12 +80,15 @@ impl<'c> GroupTx<'c> {
     }
 
     /// Locks the rows of `ids` and reads the config of those in `configs`
-    /// (sizes only), in one round trip; a workspace that does not exist is
-    /// missing from the answer.
+    /// (sizes only), in one round trip. A workspace that does not exist is
+    /// missing from the answer; so is, if `wait` is false, one whose row
+    /// another transaction holds right now (a group never waits on one
+    /// workspace's lock: that workspace is admitted on its own instead).
     pub async fn lock<'a>(
         &self,
         ids: &[WorkspaceId],
         configs: &[WorkspaceId],
+        wait: bool,
     ) -> Result<HashMap<WorkspaceId, Admitting<'a>>, Error> {
         if ids.is_empty() {
             return Ok(HashMap::new());
@@ -96,8 +99,9 @@ impl<'c> GroupTx<'c> {
         let with_spec = limits::enforced(&self.store);
         // Prepared first, so the reads below go out in this order, the lock
         // first: Postgres runs them in order, the reads once it is held.
-        let (lock, specs, secrets, files) = futures::try_join!(
-            tx.prepare_cached(rows::LOCK_ALL),
+        let (lock, specs, secrets, files) =
+            futures::try_join!(
+            tx.prepare_cached(if wait { rows::LOCK_ALL } else { rows::LOCK_FREE }),
             tx.prepare_cached(
                 "SELECT id, backend, CASE WHEN $2 THEN spec END FROM workspaces WHERE id = ANY($1)"
             ),
@@ -109,7 +113,7 @@ impl<'c> GroupTx<'c> {
                 "SELECT workspace_id, path, length(content) FROM files WHERE workspace_id = ANY($1)"
             ),
         )
-        .map_err(db)?;
+            .map_err(db)?;
         let overhead = limits::SEAL_OVERHEAD;
         let spec_params: [&(dyn ToSql + Sync); 2] = [&configs, &with_spec];
         let secret_params: [&(dyn ToSql + Sync); 2] = [&configs, &overhead];

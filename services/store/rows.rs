@@ -114,11 +114,19 @@ pub(crate) async fn lock_all(
         .collect()
 }
 
-/// The statement [`lock_all`] runs.
+/// The statement [`lock_all`] runs to wait for every row.
 pub(crate) const LOCK_ALL: &str = concat!(
     "SELECT id, ",
     locked_columns!(),
     " FROM workspaces WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+);
+
+/// The statement [`lock_all`] runs to lock the rows nobody else holds now
+/// and skip the rest.
+pub(crate) const LOCK_FREE: &str = concat!(
+    "SELECT id, ",
+    locked_columns!(),
+    " FROM workspaces WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED"
 );
 
 /// One locked row to write back, with when its follow-up is due.

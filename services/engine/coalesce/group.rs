@@ -10,10 +10,17 @@
 //! a group grows with the load: one transaction per group instead of one
 //! per workspace, and no extra wait when the service is idle. A lane has at
 //! most one batch in here at a time, so a group never holds a key twice.
+//!
+//! Keys still do not wait on each other (C4): a group in flight for longer
+//! than [`STALL`] no longer holds its slot against the others, and a batch
+//! that waited [`STALL`] for a slot is admitted by its own lane.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, time::Instant};
 
 use super::{Admit, Batch, Reply};
 use crate::{
@@ -28,8 +35,13 @@ use crate::{
 /// (at 4, 16 busy workspaces went about 3 calls per transaction).
 pub(super) const MAX_IN_FLIGHT: usize = 2;
 
+/// How long a group may hold its slot against the others, and how long a
+/// batch waits for a slot before its lane admits it alone.
+pub(super) const STALL: Duration = Duration::from_millis(20);
+
 /// One lane's batch, with the callers' replies and the lane's wake-up.
 struct Handed<R: StackRequest> {
+    ticket: u64,
     key: R::Key,
     requests: Vec<R>,
     replies: Vec<Reply<R>>,
@@ -38,7 +50,29 @@ struct Handed<R: StackRequest> {
 
 struct State<R: StackRequest> {
     waiting: Vec<Handed<R>>,
-    in_flight: usize,
+    next_ticket: u64,
+    /// The slots in use, with when their current group began.
+    slots: Vec<(u64, Instant)>,
+    next_slot: u64,
+}
+
+impl<R: StackRequest> State<R> {
+    /// A slot may open while fewer than [`MAX_IN_FLIGHT`] groups began
+    /// within [`STALL`]: one stuck on a lock holds back nobody for long.
+    fn slot_free(&self, now: Instant) -> bool {
+        let fresh = self.slots.iter().filter(|(_, began)| now - *began < STALL);
+        fresh.count() < MAX_IN_FLIGHT
+    }
+
+    fn open_slot(&mut self, now: Instant) -> u64 {
+        self.next_slot += 1;
+        self.slots.push((self.next_slot, now));
+        self.next_slot
+    }
+
+    fn close_slot(&mut self, slot: u64) {
+        self.slots.retain(|(id, _)| *id != slot);
+    }
 }
 
 /// The group committer of one layer (one replica).
@@ -55,7 +89,9 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             clock,
             state: Mutex::new(State {
                 waiting: Vec::new(),
-                in_flight: 0,
+                next_ticket: 0,
+                slots: Vec::new(),
+                next_slot: 0,
             }),
         }
     }
@@ -69,25 +105,41 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
         replies: Vec<Reply<R>>,
     ) {
         let (done, answered) = oneshot::channel();
-        let lead = {
+        let (ticket, slot) = {
             let mut state = self.state.lock().expect("committer poisoned");
+            state.next_ticket += 1;
+            let ticket = state.next_ticket;
             state.waiting.push(Handed {
+                ticket,
                 key,
                 requests,
                 replies,
                 done,
             });
-            let free = state.in_flight < MAX_IN_FLIGHT;
-            if free {
-                state.in_flight += 1;
-            }
-            free
+            let now = Instant::now();
+            (ticket, state.slot_free(now).then(|| state.open_slot(now)))
         };
-        if lead {
-            Slot(Some(self.clone())).lead().await;
+        if let Some(slot) = slot {
+            Slot::new(self.clone(), slot).lead().await;
         }
         // Answered by this task just now, or by another slot's group.
-        let _ = answered.await;
+        let mut answered = std::pin::pin!(answered);
+        loop {
+            tokio::select! {
+                _ = &mut answered => return,
+                _ = tokio::time::sleep(STALL) => {}
+            }
+            // Every slot stayed busy: if this batch still waits, its own
+            // lane admits it (with whatever waits) in a slot of its own.
+            let slot = {
+                let mut state = self.state.lock().expect("committer poisoned");
+                let waits = state.waiting.iter().any(|h| h.ticket == ticket);
+                waits.then(|| state.open_slot(Instant::now()))
+            };
+            if let Some(slot) = slot {
+                Slot::new(self.clone(), slot).lead().await;
+            }
+        }
     }
 
     /// How many batches wait for a slot (tests).
@@ -96,13 +148,18 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
         self.state.lock().expect("committer poisoned").waiting.len()
     }
 
-    /// Takes every waiting batch, or frees the slot when none waits (under
-    /// the same lock, so a batch handed in meanwhile is never stranded).
-    fn next_group(&self) -> Option<Vec<Handed<R>>> {
+    /// Takes every waiting batch for `slot`, or closes the slot when none
+    /// waits (under the same lock, so a batch handed in meanwhile is never
+    /// stranded).
+    fn next_group(&self, slot: u64) -> Option<Vec<Handed<R>>> {
         let mut state = self.state.lock().expect("committer poisoned");
         if state.waiting.is_empty() {
-            state.in_flight -= 1;
+            state.close_slot(slot);
             return None;
+        }
+        let now = Instant::now();
+        if let Some(entry) = state.slots.iter_mut().find(|(id, _)| *id == slot) {
+            entry.1 = now;
         }
         Some(std::mem::take(&mut state.waiting))
     }
@@ -139,16 +196,26 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
 }
 
 /// A slot of the committer, held by the task admitting groups in it.
-struct Slot<A: Admit<R>, R: StackRequest>(Option<Arc<Committer<A, R>>>);
+struct Slot<A: Admit<R>, R: StackRequest> {
+    committer: Option<Arc<Committer<A, R>>>,
+    id: u64,
+}
 
 impl<A: Admit<R>, R: StackRequest> Slot<A, R> {
-    /// Admits groups until none waits; the last look frees the slot.
+    fn new(committer: Arc<Committer<A, R>>, id: u64) -> Self {
+        Self {
+            committer: Some(committer),
+            id,
+        }
+    }
+
+    /// Admits groups until none waits; the last look closes the slot.
     async fn lead(mut self) {
-        let committer = self.0.clone().expect("a slot leads once");
-        while let Some(group) = committer.next_group() {
+        let committer = self.committer.clone().expect("a slot leads once");
+        while let Some(group) = committer.next_group(self.id) {
             committer.admit_group(group).await;
         }
-        self.0 = None;
+        self.committer = None;
     }
 }
 
@@ -157,22 +224,21 @@ impl<A: Admit<R>, R: StackRequest> Drop for Slot<A, R> {
     /// rolls back and its callers are told; the slot goes on in a task of
     /// its own, so no batch waits behind a slot nobody holds.
     fn drop(&mut self) {
-        let Some(committer) = self.0.take() else {
+        let Some(committer) = self.committer.take() else {
             return;
         };
+        let id = self.id;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 // The slot is rebuilt only when the task runs: a task dropped
                 // unpolled (the runtime is ending) just lets go.
-                runtime.spawn(async move { Slot(Some(committer)).lead().await });
+                runtime.spawn(async move { Slot::new(committer, id).lead().await });
             }
-            Err(_) => {
-                committer
-                    .state
-                    .lock()
-                    .expect("committer poisoned")
-                    .in_flight -= 1
-            }
+            Err(_) => committer
+                .state
+                .lock()
+                .expect("committer poisoned")
+                .close_slot(id),
         }
     }
 }

@@ -255,7 +255,9 @@ impl Admit<TestRequest> for GroupingAdmit {
     }
 }
 
-#[tokio::test]
+// Paused clock: the batches wait for a slot no longer than `group::STALL`
+// of tokio time, which passes here only when every task is idle.
+#[tokio::test(start_paused = true)]
 async fn batches_of_many_keys_that_wait_for_a_slot_share_one_group() {
     let admit = Arc::new(GroupingAdmit {
         permits: Semaphore::new(0),
@@ -298,5 +300,87 @@ async fn batches_of_many_keys_that_wait_for_a_slot_share_one_group() {
         (0..keys).collect::<Vec<_>>(),
         "each key admitted once"
     );
+    assert_eq!(layer.live_lanes(), 0);
+}
+
+/// Holds every group with a key of `blocked` until released.
+struct BlockingAdmit {
+    blocked: [u32; 2],
+    entered: std::sync::atomic::AtomicUsize,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait]
+impl Admit<TestRequest> for BlockingAdmit {
+    async fn admit(&self, _: &u32, batch: &[TestRequest], _: Timestamp) -> BatchAnswers {
+        Ok(batch
+            .iter()
+            .map(|_| Ok(Ticket::Done(Admission::of(Verdict::Idle))))
+            .collect())
+    }
+
+    async fn admit_group(
+        &self,
+        group: &[Batch<'_, TestRequest>],
+        now: Timestamp,
+    ) -> Vec<BatchAnswers> {
+        if group.iter().any(|b| self.blocked.contains(b.key)) {
+            self.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.release.subscribe().wait_for(|r| *r).await;
+        }
+        let mut answers = Vec::new();
+        for batch in group {
+            answers.push(self.admit(batch.key, batch.requests, now).await);
+        }
+        answers
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn groups_stuck_in_every_slot_hold_back_another_key_no_longer_than_the_stall() {
+    let admit = Arc::new(BlockingAdmit {
+        blocked: [1, 2],
+        entered: Default::default(),
+        release: tokio::sync::watch::channel(false).0,
+    });
+    let layer: CoalesceLayer<BlockingAdmit, TestRequest> = CoalesceLayer::new(
+        admit.clone(),
+        Arc::new(ManualClock::new(chrono::Utc::now())),
+    );
+    let (inner, _handle) = mock_inner();
+    let svc = layer.layer(inner);
+    let stuck: Vec<_> = [1, 2]
+        .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
+        .into();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while admit.entered.load(std::sync::atomic::Ordering::SeqCst) < group::MAX_IN_FLIGHT {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("both slots taken by stuck groups");
+
+    // Both slots are fresh: the next key waits for one, at most the stall.
+    let began = tokio::time::Instant::now();
+    let answer = tokio::time::timeout(group::STALL * 10, svc.clone().oneshot(treated(3, 3))).await;
+    assert!(matches!(answer, Ok(Ok(_))), "{answer:?}");
+    assert_eq!(
+        began.elapsed(),
+        group::STALL,
+        "admitted by its own lane after the stall"
+    );
+
+    // Now the stuck groups are past the stall: a key goes at once.
+    let began = tokio::time::Instant::now();
+    let answer = tokio::time::timeout(group::STALL * 10, svc.clone().oneshot(treated(4, 4))).await;
+    assert!(matches!(answer, Ok(Ok(_))), "{answer:?}");
+    assert_eq!(began.elapsed(), Duration::ZERO, "stuck groups hold no slot");
+
+    admit.release.send_replace(true);
+    for call in stuck {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
+        assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
+    }
     assert_eq!(layer.live_lanes(), 0);
 }
