@@ -46,16 +46,24 @@ impl Admit<Intent> for Store {
             return vec![admit_alone(self, &group[0], now).await];
         }
         match admit_together(self, group, now, false).await {
-            // A workspace whose row was busy waits for it on its own.
+            // The workspaces whose rows were busy wait for them, each on its
+            // own and all at once: the group waits for the slowest, not the
+            // sum.
             Ok(answers) => {
-                let mut all = Vec::with_capacity(group.len());
-                for (batch, answer) in group.iter().zip(answers) {
-                    all.push(match answer {
-                        Some(answer) => answer,
-                        None => admit_alone(self, batch, now).await,
-                    });
-                }
-                all
+                let busy = group
+                    .iter()
+                    .zip(&answers)
+                    .filter(|(_, answer)| answer.is_none())
+                    .map(|(batch, _)| admit_alone(self, batch, now));
+                let mut busy = futures::future::join_all(busy).await.into_iter();
+                answers
+                    .into_iter()
+                    .map(|answer| {
+                        answer.or_else(|| busy.next()).unwrap_or_else(|| {
+                            Err(Error::Internal("admission lost a batch".into()))
+                        })
+                    })
+                    .collect()
             }
             // A statement failed and the group rolled back: each workspace on
             // its own, so the failure stays with the one that caused it. (A

@@ -16,6 +16,8 @@
 //! that waited [`STALL`] for a slot is admitted by its own lane.
 
 use std::{
+    collections::{BTreeSet, HashMap},
+    ops::Bound,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -51,8 +53,11 @@ struct Handed<R: StackRequest> {
 struct State<R: StackRequest> {
     waiting: Vec<Handed<R>>,
     next_ticket: u64,
-    /// The slots in use, with when their current group began.
-    slots: Vec<(u64, Instant)>,
+    /// The slots in use, with when their current group began, and the same
+    /// ordered by that time: which are fresh is a range, however many slots
+    /// are stuck (a million parked requests make a million).
+    slots: HashMap<u64, Instant>,
+    by_start: BTreeSet<(Instant, u64)>,
     next_slot: u64,
 }
 
@@ -60,18 +65,35 @@ impl<R: StackRequest> State<R> {
     /// A slot may open while fewer than [`MAX_IN_FLIGHT`] groups began
     /// within [`STALL`]: one stuck on a lock holds back nobody for long.
     fn slot_free(&self, now: Instant) -> bool {
-        let fresh = self.slots.iter().filter(|(_, began)| now - *began < STALL);
-        fresh.count() < MAX_IN_FLIGHT
+        let fresh = match now.checked_sub(STALL) {
+            Some(since) => self
+                .by_start
+                .range((Bound::Excluded((since, u64::MAX)), Bound::Unbounded))
+                .take(MAX_IN_FLIGHT)
+                .count(),
+            None => self.by_start.len().min(MAX_IN_FLIGHT),
+        };
+        fresh < MAX_IN_FLIGHT
     }
 
     fn open_slot(&mut self, now: Instant) -> u64 {
         self.next_slot += 1;
-        self.slots.push((self.next_slot, now));
+        self.restart_slot(self.next_slot, now);
         self.next_slot
     }
 
+    /// The slot's next group begins `now`.
+    fn restart_slot(&mut self, slot: u64, now: Instant) {
+        if let Some(began) = self.slots.insert(slot, now) {
+            self.by_start.remove(&(began, slot));
+        }
+        self.by_start.insert((now, slot));
+    }
+
     fn close_slot(&mut self, slot: u64) {
-        self.slots.retain(|(id, _)| *id != slot);
+        if let Some(began) = self.slots.remove(&slot) {
+            self.by_start.remove(&(began, slot));
+        }
     }
 }
 
@@ -90,7 +112,8 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             state: Mutex::new(State {
                 waiting: Vec::new(),
                 next_ticket: 0,
-                slots: Vec::new(),
+                slots: HashMap::new(),
+                by_start: BTreeSet::new(),
                 next_slot: 0,
             }),
         }
@@ -157,10 +180,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             state.close_slot(slot);
             return None;
         }
-        let now = Instant::now();
-        if let Some(entry) = state.slots.iter_mut().find(|(id, _)| *id == slot) {
-            entry.1 = now;
-        }
+        state.restart_slot(slot, Instant::now());
         Some(std::mem::take(&mut state.waiting))
     }
 
