@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
@@ -121,6 +122,19 @@ pub(super) async fn write_group(
     .map(|_| ())
 }
 
+/// Runs `sql` unless it has no rows to write.
+async fn unless_empty(
+    tx: &impl GenericClient,
+    rows: usize,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, Error> {
+    if rows == 0 {
+        return Ok(0);
+    }
+    execute(tx, sql, params).await
+}
+
 /// Secrets set and deleted, for every workspace: at most two statements.
 async fn write_secrets(
     tx: &impl GenericClient,
@@ -144,34 +158,28 @@ async fn write_secrets(
             }
         }
     }
-    let upsert = async {
-        if set.0.is_empty() {
-            return Ok(0);
-        }
-        execute(
+    let set_params: [&(dyn ToSql + Sync); 5] = [&set.0, &set.1, &set.2, &set.3, &now];
+    let deleted_params: [&(dyn ToSql + Sync); 2] = [&deleted.0, &deleted.1];
+    futures::try_join!(
+        unless_empty(
             tx,
+            set.0.len(),
             "INSERT INTO secrets (workspace_id, name, value, nonce, updated_at)
              SELECT w, n, v, nonce, $5 FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[])
                AS t (w, n, v, nonce)
              ON CONFLICT (workspace_id, name) DO UPDATE
              SET value = EXCLUDED.value, nonce = EXCLUDED.nonce, updated_at = EXCLUDED.updated_at",
-            &[&set.0, &set.1, &set.2, &set.3, &now],
-        )
-        .await
-    };
-    let delete = async {
-        if deleted.0.is_empty() {
-            return Ok(0);
-        }
-        execute(
+            &set_params,
+        ),
+        unless_empty(
             tx,
+            deleted.0.len(),
             "DELETE FROM secrets s USING unnest($1::uuid[], $2::text[]) AS d (w, n)
              WHERE s.workspace_id = d.w AND s.name = d.n",
-            &[&deleted.0, &deleted.1],
-        )
-        .await
-    };
-    futures::try_join!(upsert, delete).map(|_| ())
+            &deleted_params,
+        ),
+    )
+    .map(|_| ())
 }
 
 /// Files written and deleted, for every workspace: at most two statements.
@@ -196,33 +204,27 @@ async fn write_files(
             }
         }
     }
-    let upsert = async {
-        if written.0.is_empty() {
-            return Ok(0);
-        }
-        execute(
+    let written_params: [&(dyn ToSql + Sync); 4] = [&written.0, &written.1, &written.2, &now];
+    let deleted_params: [&(dyn ToSql + Sync); 2] = [&deleted.0, &deleted.1];
+    futures::try_join!(
+        unless_empty(
             tx,
+            written.0.len(),
             "INSERT INTO files (workspace_id, path, content, updated_at)
              SELECT w, p, c, $4 FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS t (w, p, c)
              ON CONFLICT (workspace_id, path) DO UPDATE
              SET content = EXCLUDED.content, updated_at = EXCLUDED.updated_at",
-            &[&written.0, &written.1, &written.2, &now],
-        )
-        .await
-    };
-    let delete = async {
-        if deleted.0.is_empty() {
-            return Ok(0);
-        }
-        execute(
+            &written_params,
+        ),
+        unless_empty(
             tx,
+            deleted.0.len(),
             "DELETE FROM files f USING unnest($1::uuid[], $2::text[]) AS d (w, p)
              WHERE f.workspace_id = d.w AND f.path = d.p",
-            &[&deleted.0, &deleted.1],
-        )
-        .await
-    };
-    futures::try_join!(upsert, delete).map(|_| ())
+            &deleted_params,
+        ),
+    )
+    .map(|_| ())
 }
 
 /// New cycles and the triggers they absorbed, for every workspace: one

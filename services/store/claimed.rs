@@ -144,27 +144,20 @@ impl RowTx<'_> {
             parent_span_id: marked.get(3),
             triggers,
         };
+        let running = Event::cycle(
+            workspace,
+            now,
+            claim.cycle,
+            claim.generation,
+            CycleState::Running,
+            config_version.unwrap_or_default(),
+        );
         self.events.extend([
-            Event::cycle(
-                workspace,
-                now,
-                claim.cycle,
-                claim.generation,
-                CycleState::Running,
-                config_version.unwrap_or_default(),
-            ),
+            running.clone(),
             Event::status(workspace, now, status, "", claim.generation),
             // Every cycle begins by stopping what runs: announced with the
             // claim, in its transaction, instead of a write of its own.
-            Event::cycle(
-                workspace,
-                now,
-                claim.cycle,
-                claim.generation,
-                CycleState::Running,
-                config_version.unwrap_or_default(),
-            )
-            .in_phase(Phase::Stopping),
+            running.in_phase(Phase::Stopping),
         ]);
         Ok(Started {
             backend,
