@@ -95,11 +95,8 @@ pub(super) async fn write_group(
     let saves: Vec<rows::Save<'_>> = writes
         .iter()
         .filter_map(|w| {
-            w.save.as_ref().map(|locked| rows::Save {
-                workspace: w.workspace,
-                locked,
-                due: locked.ledger.pending_due(store.timing()),
-            })
+            let locked = w.save.as_ref()?;
+            Some(rows::Save::of(w.workspace, locked, store.timing()))
         })
         .collect();
     let events: Vec<Event> = writes

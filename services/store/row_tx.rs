@@ -66,31 +66,15 @@ impl<'c> RowTx<'c> {
     /// due, for the scheduler — sends the queued events, and commits. The
     /// row and the events go in one pipelined round trip.
     pub async fn commit(self, save: Option<&Locked>, now: Timestamp) -> Result<(), Error> {
-        self.flush(save, now, async { Ok(()) }).await?;
+        let timing = self.store.timing();
+        let rows: Vec<rows::Save<'_>> = save
+            .into_iter()
+            .map(|locked| rows::Save::of(self.workspace, locked, timing))
+            .collect();
+        futures::try_join!(
+            rows::save(&self.tx, &rows, now),
+            notify::publish(&self.tx, &self.events)
+        )?;
         self.tx.commit().await.map_err(db)
-    }
-
-    /// Writes the row (if `save`) and the queued events, with `more` (other
-    /// writes of this transaction), pipelined: one round trip.
-    pub(super) async fn flush(
-        &self,
-        save: Option<&Locked>,
-        now: Timestamp,
-        more: impl Future<Output = Result<(), Error>>,
-    ) -> Result<(), Error> {
-        let row = async {
-            match save {
-                Some(locked) => {
-                    let row = rows::Save {
-                        workspace: self.workspace,
-                        locked,
-                        due: locked.ledger.pending_due(self.store.timing()),
-                    };
-                    rows::save(&self.tx, &[row], now).await
-                }
-                None => Ok(()),
-            }
-        };
-        futures::try_join!(row, notify::publish(&self.tx, &self.events), more).map(|_| ())
     }
 }

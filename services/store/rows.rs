@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{db, row_tx::Locked};
 use crate::domain::Error;
 use crate::{
-    domain::ledger::{Burst, Ledger, Pending, Running},
+    domain::ledger::{Burst, Ledger, Pending, Running, Timing},
     domain::{
         ConfigVersion, CycleId, Desired, Generation, Goal, ReplicaId, Timestamp, WorkspaceId,
     },
@@ -131,9 +131,21 @@ pub(crate) const LOCK_FREE: &str = concat!(
 
 /// One locked row to write back, with when its follow-up is due.
 pub(crate) struct Save<'l> {
-    pub(crate) workspace: WorkspaceId,
-    pub(crate) locked: &'l Locked,
-    pub(crate) due: Option<Timestamp>,
+    workspace: WorkspaceId,
+    locked: &'l Locked,
+    due: Option<Timestamp>,
+}
+
+impl<'l> Save<'l> {
+    /// `locked` to write back to `workspace`'s row, its follow-up's due
+    /// time derived by the ledger's rule.
+    pub(crate) fn of(workspace: WorkspaceId, locked: &'l Locked, timing: &Timing) -> Self {
+        Self {
+            workspace,
+            locked,
+            due: locked.ledger.pending_due(timing),
+        }
+    }
 }
 
 /// Writes the ledgers (and config versions) back to their locked rows: one
