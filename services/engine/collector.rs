@@ -5,12 +5,17 @@
 //! paused or partitioned mid-call, of FAILED, STOPPED and DELETED
 //! workspaces. So whatever went wrong, a leak lasts one reconcile interval.
 //!
-//! It never races a cycle: a workspace whose cycle runs is the cycle's
+//! It never races a cycle (C5): a workspace whose cycle runs is the cycle's
 //! business (its start removes older generations, its failure cleans up),
-//! and the standing is read again right before each removal. One replica
-//! collects at a time (an advisory lock). Instances of
+//! and each removal runs holding the workspace's row, its standing read
+//! again under that lock, so no cycle can be claimed until it ends. The
+//! hold is bounded: a removal gets [`REMOVAL_HOLD`], and a collector
+//! paused past it loses the row and makes no call (C18). One replica
+//! collects at a time (an advisory lock a quiet holder loses). Instances of
 //! workspaces this database does not know are left alone: they may belong
 //! to another deployment sharing the backend.
+
+use std::time::Duration;
 
 use workspace_backends::{Backend, Halt, InstancePhase, InstanceRef};
 
@@ -24,11 +29,23 @@ use crate::{
 /// The advisory lock key of the collector: one replica collects at a time.
 const COLLECTOR_LOCK: i64 = 0x776c_6763; // "wlgc"
 
+/// How long one removal may hold its workspace's row. A cycle claimed
+/// meanwhile waits this long at most (well under the lock timeout); a
+/// removal cut short is asked again by the next pass (removals are
+/// idempotent, and an EC2 terminate is sent before its wait).
+pub(crate) const REMOVAL_HOLD: Duration = Duration::from_secs(5);
+
 /// One pass over every backend, unless another replica is collecting;
-/// returns how many instances it removed.
-pub(super) async fn collect(store: &Store, backends: &Backends) -> Result<usize, Error> {
+/// returns how many instances it removed. A replica that goes quiet for
+/// `every` (or 30 s, if longer) while collecting yields the collection.
+pub(super) async fn collect(
+    store: &Store,
+    backends: &Backends,
+    every: Duration,
+) -> Result<usize, Error> {
+    let quiet = every.max(Duration::from_secs(30));
     match store
-        .exclusive(COLLECTOR_LOCK, collect_now(store, backends))
+        .exclusive(COLLECTOR_LOCK, quiet, collect_now(store, backends))
         .await?
     {
         Some(pass) => pass,
@@ -57,12 +74,13 @@ async fn collect_now(store: &Store, backends: &Backends) -> Result<usize, Error>
             if !doomed(instance, *standing) {
                 continue;
             }
-            // Read again: a cycle may have claimed the workspace meanwhile.
-            let now = store.standings(&[instance.workspace]).await?;
-            if now.get(&instance.workspace) != Some(standing) {
-                continue;
-            }
-            if remove(backend.as_ref(), instance, *standing).await {
+            // Under the row: a cycle may have claimed it since the list.
+            let held = store
+                .holding(instance.workspace, *standing, REMOVAL_HOLD, |left| {
+                    remove(backend.as_ref(), instance, *standing, left)
+                })
+                .await?;
+            if held == Some(true) {
                 removed += 1;
             }
         }
@@ -85,13 +103,26 @@ fn doomed(instance: &InstanceRef, standing: Standing) -> bool {
     }
 }
 
-async fn remove(backend: &dyn Backend, instance: &InstanceRef, standing: Standing) -> bool {
+async fn remove(
+    backend: &dyn Backend,
+    instance: &InstanceRef,
+    standing: Standing,
+    within: Duration,
+) -> bool {
     let workspace = instance.workspace;
     // Unlabelled counts as older than everything.
     let through = instance.generation.unwrap_or(Generation(0));
-    let result = match standing {
-        Standing::Idle { deleted: true } => backend.delete(workspace, through, Halt::Force).await,
-        _ => backend.stop(workspace, through, Halt::Force).await,
+    let call = async {
+        match standing {
+            Standing::Idle { deleted: true } => {
+                backend.delete(workspace, through, Halt::Force).await
+            }
+            _ => backend.stop(workspace, through, Halt::Force).await,
+        }
+    };
+    let Ok(result) = tokio::time::timeout(within, call).await else {
+        tracing::warn!(%workspace, generation = through.0, "collector's removal ran out of time; the next pass asks again");
+        return false;
     };
     match result {
         Ok(()) => {

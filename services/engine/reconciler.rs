@@ -41,7 +41,7 @@ pub(super) async fn run(
         if let Err(err) = retry_deletes(&store, &stack).await {
             tracing::warn!(%err, "retrying failed deletes failed");
         }
-        if let Err(err) = super::collector::collect(&store, &backends).await {
+        if let Err(err) = super::collector::collect(&store, &backends, every).await {
             tracing::warn!(%err, "collector pass failed");
         }
     }

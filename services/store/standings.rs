@@ -2,8 +2,9 @@
 //! workspaces (C17): which generation, if any, each one may keep running,
 //! and which deletes failed and must be asked again.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
+use tokio_postgres::{Row, error::SqlState};
 use uuid::Uuid;
 
 use super::{Store, db, rows::parse};
@@ -27,21 +28,57 @@ pub enum Standing {
     },
 }
 
+/// The columns [`standing_of`] reads.
+macro_rules! standing_columns {
+    () => {
+        "id, desired, status, generation, running_cycle IS NOT NULL AS busy"
+    };
+}
+
+/// A workspace's standing from a row of [`standing_columns`].
+fn standing_of(row: &Row) -> Result<(WorkspaceId, Standing), Error> {
+    let workspace = WorkspaceId::from(row.get::<_, Uuid>("id"));
+    let desired: Desired = parse(row.get::<_, &str>("desired"))?;
+    let status: WorkspaceStatus = parse(row.get::<_, &str>("status"))?;
+    let standing = if row.get::<_, bool>("busy") {
+        Standing::Busy
+    } else if desired == Desired::Running && status == WorkspaceStatus::Online {
+        Standing::Serving(Generation(row.get::<_, i64>("generation") as u64))
+    } else {
+        Standing::Idle {
+            deleted: status == WorkspaceStatus::Deleted,
+        }
+    };
+    Ok((workspace, standing))
+}
+
+/// A duration as Postgres reads a millisecond setting.
+fn millis(d: Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
 impl Store {
     /// Runs `work` only if no other replica runs work under `key` right now
     /// (a transaction-scoped advisory lock, held while `work` runs and
     /// released however it ends); `None` if another replica holds it. The
-    /// collector uses it so two replicas never remove the same leftover at
-    /// once (their calls would overlap on the backend).
+    /// collector uses it so two replicas never list and remove the same
+    /// leftovers at once. A holder that goes quiet for `quiet` (paused,
+    /// partitioned) loses the lock: Postgres ends its session, so a stopped
+    /// replica cannot keep every other one from collecting (C17).
     pub async fn exclusive<T>(
         &self,
         key: i64,
+        quiet: Duration,
         work: impl std::future::Future<Output = T>,
     ) -> Result<Option<T>, Error> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(db)?;
         let locked: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])
+            .query_one(
+                "SELECT set_config('idle_in_transaction_session_timeout', $2, true) IS NOT NULL
+                        AND pg_try_advisory_xact_lock($1)",
+                &[&key, &millis(quiet)],
+            )
             .await
             .map_err(db)?
             .get(0);
@@ -53,6 +90,55 @@ impl Store {
         Ok(Some(done))
     }
 
+    /// Runs `act` while holding `workspace`'s row, if its standing is still
+    /// `expected` and no one else holds the row: a cycle's claim (and any
+    /// admission) waits until `act` ends, so the collector's removal never
+    /// overlaps a cycle's backend calls (C5). `act` is given what is left
+    /// of `hold`; it must end by then. A holder paused past `hold` loses
+    /// the row (Postgres ends its idle session), and if that happened
+    /// before `act` began, `act` is not run (C18). `None` when nothing ran.
+    pub async fn holding<T, F>(
+        &self,
+        workspace: WorkspaceId,
+        expected: Standing,
+        hold: Duration,
+        act: impl FnOnce(Duration) -> F,
+    ) -> Result<Option<T>, Error>
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let sent = tokio::time::Instant::now();
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db)?;
+        let statement = tx
+            .prepare_cached(concat!(
+                "SELECT set_config('idle_in_transaction_session_timeout', $2, true), ",
+                standing_columns!(),
+                " FROM workspaces WHERE id = $1 FOR UPDATE NOWAIT"
+            ))
+            .await
+            .map_err(db)?;
+        let row = match tx
+            .query_opt(&statement, &[&workspace.as_uuid(), &millis(hold)])
+            .await
+        {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(None),
+            Err(err) if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(None),
+            Err(err) => return Err(db(err)),
+        };
+        if standing_of(&row)?.1 != expected {
+            return Ok(None);
+        }
+        let Some(left) = hold.checked_sub(sent.elapsed()) else {
+            return Ok(None);
+        };
+        let done = act(left).await;
+        // Nothing was written; the session may already have been ended.
+        let _ = tx.rollback().await;
+        Ok(Some(done))
+    }
+
     /// The standing of each of `workspaces` that exists (one query).
     pub async fn standings(
         &self,
@@ -61,31 +147,15 @@ impl Store {
         let ids: Vec<Uuid> = workspaces.iter().map(|w| w.as_uuid()).collect();
         let conn = self.conn().await?;
         let statement = conn
-            .prepare_cached(
-                "SELECT id, desired, status, generation,
-                        running_cycle IS NOT NULL AS busy
-                 FROM workspaces WHERE id = ANY($1)",
-            )
+            .prepare_cached(concat!(
+                "SELECT ",
+                standing_columns!(),
+                " FROM workspaces WHERE id = ANY($1)"
+            ))
             .await
             .map_err(db)?;
         let rows = conn.query(&statement, &[&ids]).await.map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let workspace = WorkspaceId::from(row.get::<_, Uuid>("id"));
-                let desired: Desired = parse(row.get::<_, &str>("desired"))?;
-                let status: WorkspaceStatus = parse(row.get::<_, &str>("status"))?;
-                let standing = if row.get::<_, bool>("busy") {
-                    Standing::Busy
-                } else if desired == Desired::Running && status == WorkspaceStatus::Online {
-                    Standing::Serving(Generation(row.get::<_, i64>("generation") as u64))
-                } else {
-                    Standing::Idle {
-                        deleted: status == WorkspaceStatus::Deleted,
-                    }
-                };
-                Ok((workspace, standing))
-            })
-            .collect()
+        rows.iter().map(standing_of).collect()
     }
 
     /// Workspaces whose delete was asked for but did not complete (its

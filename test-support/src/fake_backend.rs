@@ -62,6 +62,23 @@ struct State {
     state_queries: usize,
 }
 
+/// Per workspace, gates for its next calls of one kind, one each.
+#[derive(Default)]
+struct Holds(Mutex<HashMap<WorkspaceId, std::collections::VecDeque<Arc<Semaphore>>>>);
+
+impl Holds {
+    fn add(&self, workspace: WorkspaceId) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        let mut holds = self.0.lock().unwrap();
+        holds.entry(workspace).or_default().push_back(gate.clone());
+        gate
+    }
+
+    fn next(&self, workspace: WorkspaceId) -> Option<Arc<Semaphore>> {
+        self.0.lock().unwrap().get_mut(&workspace)?.pop_front()
+    }
+}
+
 /// The fake.
 pub struct FakeBackend {
     kind: BackendKind,
@@ -70,7 +87,9 @@ pub struct FakeBackend {
     /// When set, each start waits for a permit (tests release them).
     hold: Mutex<Option<Arc<Semaphore>>>,
     /// Per workspace, gates for its next starts, one each.
-    hold_next: Mutex<HashMap<WorkspaceId, std::collections::VecDeque<Arc<Semaphore>>>>,
+    hold_next: Holds,
+    /// Per workspace, gates for its next stops, one each.
+    hold_stops: Holds,
     /// Notified whenever a start begins (so tests can wait for it).
     started: Notify,
     agent: Mutex<AgentMode>,
@@ -84,7 +103,8 @@ impl FakeBackend {
             state: Mutex::default(),
             in_flight: InFlight::default(),
             hold: Mutex::default(),
-            hold_next: Mutex::default(),
+            hold_next: Holds::default(),
+            hold_stops: Holds::default(),
             started: Notify::new(),
             agent: Mutex::new(AgentMode::Register),
         })
@@ -99,14 +119,23 @@ impl FakeBackend {
 
     /// Makes only the next start of `workspace` wait, for one permit.
     pub fn hold_next_start(&self, workspace: WorkspaceId) -> Arc<Semaphore> {
-        let gate = Arc::new(Semaphore::new(0));
-        self.hold_next
+        self.hold_next.add(workspace)
+    }
+
+    /// Makes only the next stop of `workspace` wait, for one permit.
+    pub fn hold_next_stop(&self, workspace: WorkspaceId) -> Arc<Semaphore> {
+        self.hold_stops.add(workspace)
+    }
+
+    /// An instance of `generation` that nobody started through the
+    /// service: what a crash between a start and the record of its end
+    /// leaves behind.
+    pub fn plant(&self, workspace: WorkspaceId, generation: Generation) {
+        self.state
             .lock()
             .unwrap()
-            .entry(workspace)
-            .or_default()
-            .push_back(gate.clone());
-        gate
+            .running
+            .insert(workspace, generation);
     }
 
     /// Lets starts through freely again (releasing any held ones).
@@ -238,13 +267,8 @@ impl Backend for FakeBackend {
 
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
         let _call = self.enter(launch.workspace, 'T');
-        let hold_next = self
-            .hold_next
-            .lock()
-            .unwrap()
-            .get_mut(&launch.workspace)
-            .and_then(|queue| queue.pop_front());
-        let hold = hold_next.or_else(|| self.hold.lock().unwrap().clone());
+        let hold =
+            (self.hold_next.next(launch.workspace)).or_else(|| self.hold.lock().unwrap().clone());
         let record = Start {
             workspace: launch.workspace,
             generation: launch.generation,
@@ -314,6 +338,9 @@ impl Backend for FakeBackend {
         _halt: Halt,
     ) -> Result<(), BackendError> {
         let _call = self.enter(workspace, 'S');
+        if let Some(hold) = self.hold_stops.next(workspace) {
+            hold.acquire().await.unwrap().forget();
+        }
         let mut state = self.state.lock().unwrap();
         state.stops.push(workspace);
         if state.running.get(&workspace).is_some_and(|g| *g <= through) {

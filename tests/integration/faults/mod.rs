@@ -6,6 +6,7 @@
 //! backend's journal and the processes alive), not by the service's account.
 
 mod callers;
+mod collector;
 mod deletes;
 mod fencing;
 mod postgres;
