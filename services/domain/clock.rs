@@ -58,7 +58,10 @@ impl Clock for WallClock {
 /// one replica are compared by another, so they must share one time base:
 /// the database's. A replica whose wall clock is minutes off, or is stepped
 /// while it runs, still reads the database's time; the error is half a
-/// round trip plus the drift between re-syncs.
+/// round trip plus the drift between re-syncs. Once synced it never runs
+/// backwards: a tighter sample that moves the anchor back holds the time
+/// until it catches up, so a due time written a moment ago is never in the
+/// future of the next reading (a restart would look not yet due).
 #[derive(Debug, Clone)]
 pub struct DatabaseClock {
     anchor: Arc<Mutex<Anchor>>,
@@ -70,6 +73,8 @@ struct Anchor {
     instant: tokio::time::Instant,
     /// The round trip of the sample: a tighter one replaces a looser one.
     rtt: Duration,
+    /// The latest time read since the first sync: no reading goes below.
+    floor: Option<Timestamp>,
 }
 
 impl Default for DatabaseClock {
@@ -86,6 +91,7 @@ impl DatabaseClock {
                 at: chrono::Utc::now(),
                 instant: tokio::time::Instant::now(),
                 rtt: Duration::MAX,
+                floor: None,
             })),
         }
     }
@@ -104,10 +110,16 @@ impl DatabaseClock {
         // Keep a tighter old sample unless it has aged (drift grows with age).
         let aged = instant.saturating_duration_since(anchor.instant) > Duration::from_secs(60);
         if rtt <= anchor.rtt || aged {
+            // Before the first sync the time was the local wall clock's:
+            // the database's replaces it, even backwards.
+            let floor = (anchor.rtt != Duration::MAX)
+                .then_some(anchor.floor)
+                .flatten();
             *anchor = Anchor {
                 at: db_now,
                 instant,
                 rtt,
+                floor,
             };
         }
     }
@@ -116,9 +128,14 @@ impl DatabaseClock {
 #[async_trait]
 impl Clock for DatabaseClock {
     fn now(&self) -> Timestamp {
-        let anchor = *self.anchor.lock().expect("clock poisoned");
+        let mut anchor = self.anchor.lock().expect("clock poisoned");
         let elapsed = anchor.instant.elapsed();
-        anchor.at + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
+        let read = anchor.at + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX);
+        let now = anchor.floor.map_or(read, |floor| floor.max(read));
+        if anchor.rtt != Duration::MAX {
+            anchor.floor = Some(now);
+        }
+        now
     }
 
     async fn sleep_until(&self, at: Timestamp) {
@@ -192,6 +209,21 @@ mod tests {
             later + Duration::from_secs(2),
         );
         assert!(clock.now() < db_now + chrono::Duration::minutes(1));
+    }
+
+    #[test]
+    fn the_database_clock_never_runs_backwards_once_synced() {
+        let clock = DatabaseClock::new();
+        let db_now = chrono::Utc::now();
+        let sent = tokio::time::Instant::now();
+        clock.sync(db_now, sent, sent + Duration::from_millis(40));
+        let before = clock.now();
+        // A tighter sample that places the database a second earlier.
+        let again = tokio::time::Instant::now();
+        clock.sync(db_now - chrono::Duration::seconds(1), again, again);
+        let after = clock.now();
+        assert!(after >= before, "ran back from {before} to {after}");
+        assert!(after - before < chrono::Duration::milliseconds(500));
     }
 
     #[tokio::test]
