@@ -3,14 +3,16 @@
 //! transaction. Every row of the group is locked; each request goes through
 //! the ledger's `admit`, and its config change is checked and applied in
 //! memory; the store writes the outcome of the whole group at its commit.
-//! A caller is answered only after that commit. If a statement fails, the
-//! group rolled back as a whole and each workspace is admitted on its own,
-//! so one workspace's failure stays its own.
+//! A caller is answered only after that commit. A group never waits for a
+//! row: a workspace whose row is busy is left out and admitted alone by its
+//! lane. If a statement fails, the group rolled back as a whole and each
+//! workspace is admitted on its own, so one workspace's failure stays its
+//! own.
 
 use async_trait::async_trait;
 
 use super::{
-    coalesce::{Admit, Batch, BatchAnswers, Ticket},
+    coalesce::{Admit, Batch, BatchAnswers, GroupAnswer, Ticket},
     intent::{Admission, Intent, Stage, Verdict, Waiting},
 };
 use crate::{
@@ -25,57 +27,33 @@ use crate::{
 
 #[async_trait]
 impl Admit<Intent> for Store {
+    /// Alone, waiting for the row if another transaction holds it.
     async fn admit(
         &self,
         workspace: &WorkspaceId,
         batch: &[Intent],
         now: Timestamp,
     ) -> BatchAnswers {
-        let group = [Batch {
+        let batch = Batch {
             key: workspace,
             requests: batch,
-        }];
-        let mut answers = self.admit_group(&group, now).await;
-        answers
-            .pop()
-            .unwrap_or_else(|| Err(Error::Internal("admission lost a batch".into())))
+        };
+        admit_alone(self, &batch, now).await
     }
 
-    async fn admit_group(&self, group: &[Batch<'_, Intent>], now: Timestamp) -> Vec<BatchAnswers> {
-        if group.len() == 1 {
-            return vec![admit_alone(self, &group[0], now).await];
-        }
+    /// Together, never waiting for a row: a workspace whose row is busy is
+    /// left out (`None`) and its lane admits it alone, outside the slot.
+    async fn admit_group(&self, group: &[Batch<'_, Intent>], now: Timestamp) -> Vec<GroupAnswer> {
         match admit_together(self, group, now, false).await {
-            // The workspaces whose rows were busy wait for them, each on its
-            // own and all at once: the group waits for the slowest, not the
-            // sum.
-            Ok(answers) => {
-                let busy = group
-                    .iter()
-                    .zip(&answers)
-                    .filter(|(_, answer)| answer.is_none())
-                    .map(|(batch, _)| admit_alone(self, batch, now));
-                let mut busy = futures::future::join_all(busy).await.into_iter();
-                answers
-                    .into_iter()
-                    .map(|answer| {
-                        answer.or_else(|| busy.next()).unwrap_or_else(|| {
-                            Err(Error::Internal("admission lost a batch".into()))
-                        })
-                    })
-                    .collect()
-            }
-            // A statement failed and the group rolled back: each workspace on
-            // its own, so the failure stays with the one that caused it. (A
-            // lost database fails them all alike: no point asking again.)
+            Ok(answers) => answers,
+            // A statement failed and the group rolled back: each lane admits
+            // its workspace alone, so the failure stays with the one that
+            // caused it. (A lost database fails them all alike: no point
+            // asking again.)
             Err(err) if !matches!(err, Error::Unavailable(_)) => {
-                let mut answers = Vec::with_capacity(group.len());
-                for batch in group {
-                    answers.push(admit_alone(self, batch, now).await);
-                }
-                answers
+                group.iter().map(|_| None).collect()
             }
-            Err(err) => group.iter().map(|_| Err(err.clone())).collect(),
+            Err(err) => group.iter().map(|_| Some(Err(err.clone()))).collect(),
         }
     }
 }

@@ -70,6 +70,12 @@ pub struct Batch<'a, R: StackRequest> {
 /// whole batch (nothing of it was admitted).
 pub type BatchAnswers = Result<Vec<Result<Ticket, Error>>, Error>;
 
+/// A group's answer to one of its batches, or `None` when the batch was
+/// left out because admitting it would have to wait (its row is busy): its
+/// lane then admits it alone through [`Admit::admit`], outside the group's
+/// slot, so a lock wait never holds back the other keys (C4).
+pub type GroupAnswer = Option<BatchAnswers>;
+
 /// Durable admission of batches of requests.
 #[async_trait]
 pub trait Admit<R: StackRequest>: Send + Sync + 'static {
@@ -81,10 +87,10 @@ pub trait Admit<R: StackRequest>: Send + Sync + 'static {
     /// Admits several keys' batches (no key twice) together — one durable
     /// step for all where the implementation can (group commit) — with one
     /// answer per batch, in order. One after the other unless overridden.
-    async fn admit_group(&self, group: &[Batch<'_, R>], now: Timestamp) -> Vec<BatchAnswers> {
+    async fn admit_group(&self, group: &[Batch<'_, R>], now: Timestamp) -> Vec<GroupAnswer> {
         let mut answers = Vec::with_capacity(group.len());
         for batch in group {
-            answers.push(self.admit(batch.key, batch.requests, now).await);
+            answers.push(Some(self.admit(batch.key, batch.requests, now).await));
         }
         answers
     }

@@ -11,9 +11,13 @@
 //! per workspace, and no extra wait when the service is idle. A lane has at
 //! most one batch in here at a time, so a group never holds a key twice.
 //!
-//! Keys still do not wait on each other (C4): a group in flight for longer
-//! than [`STALL`] no longer holds its slot against the others, and a batch
-//! that waited [`STALL`] for a slot is admitted by its own lane.
+//! Keys still do not wait on each other (C4). A batch that would have to
+//! wait for its row (another transaction holds it) is left out of its group
+//! and goes back to its lane, which admits it alone, outside any slot: a
+//! slot is held only as long as a transaction that never waits for a lock.
+//! And against a database that is slow for everyone: a group in flight for
+//! longer than [`STALL`] no longer holds its slot against the others, and a
+//! batch that waited [`STALL`] for a slot is admitted by its own lane.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -24,7 +28,7 @@ use std::{
 
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{Admit, Batch, Reply};
+use super::{Admit, Batch, GroupAnswer, Reply};
 use crate::{
     domain::{Error, clock::SharedClock},
     engine::intent::StackRequest,
@@ -44,10 +48,33 @@ pub(super) const STALL: Duration = Duration::from_millis(20);
 /// One lane's batch, with the callers' replies and the lane's wake-up.
 struct Handed<R: StackRequest> {
     ticket: u64,
+    lane: LaneBatch<R>,
+    done: oneshot::Sender<Option<LaneBatch<R>>>,
+}
+
+/// A batch with its callers' replies: handed in, or handed back to its
+/// lane to admit alone.
+struct LaneBatch<R: StackRequest> {
     key: R::Key,
     requests: Vec<R>,
     replies: Vec<Reply<R>>,
-    done: oneshot::Sender<()>,
+}
+
+impl<R: StackRequest> LaneBatch<R> {
+    /// Sends each caller its answer.
+    fn answer(self, answers: GroupAnswer) {
+        let expected = self.requests.len();
+        let answers = match answers {
+            Some(Ok(answers)) if answers.len() == expected => answers,
+            Some(Err(err)) => vec![Err(err); expected],
+            Some(Ok(_)) | None => {
+                vec![Err(Error::Internal("admission lost a request".into())); expected]
+            }
+        };
+        for ((request, reply), answer) in self.requests.into_iter().zip(self.replies).zip(answers) {
+            let _ = reply.send((request, answer));
+        }
+    }
 }
 
 struct State<R: StackRequest> {
@@ -134,9 +161,11 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             let ticket = state.next_ticket;
             state.waiting.push(Handed {
                 ticket,
-                key,
-                requests,
-                replies,
+                lane: LaneBatch {
+                    key,
+                    requests,
+                    replies,
+                },
                 done,
             });
             let now = Instant::now();
@@ -145,11 +174,18 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
         if let Some(slot) = slot {
             Slot::new(self.clone(), slot).lead().await;
         }
-        // Answered by this task just now, or by another slot's group.
+        // Answered by this task just now, or by another slot's group; or
+        // handed back, to admit alone.
         let mut answered = std::pin::pin!(answered);
         loop {
             tokio::select! {
-                _ = &mut answered => return,
+                back = &mut answered => {
+                    if let Ok(Some(back)) = back {
+                        let answers = self.admit.admit(&back.key, &back.requests, self.clock.now()).await;
+                        back.answer(Some(answers));
+                    }
+                    return;
+                }
                 _ = tokio::time::sleep(STALL) => {}
             }
             // Every slot stayed busy: if this batch still waits, its own
@@ -189,28 +225,26 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             let batches: Vec<Batch<'_, R>> = group
                 .iter()
                 .map(|handed| Batch {
-                    key: &handed.key,
-                    requests: &handed.requests,
+                    key: &handed.lane.key,
+                    requests: &handed.lane.requests,
                 })
                 .collect();
             self.admit.admit_group(&batches, self.clock.now()).await
         };
         let mut results = results.into_iter();
         for handed in group {
-            let expected = handed.requests.len();
-            let answers = match results.next() {
-                Some(Ok(answers)) if answers.len() == expected => answers,
-                Some(Err(err)) => vec![Err(err); expected],
-                Some(Ok(_)) | None => {
-                    vec![Err(Error::Internal("admission lost a request".into())); expected]
+            match results.next() {
+                // Left out: back to its lane.
+                Some(None) => {
+                    if let Err(Some(back)) = handed.done.send(Some(handed.lane)) {
+                        back.answer(None);
+                    }
                 }
-            };
-            for ((request, reply), answer) in
-                handed.requests.into_iter().zip(handed.replies).zip(answers)
-            {
-                let _ = reply.send((request, answer));
+                answers => {
+                    handed.lane.answer(answers.flatten());
+                    let _ = handed.done.send(None);
+                }
             }
-            let _ = handed.done.send(());
         }
     }
 }

@@ -246,13 +246,16 @@ impl Admit<TestRequest> for GroupingAdmit {
         &self,
         group: &[Batch<'_, TestRequest>],
         _: Timestamp,
-    ) -> Vec<BatchAnswers> {
+    ) -> Vec<GroupAnswer> {
         self.permits.acquire().await.unwrap().forget();
         self.groups
             .lock()
             .unwrap()
             .push(group.iter().map(|b| *b.key).collect());
-        group.iter().map(|batch| idle(batch.requests)).collect()
+        group
+            .iter()
+            .map(|batch| Some(idle(batch.requests)))
+            .collect()
     }
 }
 
@@ -321,13 +324,16 @@ impl Admit<TestRequest> for BlockingAdmit {
         &self,
         group: &[Batch<'_, TestRequest>],
         _: Timestamp,
-    ) -> Vec<BatchAnswers> {
+    ) -> Vec<GroupAnswer> {
         if group.iter().any(|b| self.blocked.contains(b.key)) {
             self.entered
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = self.release.subscribe().wait_for(|r| *r).await;
         }
-        group.iter().map(|batch| idle(batch.requests)).collect()
+        group
+            .iter()
+            .map(|batch| Some(idle(batch.requests)))
+            .collect()
     }
 }
 
@@ -373,6 +379,84 @@ async fn groups_stuck_in_every_slot_hold_back_another_key_no_longer_than_the_sta
 
     admit.release.send_replace(true);
     for call in stuck {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
+        assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
+    }
+    assert_eq!(layer.live_lanes(), 0);
+}
+
+/// Leaves keys 1 and 2 out of every group (their rows are busy); admitting
+/// either alone waits for the row, released by `rows`.
+struct BusyRowsAdmit {
+    rows: Semaphore,
+    waiting_alone: std::sync::atomic::AtomicUsize,
+}
+
+impl BusyRowsAdmit {
+    fn busy(key: u32) -> bool {
+        key == 1 || key == 2
+    }
+}
+
+#[async_trait]
+impl Admit<TestRequest> for BusyRowsAdmit {
+    async fn admit(&self, key: &u32, batch: &[TestRequest], _: Timestamp) -> BatchAnswers {
+        if Self::busy(*key) {
+            self.waiting_alone
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.rows.acquire().await.unwrap().forget();
+        }
+        idle(batch)
+    }
+
+    async fn admit_group(
+        &self,
+        group: &[Batch<'_, TestRequest>],
+        _: Timestamp,
+    ) -> Vec<GroupAnswer> {
+        group
+            .iter()
+            .map(|batch| (!Self::busy(*batch.key)).then(|| idle(batch.requests)))
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_waiting_for_their_rows_wait_outside_the_slots() {
+    let admit = Arc::new(BusyRowsAdmit {
+        rows: Semaphore::new(0),
+        waiting_alone: Default::default(),
+    });
+    let layer: CoalesceLayer<BusyRowsAdmit, TestRequest> = CoalesceLayer::new(
+        admit.clone(),
+        Arc::new(ManualClock::new(chrono::Utc::now())),
+    );
+    let (inner, _handle) = mock_inner();
+    let svc = layer.layer(inner);
+    let busy: Vec<_> = [1, 2]
+        .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
+        .into();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while admit
+            .waiting_alone
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < 2
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("both busy batches went back to their lanes");
+
+    // Two keys wait for their rows, as many as there are slots: another
+    // key still goes at once, not after the stall.
+    let began = tokio::time::Instant::now();
+    let answer = tokio::time::timeout(group::STALL * 10, svc.clone().oneshot(treated(3, 3))).await;
+    assert!(matches!(answer, Ok(Ok(_))), "{answer:?}");
+    assert_eq!(began.elapsed(), Duration::ZERO, "a lock wait held a slot");
+
+    admit.rows.add_permits(2);
+    for call in busy {
         let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
         assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
     }
