@@ -20,8 +20,7 @@
 //! batch that waited [`STALL`] for a slot is admitted by its own lane.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    ops::Bound,
+    collections::VecDeque,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -80,47 +79,59 @@ impl<R: StackRequest> LaneBatch<R> {
 struct State<R: StackRequest> {
     waiting: Vec<Handed<R>>,
     next_ticket: u64,
-    /// The slots in use, with when their current group began, and the same
-    /// ordered by that time: which are fresh is a range, however many slots
-    /// are stuck (a million parked requests make a million).
-    slots: HashMap<u64, Instant>,
-    by_start: BTreeSet<(Instant, u64)>,
-    next_slot: u64,
+    starts: Starts,
 }
 
-impl<R: StackRequest> State<R> {
+/// The groups begun within the last [`STALL`] that still run, counted in
+/// constant time however many groups are stuck (a million parked requests
+/// make a million): a stuck group ages out of the count, nothing is kept
+/// for it, and nothing is left behind when it ends.
+#[derive(Default)]
+struct Starts {
+    /// Group starts not yet aged out, in order of their numbers: when, and
+    /// whether that group has ended.
+    recent: VecDeque<(Instant, bool)>,
+    /// The number of `recent`'s first start.
+    first: u64,
+    /// Starts in `recent` whose group still runs.
+    fresh: usize,
+}
+
+impl Starts {
+    /// A group begins `now`; returns its start's number.
+    fn begin(&mut self, now: Instant) -> u64 {
+        self.recent.push_back((now, false));
+        self.fresh += 1;
+        self.first + self.recent.len() as u64 - 1
+    }
+
+    /// The group of start `number` ended (a no-op once it aged out).
+    fn end(&mut self, number: u64) {
+        let recent = number
+            .checked_sub(self.first)
+            .and_then(|i| self.recent.get_mut(i as usize));
+        if let Some((_, ended)) = recent
+            && !std::mem::replace(ended, true)
+        {
+            self.fresh -= 1;
+        }
+    }
+
     /// A slot may open while fewer than [`MAX_IN_FLIGHT`] groups began
-    /// within [`STALL`]: one stuck on a lock holds back nobody for long.
-    fn slot_free(&self, now: Instant) -> bool {
-        let fresh = match now.checked_sub(STALL) {
-            Some(since) => self
-                .by_start
-                .range((Bound::Excluded((since, u64::MAX)), Bound::Unbounded))
-                .take(MAX_IN_FLIGHT)
-                .count(),
-            None => self.by_start.len().min(MAX_IN_FLIGHT),
-        };
-        fresh < MAX_IN_FLIGHT
-    }
-
-    fn open_slot(&mut self, now: Instant) -> u64 {
-        self.next_slot += 1;
-        self.restart_slot(self.next_slot, now);
-        self.next_slot
-    }
-
-    /// The slot's next group begins `now`.
-    fn restart_slot(&mut self, slot: u64, now: Instant) {
-        if let Some(began) = self.slots.insert(slot, now) {
-            self.by_start.remove(&(began, slot));
+    /// within [`STALL`] and still run: one stuck on a slow database holds
+    /// back nobody for long.
+    fn slot_free(&mut self, now: Instant) -> bool {
+        while let Some(&(began, ended)) = self.recent.front() {
+            if now.saturating_duration_since(began) < STALL {
+                break;
+            }
+            self.recent.pop_front();
+            self.first += 1;
+            if !ended {
+                self.fresh -= 1;
+            }
         }
-        self.by_start.insert((now, slot));
-    }
-
-    fn close_slot(&mut self, slot: u64) {
-        if let Some(began) = self.slots.remove(&slot) {
-            self.by_start.remove(&(began, slot));
-        }
+        self.fresh < MAX_IN_FLIGHT
     }
 }
 
@@ -139,9 +150,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             state: Mutex::new(State {
                 waiting: Vec::new(),
                 next_ticket: 0,
-                slots: HashMap::new(),
-                by_start: BTreeSet::new(),
-                next_slot: 0,
+                starts: Starts::default(),
             }),
         }
     }
@@ -169,20 +178,29 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
                 done,
             });
             let now = Instant::now();
-            (ticket, state.slot_free(now).then(|| state.open_slot(now)))
+            (
+                ticket,
+                state.starts.slot_free(now).then(|| state.starts.begin(now)),
+            )
         };
+        let mut answered = answered;
         if let Some(slot) = slot {
             Slot::new(self.clone(), slot).lead().await;
+            // Most often this task answered its own batch just now: no
+            // timer for the stall is armed then.
+            match answered.try_recv() {
+                Ok(back) => return self.admit_alone(back).await,
+                Err(oneshot::error::TryRecvError::Closed) => return,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
         }
-        // Answered by this task just now, or by another slot's group; or
-        // handed back, to admit alone.
+        // Answered by another slot's group, or handed back to admit alone.
         let mut answered = std::pin::pin!(answered);
         loop {
             tokio::select! {
                 back = &mut answered => {
-                    if let Ok(Some(back)) = back {
-                        let answers = self.admit.admit(&back.key, &back.requests, self.clock.now()).await;
-                        back.answer(Some(answers));
+                    if let Ok(back) = back {
+                        self.admit_alone(back).await;
                     }
                     return;
                 }
@@ -193,11 +211,23 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             let slot = {
                 let mut state = self.state.lock().expect("committer poisoned");
                 let waits = state.waiting.iter().any(|h| h.ticket == ticket);
-                waits.then(|| state.open_slot(Instant::now()))
+                waits.then(|| state.starts.begin(Instant::now()))
             };
             if let Some(slot) = slot {
                 Slot::new(self.clone(), slot).lead().await;
             }
+        }
+    }
+
+    /// A batch its group handed back (`Some`): admitted alone, outside any
+    /// slot, waiting for its row as long as it takes.
+    async fn admit_alone(&self, back: Option<LaneBatch<R>>) {
+        if let Some(back) = back {
+            let answers = self
+                .admit
+                .admit(&back.key, &back.requests, self.clock.now())
+                .await;
+            back.answer(Some(answers));
         }
     }
 
@@ -207,16 +237,20 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
         self.state.lock().expect("committer poisoned").waiting.len()
     }
 
-    /// Takes every waiting batch for `slot`, or closes the slot when none
-    /// waits (under the same lock, so a batch handed in meanwhile is never
-    /// stranded).
-    fn next_group(&self, slot: u64) -> Option<Vec<Handed<R>>> {
+    /// Takes every waiting batch for the slot whose group began as start
+    /// `began`, or closes the slot when none waits (under the same lock, so
+    /// a batch handed in meanwhile is never stranded). The group taken
+    /// begins now, unless the slot has only just opened (`opened`).
+    fn next_group(&self, began: &mut u64, opened: bool) -> Option<Vec<Handed<R>>> {
         let mut state = self.state.lock().expect("committer poisoned");
         if state.waiting.is_empty() {
-            state.close_slot(slot);
+            state.starts.end(*began);
             return None;
         }
-        state.restart_slot(slot, Instant::now());
+        if !opened {
+            state.starts.end(*began);
+            *began = state.starts.begin(Instant::now());
+        }
         Some(std::mem::take(&mut state.waiting))
     }
 
@@ -252,21 +286,27 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
 /// A slot of the committer, held by the task admitting groups in it.
 struct Slot<A: Admit<R>, R: StackRequest> {
     committer: Option<Arc<Committer<A, R>>>,
-    id: u64,
+    /// The number of the start of the slot's current (or first) group.
+    began: u64,
+    /// The slot has only just opened: its first group began with it.
+    opened: bool,
 }
 
 impl<A: Admit<R>, R: StackRequest> Slot<A, R> {
-    fn new(committer: Arc<Committer<A, R>>, id: u64) -> Self {
+    /// A slot just opened, as start `began`.
+    fn new(committer: Arc<Committer<A, R>>, began: u64) -> Self {
         Self {
             committer: Some(committer),
-            id,
+            began,
+            opened: true,
         }
     }
 
     /// Admits groups until none waits; the last look closes the slot.
     async fn lead(mut self) {
         let committer = self.committer.clone().expect("a slot leads once");
-        while let Some(group) = committer.next_group(self.id) {
+        while let Some(group) = committer.next_group(&mut self.began, self.opened) {
+            self.opened = false;
             committer.admit_group(group).await;
         }
         self.committer = None;
@@ -281,18 +321,67 @@ impl<A: Admit<R>, R: StackRequest> Drop for Slot<A, R> {
         let Some(committer) = self.committer.take() else {
             return;
         };
-        let id = self.id;
+        let began = self.began;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 // The slot is rebuilt only when the task runs: a task dropped
-                // unpolled (the runtime is ending) just lets go.
-                runtime.spawn(async move { Slot::new(committer, id).lead().await });
+                // unpolled (the runtime is ending) just lets go. (Built out
+                // here, it would be dropped with the task and spawn again,
+                // without end.) Its group ended with the task: the next one
+                // begins anew.
+                runtime.spawn(async move {
+                    let slot = Slot {
+                        committer: Some(committer),
+                        began,
+                        opened: false,
+                    };
+                    slot.lead().await
+                });
             }
             Err(_) => committer
                 .state
                 .lock()
                 .expect("committer poisoned")
-                .close_slot(id),
+                .starts
+                .end(began),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_running_groups_begun_within_the_stall_hold_a_slot() {
+        let mut starts = Starts::default();
+        let t0 = Instant::now();
+        let first = starts.begin(t0);
+        assert!(starts.slot_free(t0));
+        let second = starts.begin(t0);
+        assert!(!starts.slot_free(t0), "both slots are fresh");
+        starts.end(first);
+        assert!(starts.slot_free(t0), "an ended group holds nothing");
+        starts.end(first);
+        assert_eq!(starts.fresh, 1, "ending twice counts once");
+        assert!(starts.slot_free(t0 + STALL), "a stuck group ages out");
+        starts.end(second);
+        assert_eq!(starts.fresh, 0);
+    }
+
+    #[test]
+    fn a_million_stuck_groups_leave_nothing_behind() {
+        let mut starts = Starts::default();
+        let t0 = Instant::now();
+        let numbers: Vec<u64> = (0..1_000_000).map(|_| starts.begin(t0)).collect();
+        assert!(!starts.slot_free(t0));
+        assert!(starts.slot_free(t0 + STALL));
+        assert!(starts.recent.is_empty(), "aged-out starts are not kept");
+        for number in numbers {
+            starts.end(number);
+        }
+        assert_eq!(starts.fresh, 0);
+        let next = starts.begin(t0 + STALL);
+        assert_eq!(next, 1_000_000, "numbers go on");
     }
 }
