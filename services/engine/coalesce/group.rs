@@ -5,17 +5,20 @@
 //! Each lane hands its batch in and waits until it is answered. While fewer
 //! than [`MAX_IN_FLIGHT`] groups are being admitted, the lane that hands a
 //! batch in admits it at once, on its own task, together with every batch
-//! waiting at that moment, and goes on with whatever waits after. When all
-//! slots are busy, batches wait and the next free slot takes them all, so
-//! a group grows with the load: one transaction per group instead of one
-//! per workspace, and no extra wait when the service is idle. A lane has at
-//! most one batch in here at a time, so a group never holds a key twice.
+//! waiting at that moment; if more waits after, the slot goes on in a task
+//! of its own, so a lane's task never admits other keys' groups while its
+//! own next batch waits. When all slots are busy, batches wait and the next
+//! free slot takes them all, so a group grows with the load: one
+//! transaction per group instead of one per workspace, and no extra wait
+//! when the service is idle. A lane has at most one batch in here at a
+//! time, so a group never holds a key twice.
 //!
 //! Keys still do not wait on each other (C4). A batch that would have to
 //! wait for its row (another transaction holds it) is left out of its group
-//! and goes back to its lane, which admits it alone, outside any slot: a
-//! slot is held only as long as a transaction that never waits for a lock.
-//! And against a database that is slow for everyone: a group in flight for
+//! and admitted alone, outside any slot, in a task of its own: a slot is
+//! held only by a transaction that never waits for a row lock (an insert of
+//! a name another transaction is inserting still waits for that one). And
+//! against a database that is slow for everyone: a group in flight for
 //! longer than [`STALL`] no longer holds its slot against the others, and a
 //! batch that waited [`STALL`] for a slot is admitted by its own lane.
 
@@ -44,15 +47,17 @@ pub(super) const MAX_IN_FLIGHT: usize = 2;
 /// batch waits for a slot before its lane admits it alone.
 pub(super) const STALL: Duration = Duration::from_millis(20);
 
+/// How many left-out batches of one group are admitted alone at once.
+const ALONE_AT_ONCE: usize = 4;
+
 /// One lane's batch, with the callers' replies and the lane's wake-up.
 struct Handed<R: StackRequest> {
     ticket: u64,
     lane: LaneBatch<R>,
-    done: oneshot::Sender<Option<LaneBatch<R>>>,
+    done: oneshot::Sender<()>,
 }
 
-/// A batch with its callers' replies: handed in, or handed back to its
-/// lane to admit alone.
+/// A batch with its callers' replies.
 struct LaneBatch<R: StackRequest> {
     key: R::Key,
     requests: Vec<R>,
@@ -188,22 +193,18 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             Slot::new(self.clone(), slot).lead().await;
             // Most often this task answered its own batch just now: no
             // timer for the stall is armed then.
-            match answered.try_recv() {
-                Ok(back) => return self.admit_alone(back).await,
-                Err(oneshot::error::TryRecvError::Closed) => return,
-                Err(oneshot::error::TryRecvError::Empty) => {}
+            if !matches!(
+                answered.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            ) {
+                return;
             }
         }
-        // Answered by another slot's group, or handed back to admit alone.
+        // Answered by another slot's group, or alone after its row was busy.
         let mut answered = std::pin::pin!(answered);
         loop {
             tokio::select! {
-                back = &mut answered => {
-                    if let Ok(back) = back {
-                        self.admit_alone(back).await;
-                    }
-                    return;
-                }
+                _ = &mut answered => return,
                 _ = tokio::time::sleep(STALL) => {}
             }
             // Every slot stayed busy: if this batch still waits, its own
@@ -216,18 +217,6 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             if let Some(slot) = slot {
                 Slot::new(self.clone(), slot).lead().await;
             }
-        }
-    }
-
-    /// A batch its group handed back (`Some`): admitted alone, outside any
-    /// slot, waiting for its row as long as it takes.
-    async fn admit_alone(&self, back: Option<LaneBatch<R>>) {
-        if let Some(back) = back {
-            let answers = self
-                .admit
-                .admit(&back.key, &back.requests, self.clock.now())
-                .await;
-            back.answer(Some(answers));
         }
     }
 
@@ -266,20 +255,42 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             self.admit.admit_group(&batches, self.clock.now()).await
         };
         let mut results = results.into_iter();
+        let mut left_out = Vec::new();
         for handed in group {
             match results.next() {
-                // Left out: back to its lane.
-                Some(None) => {
-                    if let Err(Some(back)) = handed.done.send(Some(handed.lane)) {
-                        back.answer(None);
-                    }
-                }
+                Some(None) => left_out.push(handed),
                 answers => {
                     handed.lane.answer(answers.flatten());
-                    let _ = handed.done.send(None);
+                    let _ = handed.done.send(());
                 }
             }
         }
+        if !left_out.is_empty() {
+            self.admit_alone(left_out);
+        }
+    }
+
+    /// Admits the batches a group left out (their rows were busy, or the
+    /// group failed) each alone, waiting for its row, in a task of their
+    /// own: no slot, and no lane's task, waits for a row lock. A few at a
+    /// time, so a failed group of hundreds does not drain the pool. Each
+    /// lane hears back only once its batch is answered, so a workspace's
+    /// batches stay in order.
+    fn admit_alone(&self, left_out: Vec<Handed<R>>) {
+        let (admit, clock) = (self.admit.clone(), self.clock.clone());
+        tokio::spawn(futures::StreamExt::for_each_concurrent(
+            futures::stream::iter(left_out),
+            ALONE_AT_ONCE,
+            move |handed| {
+                let (admit, clock) = (admit.clone(), clock.clone());
+                async move {
+                    let lane = &handed.lane;
+                    let answers = admit.admit(&lane.key, &lane.requests, clock.now()).await;
+                    handed.lane.answer(Some(answers));
+                    let _ = handed.done.send(());
+                }
+            },
+        ));
     }
 }
 
@@ -302,12 +313,41 @@ impl<A: Admit<R>, R: StackRequest> Slot<A, R> {
         }
     }
 
-    /// Admits groups until none waits; the last look closes the slot.
+    /// Admits one group, on the lane's own task, then hands the slot to a
+    /// task of its own if more waits (or closes it): a lane's task never
+    /// keeps admitting other keys' groups while its own next batch waits.
     async fn lead(mut self) {
         let committer = self.committer.clone().expect("a slot leads once");
-        while let Some(group) = committer.next_group(&mut self.began, self.opened) {
+        if let Some(group) = committer.next_group(&mut self.began, self.opened) {
             self.opened = false;
             committer.admit_group(group).await;
+            if let Some(next) = committer.next_group(&mut self.began, false) {
+                let began = self.began;
+                self.committer = None;
+                tokio::spawn(async move {
+                    let slot = Slot {
+                        committer: Some(committer),
+                        began,
+                        opened: false,
+                    };
+                    slot.lead_on(Some(next)).await
+                });
+                return;
+            }
+        }
+        self.committer = None;
+    }
+
+    /// Admits `first`, then groups until none waits; the last look closes
+    /// the slot.
+    async fn lead_on(mut self, mut group: Option<Vec<Handed<R>>>) {
+        let committer = self.committer.clone().expect("a slot leads once");
+        loop {
+            let Some(taken) = group.take() else {
+                break;
+            };
+            committer.admit_group(taken).await;
+            group = committer.next_group(&mut self.began, false);
         }
         self.committer = None;
     }
@@ -330,12 +370,13 @@ impl<A: Admit<R>, R: StackRequest> Drop for Slot<A, R> {
                 // without end.) Its group ended with the task: the next one
                 // begins anew.
                 runtime.spawn(async move {
-                    let slot = Slot {
-                        committer: Some(committer),
+                    let mut slot = Slot {
+                        committer: Some(committer.clone()),
                         began,
                         opened: false,
                     };
-                    slot.lead().await
+                    let next = committer.next_group(&mut slot.began, false);
+                    slot.lead_on(next).await
                 });
             }
             Err(_) => committer

@@ -79,6 +79,19 @@ fn treated(key: u32, tag: usize) -> TestRequest {
 
 type Svc = Coalesce<MockInner, FakeAdmit, TestRequest>;
 
+/// Yields until `done`, failing after 10,000 turns of the runtime: bounded
+/// by turns, not time, because on a paused clock time never moves while a
+/// task keeps yielding (a timeout would never fire).
+async fn within_turns(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}: not after 10,000 turns");
+}
+
 #[tokio::test]
 async fn a_storm_on_one_key_is_admitted_in_few_batches_and_only_one_request_goes_on() {
     let admit = FakeAdmit::new(0);
@@ -280,13 +293,10 @@ async fn batches_of_many_keys_that_wait_for_a_slot_share_one_group() {
     // The first MAX_IN_FLIGHT keys take the slots (held by the permits);
     // every other key's batch waits for one.
     let waiting = keys as usize - group::MAX_IN_FLIGHT;
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while layer.committer.waiting() < waiting {
-            tokio::task::yield_now().await;
-        }
+    within_turns("the batches queue behind the busy slots", || {
+        layer.committer.waiting() >= waiting
     })
-    .await
-    .expect("the batches queue behind the busy slots");
+    .await;
     admit.permits.add_permits(100);
     for call in calls {
         let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
@@ -353,13 +363,10 @@ async fn groups_stuck_in_every_slot_hold_back_another_key_no_longer_than_the_sta
     let stuck: Vec<_> = [1, 2]
         .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
         .into();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while admit.entered.load(std::sync::atomic::Ordering::SeqCst) < group::MAX_IN_FLIGHT {
-            tokio::task::yield_now().await;
-        }
+    within_turns("both slots taken by stuck groups", || {
+        admit.entered.load(std::sync::atomic::Ordering::SeqCst) >= group::MAX_IN_FLIGHT
     })
-    .await
-    .expect("both slots taken by stuck groups");
+    .await;
 
     // Both slots are fresh: the next key waits for one, at most the stall.
     let began = tokio::time::Instant::now();
@@ -436,17 +443,13 @@ async fn batches_waiting_for_their_rows_wait_outside_the_slots() {
     let busy: Vec<_> = [1, 2]
         .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
         .into();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while admit
+    within_turns("both busy batches went back to their lanes", || {
+        admit
             .waiting_alone
             .load(std::sync::atomic::Ordering::SeqCst)
-            < 2
-        {
-            tokio::task::yield_now().await;
-        }
+            >= 2
     })
-    .await
-    .expect("both busy batches went back to their lanes");
+    .await;
 
     // Two keys wait for their rows, as many as there are slots: another
     // key still goes at once, not after the stall.
@@ -457,6 +460,54 @@ async fn batches_waiting_for_their_rows_wait_outside_the_slots() {
 
     admit.rows.add_permits(2);
     for call in busy {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
+        assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
+    }
+    assert_eq!(layer.live_lanes(), 0);
+}
+
+// Paused clock: no stall passes unless every task is idle.
+#[tokio::test(start_paused = true)]
+async fn a_lane_admits_one_group_then_hands_its_slot_on_so_its_next_batch_is_not_held_back() {
+    let admit = Arc::new(GroupingAdmit {
+        permits: Semaphore::new(0),
+        groups: Mutex::default(),
+    });
+    let layer: CoalesceLayer<GroupingAdmit, TestRequest> = CoalesceLayer::new(
+        admit.clone(),
+        Arc::new(ManualClock::new(chrono::Utc::now())),
+    );
+    let (inner, _handle) = mock_inner();
+    let svc = layer.layer(inner);
+    let until = |waiting: usize| {
+        let layer = layer.clone();
+        async move {
+            within_turns("the batches waiting", || {
+                layer.committer.waiting() == waiting
+            })
+            .await
+        }
+    };
+    // Key 1's lane leads a slot, key 2's the other; keys 3–6 wait.
+    let mut calls = vec![tokio::spawn(svc.clone().oneshot(treated(1, 1)))];
+    until(0).await;
+    calls.push(tokio::spawn(svc.clone().oneshot(treated(2, 2))));
+    until(0).await;
+    for key in 3..=6 {
+        calls.push(tokio::spawn(
+            svc.clone().oneshot(treated(key, key as usize)),
+        ));
+    }
+    until(4).await;
+    // Key 1's next request queues in its lane.
+    calls.push(tokio::spawn(svc.clone().oneshot(treated(1, 7))));
+    // Key 1's group commits: the slot goes on with keys 3–6 in a task of
+    // its own, and key 1's lane hands in its next batch at once.
+    admit.permits.add_permits(1);
+    until(1).await;
+
+    admit.permits.add_permits(100);
+    for call in calls {
         let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
         assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
     }
