@@ -52,6 +52,10 @@ impl Clock for WallClock {
     }
 }
 
+/// The most a re-sync that moves the database clock back is held off by;
+/// a larger step is taken as it comes.
+const MAX_HOLD: chrono::Duration = chrono::Duration::seconds(1);
+
 /// Postgres' clock, read from this process: an anchor (the database's
 /// `now()` and this process's monotonic instant when it was read) advanced
 /// by the monotonic clock (C19). Leases, windows and deadlines written by
@@ -59,9 +63,10 @@ impl Clock for WallClock {
 /// the database's. A replica whose wall clock is minutes off, or is stepped
 /// while it runs, still reads the database's time; the error is half a
 /// round trip plus the drift between re-syncs. Once synced it never runs
-/// backwards: a tighter sample that moves the anchor back holds the time
-/// until it catches up, so a due time written a moment ago is never in the
-/// future of the next reading (a restart would look not yet due).
+/// backwards by a re-sync's correction (up to [`MAX_HOLD`]): a tighter
+/// sample that moves the anchor back holds the time until it catches up,
+/// so a due time written a moment ago is never in the future of the next
+/// reading (a restart would look not yet due).
 #[derive(Debug, Clone)]
 pub struct DatabaseClock {
     anchor: Arc<Mutex<Anchor>>,
@@ -111,10 +116,16 @@ impl DatabaseClock {
         let aged = instant.saturating_duration_since(anchor.instant) > Duration::from_secs(60);
         if rtt <= anchor.rtt || aged {
             // Before the first sync the time was the local wall clock's:
-            // the database's replaces it, even backwards.
+            // the database's replaces it, even backwards. So does a
+            // database clock stepped back by more than `MAX_HOLD`: holding
+            // the time that long would put this replica's leases and due
+            // times ahead of every other replica's.
+            let read = db_now
+                + chrono::Duration::from_std(instant.elapsed()).unwrap_or(chrono::Duration::MAX);
             let floor = (anchor.rtt != Duration::MAX)
                 .then_some(anchor.floor)
-                .flatten();
+                .flatten()
+                .filter(|floor| *floor - read <= MAX_HOLD);
             *anchor = Anchor {
                 at: db_now,
                 instant,
@@ -224,6 +235,10 @@ mod tests {
         let after = clock.now();
         assert!(after >= before, "ran back from {before} to {after}");
         assert!(after - before < chrono::Duration::milliseconds(500));
+        // A database clock stepped back by minutes is followed, not held.
+        let stepped = tokio::time::Instant::now();
+        clock.sync(db_now - chrono::Duration::minutes(5), stepped, stepped);
+        assert!(clock.now() < db_now - chrono::Duration::minutes(4));
     }
 
     #[tokio::test]

@@ -32,18 +32,22 @@ const COLLECTOR_LOCK: i64 = 0x776c_6763; // "wlgc"
 /// How long one removal may hold its workspace's row. A cycle claimed
 /// meanwhile waits this long at most (well under the lock timeout); a
 /// removal cut short is asked again by the next pass (removals are
-/// idempotent, and an EC2 terminate is sent before its wait).
+/// idempotent, and an EC2 terminate is sent before its wait). A call cut
+/// short is abandoned, not undone: what the backend still does for it
+/// (EC2 finishing a terminate) can overlap a cycle claimed next, and is
+/// harmless to it because removals address only older generations (C18).
 pub(crate) const REMOVAL_HOLD: Duration = Duration::from_secs(5);
 
 /// One pass over every backend, unless another replica is collecting;
 /// returns how many instances it removed. A replica that goes quiet for
-/// `every` (or 30 s, if longer) while collecting yields the collection.
+/// two reconcile intervals (at least 10 s) while collecting yields the
+/// collection to the next.
 pub(super) async fn collect(
     store: &Store,
     backends: &Backends,
     every: Duration,
 ) -> Result<usize, Error> {
-    let quiet = every.max(Duration::from_secs(30));
+    let quiet = (every * 2).max(Duration::from_secs(10));
     match store
         .exclusive(COLLECTOR_LOCK, quiet, collect_now(store, backends))
         .await?

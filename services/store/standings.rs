@@ -62,9 +62,10 @@ impl Store {
     /// (a transaction-scoped advisory lock, held while `work` runs and
     /// released however it ends); `None` if another replica holds it. The
     /// collector uses it so two replicas never list and remove the same
-    /// leftovers at once. A holder that goes quiet for `quiet` (paused,
-    /// partitioned) loses the lock: Postgres ends its session, so a stopped
-    /// replica cannot keep every other one from collecting (C17).
+    /// leftovers at once. The lock's session is kept busy while `work`
+    /// runs, so only a holder that goes quiet for `quiet` (paused,
+    /// partitioned) loses it: Postgres ends its idle session, and a
+    /// stopped replica cannot keep every other one from collecting (C17).
     pub async fn exclusive<T>(
         &self,
         key: i64,
@@ -85,8 +86,19 @@ impl Store {
         if !locked {
             return Ok(None);
         }
-        let done = work.await;
-        tx.commit().await.map_err(db)?;
+        let mut work = std::pin::pin!(work);
+        let done = loop {
+            tokio::select! {
+                done = &mut work => break done,
+                _ = tokio::time::sleep(quiet / 3) => {
+                    // A lost session lost the lock; the work goes on safely
+                    // (each removal holds its own row).
+                    let _ = tx.execute("SELECT 1", &[]).await;
+                }
+            }
+        };
+        // Only the lock is released here: a failed commit loses nothing.
+        let _ = tx.commit().await;
         Ok(Some(done))
     }
 
