@@ -304,16 +304,21 @@ async fn execute(
         .await;
     drop(launch);
     started?;
-    enter(guard, Phase::WaitingForAgent).await?;
-    let registration = wait_for_agent(
-        deps,
-        guard,
-        backend.as_ref(),
-        registrations,
-        claim.generation,
-    )
-    .instrument(trace.phase("wait_for_agent"))
-    .await?;
+    // The phase is written while the agent boots, not before: the write
+    // costs the cycle nothing then. Both must succeed (a fenced write is a
+    // lost lease); `Online` is recorded only after both, so it still
+    // follows the phase.
+    let ((), registration) = futures::try_join!(
+        enter(guard, Phase::WaitingForAgent),
+        wait_for_agent(
+            deps,
+            guard,
+            backend.as_ref(),
+            registrations,
+            claim.generation,
+        )
+        .instrument(trace.phase("wait_for_agent")),
+    )?;
     Ok(Finish::Online {
         config_version: registration.config_version,
     })
