@@ -41,6 +41,7 @@ use crate::domain::{ConfigVersion, CycleId, Error, Timestamp, clock::SharedClock
 use group::Committer;
 
 mod group;
+mod starts;
 
 /// The outcome of admitting one request.
 #[derive(Clone, Debug, PartialEq, Eq)]

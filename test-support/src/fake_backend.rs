@@ -62,22 +62,8 @@ struct State {
     state_queries: usize,
 }
 
-/// Per workspace, gates for its next calls of one kind, one each.
-#[derive(Default)]
-struct Holds(Mutex<HashMap<WorkspaceId, std::collections::VecDeque<Arc<Semaphore>>>>);
-
-impl Holds {
-    fn add(&self, workspace: WorkspaceId) -> Arc<Semaphore> {
-        let gate = Arc::new(Semaphore::new(0));
-        let mut holds = self.0.lock().unwrap();
-        holds.entry(workspace).or_default().push_back(gate.clone());
-        gate
-    }
-
-    fn next(&self, workspace: WorkspaceId) -> Option<Arc<Semaphore>> {
-        self.0.lock().unwrap().get_mut(&workspace)?.pop_front()
-    }
-}
+mod holds;
+use holds::Holds;
 
 /// The fake.
 pub struct FakeBackend {
@@ -325,7 +311,15 @@ impl Backend for FakeBackend {
                 let mut client = WorkspaceAgentClient::connect(url)
                     .await
                     .expect("agent connects");
-                let _ = client.register(request).await;
+                // As the real agent does: a full agent pool is asked again.
+                for _ in 0..100 {
+                    match client.register(request.clone()).await {
+                        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        _ => return,
+                    }
+                }
             });
         }
         Ok(())

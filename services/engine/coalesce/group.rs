@@ -23,14 +23,13 @@
 //! batch that waited [`STALL`] for a slot is admitted by its own lane.
 
 use std::{
-    collections::VecDeque,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{Admit, Batch, GroupAnswer, Reply};
+use super::{Admit, Batch, GroupAnswer, Reply, starts::Starts};
 use crate::{
     domain::{Error, clock::SharedClock},
     engine::intent::StackRequest,
@@ -85,59 +84,6 @@ struct State<R: StackRequest> {
     waiting: Vec<Handed<R>>,
     next_ticket: u64,
     starts: Starts,
-}
-
-/// The groups begun within the last [`STALL`] that still run, counted in
-/// constant time however many groups are stuck (a million parked requests
-/// make a million): a stuck group ages out of the count, nothing is kept
-/// for it, and nothing is left behind when it ends.
-#[derive(Default)]
-struct Starts {
-    /// Group starts not yet aged out, in order of their numbers: when, and
-    /// whether that group has ended.
-    recent: VecDeque<(Instant, bool)>,
-    /// The number of `recent`'s first start.
-    first: u64,
-    /// Starts in `recent` whose group still runs.
-    fresh: usize,
-}
-
-impl Starts {
-    /// A group begins `now`; returns its start's number.
-    fn begin(&mut self, now: Instant) -> u64 {
-        self.recent.push_back((now, false));
-        self.fresh += 1;
-        self.first + self.recent.len() as u64 - 1
-    }
-
-    /// The group of start `number` ended (a no-op once it aged out).
-    fn end(&mut self, number: u64) {
-        let recent = number
-            .checked_sub(self.first)
-            .and_then(|i| self.recent.get_mut(i as usize));
-        if let Some((_, ended)) = recent
-            && !std::mem::replace(ended, true)
-        {
-            self.fresh -= 1;
-        }
-    }
-
-    /// A slot may open while fewer than [`MAX_IN_FLIGHT`] groups began
-    /// within [`STALL`] and still run: one stuck on a slow database holds
-    /// back nobody for long.
-    fn slot_free(&mut self, now: Instant) -> bool {
-        while let Some(&(began, ended)) = self.recent.front() {
-            if now.saturating_duration_since(began) < STALL {
-                break;
-            }
-            self.recent.pop_front();
-            self.first += 1;
-            if !ended {
-                self.fresh -= 1;
-            }
-        }
-        self.fresh < MAX_IN_FLIGHT
-    }
 }
 
 /// The group committer of one layer (one replica).
@@ -386,43 +332,5 @@ impl<A: Admit<R>, R: StackRequest> Drop for Slot<A, R> {
                 .starts
                 .end(began),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_running_groups_begun_within_the_stall_hold_a_slot() {
-        let mut starts = Starts::default();
-        let t0 = Instant::now();
-        let first = starts.begin(t0);
-        assert!(starts.slot_free(t0));
-        let second = starts.begin(t0);
-        assert!(!starts.slot_free(t0), "both slots are fresh");
-        starts.end(first);
-        assert!(starts.slot_free(t0), "an ended group holds nothing");
-        starts.end(first);
-        assert_eq!(starts.fresh, 1, "ending twice counts once");
-        assert!(starts.slot_free(t0 + STALL), "a stuck group ages out");
-        starts.end(second);
-        assert_eq!(starts.fresh, 0);
-    }
-
-    #[test]
-    fn a_million_stuck_groups_leave_nothing_behind() {
-        let mut starts = Starts::default();
-        let t0 = Instant::now();
-        let numbers: Vec<u64> = (0..1_000_000).map(|_| starts.begin(t0)).collect();
-        assert!(!starts.slot_free(t0));
-        assert!(starts.slot_free(t0 + STALL));
-        assert!(starts.recent.is_empty(), "aged-out starts are not kept");
-        for number in numbers {
-            starts.end(number);
-        }
-        assert_eq!(starts.fresh, 0);
-        let next = starts.begin(t0 + STALL);
-        assert_eq!(next, 1_000_000, "numbers go on");
     }
 }

@@ -9,7 +9,7 @@ use crate::{
     domain::{Trigger, clock::ManualClock, ledger::Treatment},
     engine::{
         intent::{Verdict, Waiting},
-        test_support::{MockInner, TestRequest, mock_inner},
+        test_support::{MockHandle, MockInner, TestRequest, mock_inner},
     },
 };
 
@@ -67,7 +67,7 @@ impl Admit<TestRequest> for FakeAdmit {
     }
 }
 
-fn layer(admit: Arc<FakeAdmit>) -> CoalesceLayer<FakeAdmit, TestRequest> {
+fn layer<A: Admit<TestRequest>>(admit: Arc<A>) -> CoalesceLayer<A, TestRequest> {
     CoalesceLayer::new(admit, Arc::new(ManualClock::new(chrono::Utc::now())))
 }
 
@@ -78,6 +78,21 @@ fn treated(key: u32, tag: usize) -> TestRequest {
 }
 
 type Svc = Coalesce<MockInner, FakeAdmit, TestRequest>;
+
+/// A layer admitting through `admit`, and its service over a mock inner
+/// one (keep the handle: dropping it ends the inner service).
+fn served<A: Admit<TestRequest>>(
+    admit: &Arc<A>,
+) -> (
+    CoalesceLayer<A, TestRequest>,
+    Coalesce<MockInner, A, TestRequest>,
+    MockHandle,
+) {
+    let layer = layer(admit.clone());
+    let (inner, handle) = mock_inner();
+    let svc = layer.layer(inner);
+    (layer, svc, handle)
+}
 
 /// Yields until `done`, failing after 10,000 turns of the runtime: bounded
 /// by turns, not time, because on a paused clock time never moves while a
@@ -280,12 +295,7 @@ async fn batches_of_many_keys_that_wait_for_a_slot_share_one_group() {
         permits: Semaphore::new(0),
         groups: Mutex::default(),
     });
-    let layer: CoalesceLayer<GroupingAdmit, TestRequest> = CoalesceLayer::new(
-        admit.clone(),
-        Arc::new(ManualClock::new(chrono::Utc::now())),
-    );
-    let (inner, _handle) = mock_inner();
-    let svc = layer.layer(inner);
+    let (layer, svc, _handle) = served(&admit);
     let keys = 20;
     let calls: Vec<_> = (0..keys)
         .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
@@ -354,12 +364,7 @@ async fn groups_stuck_in_every_slot_hold_back_another_key_no_longer_than_the_sta
         entered: Default::default(),
         release: tokio::sync::watch::channel(false).0,
     });
-    let layer: CoalesceLayer<BlockingAdmit, TestRequest> = CoalesceLayer::new(
-        admit.clone(),
-        Arc::new(ManualClock::new(chrono::Utc::now())),
-    );
-    let (inner, _handle) = mock_inner();
-    let svc = layer.layer(inner);
+    let (layer, svc, _handle) = served(&admit);
     let stuck: Vec<_> = [1, 2]
         .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
         .into();
@@ -434,12 +439,7 @@ async fn batches_waiting_for_their_rows_wait_outside_the_slots() {
         rows: Semaphore::new(0),
         waiting_alone: Default::default(),
     });
-    let layer: CoalesceLayer<BusyRowsAdmit, TestRequest> = CoalesceLayer::new(
-        admit.clone(),
-        Arc::new(ManualClock::new(chrono::Utc::now())),
-    );
-    let (inner, _handle) = mock_inner();
-    let svc = layer.layer(inner);
+    let (layer, svc, _handle) = served(&admit);
     let busy: Vec<_> = [1, 2]
         .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
         .into();
@@ -473,12 +473,7 @@ async fn a_lane_admits_one_group_then_hands_its_slot_on_so_its_next_batch_is_not
         permits: Semaphore::new(0),
         groups: Mutex::default(),
     });
-    let layer: CoalesceLayer<GroupingAdmit, TestRequest> = CoalesceLayer::new(
-        admit.clone(),
-        Arc::new(ManualClock::new(chrono::Utc::now())),
-    );
-    let (inner, _handle) = mock_inner();
-    let svc = layer.layer(inner);
+    let (layer, svc, _handle) = served(&admit);
     let until = |waiting: usize| {
         let layer = layer.clone();
         async move {
