@@ -265,38 +265,47 @@ impl<A: Admit<R>, R: StackRequest> Slot<A, R> {
     async fn lead(mut self) {
         let committer = self.committer.clone().expect("a slot leads once");
         if let Some(group) = committer.next_group(&mut self.began, self.opened) {
-            self.opened = false;
             committer.admit_group(group).await;
             if let Some(next) = committer.next_group(&mut self.began, false) {
-                let began = self.began;
                 self.committer = None;
-                tokio::spawn(async move {
-                    let slot = Slot {
-                        committer: Some(committer),
-                        began,
-                        opened: false,
-                    };
-                    slot.lead_on(Some(next)).await
-                });
+                go_on(committer, self.began, Some(next));
                 return;
             }
         }
         self.committer = None;
     }
 
-    /// Admits `first`, then groups until none waits; the last look closes
+    /// Admits `group`, then groups until none waits; the last look closes
     /// the slot.
     async fn lead_on(mut self, mut group: Option<Vec<Handed<R>>>) {
         let committer = self.committer.clone().expect("a slot leads once");
-        loop {
-            let Some(taken) = group.take() else {
-                break;
-            };
+        while let Some(taken) = group {
             committer.admit_group(taken).await;
             group = committer.next_group(&mut self.began, false);
         }
         self.committer = None;
     }
+}
+
+/// The slot of start `began` goes on in a task of its own: with `next` if
+/// it was already taken, else with whatever waits. The slot is built only
+/// when the task runs: a task dropped unpolled (the runtime is ending) just
+/// lets go. (Built out here, it would be dropped with the task and spawn
+/// again, without end.)
+fn go_on<A: Admit<R>, R: StackRequest>(
+    committer: Arc<Committer<A, R>>,
+    began: u64,
+    next: Option<Vec<Handed<R>>>,
+) {
+    tokio::spawn(async move {
+        let mut slot = Slot {
+            committer: Some(committer.clone()),
+            began,
+            opened: false,
+        };
+        let next = next.or_else(|| committer.next_group(&mut slot.began, false));
+        slot.lead_on(next).await
+    });
 }
 
 impl<A: Admit<R>, R: StackRequest> Drop for Slot<A, R> {
@@ -309,22 +318,8 @@ impl<A: Admit<R>, R: StackRequest> Drop for Slot<A, R> {
         };
         let began = self.began;
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                // The slot is rebuilt only when the task runs: a task dropped
-                // unpolled (the runtime is ending) just lets go. (Built out
-                // here, it would be dropped with the task and spawn again,
-                // without end.) Its group ended with the task: the next one
-                // begins anew.
-                runtime.spawn(async move {
-                    let mut slot = Slot {
-                        committer: Some(committer.clone()),
-                        began,
-                        opened: false,
-                    };
-                    let next = committer.next_group(&mut slot.began, false);
-                    slot.lead_on(next).await
-                });
-            }
+            // Its group ended with the task: the next one begins anew.
+            Ok(_) => go_on(committer, began, None),
             Err(_) => committer
                 .state
                 .lock()

@@ -264,6 +264,16 @@ struct GroupingAdmit {
     groups: Mutex<Vec<Vec<u32>>>,
 }
 
+impl GroupingAdmit {
+    /// Every group held until permits are added.
+    fn held() -> Arc<Self> {
+        Arc::new(Self {
+            permits: Semaphore::new(0),
+            groups: Mutex::default(),
+        })
+    }
+}
+
 #[async_trait]
 impl Admit<TestRequest> for GroupingAdmit {
     async fn admit(&self, _: &u32, batch: &[TestRequest], _: Timestamp) -> BatchAnswers {
@@ -291,10 +301,7 @@ impl Admit<TestRequest> for GroupingAdmit {
 // of tokio time, which passes here only when every task is idle.
 #[tokio::test(start_paused = true)]
 async fn batches_of_many_keys_that_wait_for_a_slot_share_one_group() {
-    let admit = Arc::new(GroupingAdmit {
-        permits: Semaphore::new(0),
-        groups: Mutex::default(),
-    });
+    let admit = GroupingAdmit::held();
     let (layer, svc, _handle) = served(&admit);
     let keys = 20;
     let calls: Vec<_> = (0..keys)
@@ -469,10 +476,7 @@ async fn batches_waiting_for_their_rows_wait_outside_the_slots() {
 // Paused clock: no stall passes unless every task is idle.
 #[tokio::test(start_paused = true)]
 async fn a_lane_admits_one_group_then_hands_its_slot_on_so_its_next_batch_is_not_held_back() {
-    let admit = Arc::new(GroupingAdmit {
-        permits: Semaphore::new(0),
-        groups: Mutex::default(),
-    });
+    let admit = GroupingAdmit::held();
     let (layer, svc, _handle) = served(&admit);
     let until = |waiting: usize| {
         let layer = layer.clone();
