@@ -20,7 +20,7 @@ use workspace_lifecycle::{
     engine::{
         coalesce::{Admit, CoalesceLayer, Ticket},
         debounce::{DebounceLayer, DropCheck, EarlyDrop},
-        gate::{GateGuard, GateKeeper, GateLayer, Gated},
+        gate::{Claim, GateGuard, GateKeeper, GateLayer, Gated},
         intent::{Admission, Intent, Verdict},
     },
 };
@@ -105,8 +105,8 @@ struct AlwaysOpen(CycleId);
 impl GateKeeper<WorkspaceId> for AlwaysOpen {
     type Guard = Guard;
 
-    async fn claim(&self, _: &WorkspaceId, _: Timestamp) -> Result<Option<Guard>, Error> {
-        Ok(Some(Guard(self.0)))
+    async fn claim(&self, _: &WorkspaceId, _: Timestamp) -> Result<Claim<Guard>, Error> {
+        Ok(Claim::Won(Guard(self.0)))
     }
 }
 

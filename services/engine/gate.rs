@@ -23,7 +23,7 @@ use super::{
     lease::LeaseGuard,
 };
 use crate::{
-    domain::{CycleId, Error, Timestamp, WorkspaceId, clock::SharedClock},
+    domain::{CycleId, Error, Generation, Goal, Timestamp, WorkspaceId, clock::SharedClock},
     store::{Locked, RowTx, Store},
 };
 
@@ -33,6 +33,38 @@ pub trait GateGuard: Send + 'static {
     fn cycle(&self) -> CycleId;
 }
 
+/// The cycle holding a gate someone else took: a request that opened that
+/// very cycle (the scheduler's sweep claimed it a moment before the
+/// request's own claim) is still the one that started it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The cycle.
+    pub cycle: CycleId,
+    /// The generation it provisions (the current one for stop/delete).
+    pub generation: Generation,
+    /// What it does.
+    pub goal: Goal,
+}
+
+/// What a claim found.
+#[derive(Debug)]
+pub enum Claim<G> {
+    /// The gate is this flow's.
+    Won(G),
+    /// The gate is held (by `Some` holder), or nothing is due (`None`).
+    Lost(Option<Holder>),
+}
+
+impl<G> Claim<G> {
+    /// The guard, if the gate was taken.
+    pub fn won(self) -> Option<G> {
+        match self {
+            Self::Won(guard) => Some(guard),
+            Self::Lost(_) => None,
+        }
+    }
+}
+
 /// Where gates are kept.
 #[async_trait]
 pub trait GateKeeper<K>: Send + Sync + 'static {
@@ -40,9 +72,9 @@ pub trait GateKeeper<K>: Send + Sync + 'static {
     type Guard: GateGuard;
 
     /// Takes `key`'s gate for whatever may run now (a due follow-up, or a
-    /// cycle whose holder's lease expired). `None` if the gate is held or
-    /// nothing is due. Never waits for the gate.
-    async fn claim(&self, key: &K, now: Timestamp) -> Result<Option<Self::Guard>, Error>;
+    /// cycle whose holder's lease expired); otherwise says who holds it.
+    /// Never waits for the gate.
+    async fn claim(&self, key: &K, now: Timestamp) -> Result<Claim<Self::Guard>, Error>;
 }
 
 /// A request together with the gate it holds.
@@ -114,9 +146,9 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let admitted = match request.stage() {
-            Stage::Admitted { cycle, .. } => Some(cycle),
-            Stage::Resume => None,
+        let (admitted, opened) = match request.stage() {
+            Stage::Admitted { cycle, opened } => (Some(cycle), opened),
+            Stage::Resume => (None, false),
             stage => {
                 return Box::pin(async move {
                     Err(Error::Internal(format!(
@@ -146,17 +178,30 @@ where
                 }
                 (Err(err), None) => return Err(err),
             };
-            let Some(guard) = claimed else {
-                // Someone else holds the gate (or already runs this cycle):
-                // the cycle is durable and its runner's release starts it.
-                return Ok(Admission::of(match admitted {
-                    Some(cycle) => Verdict::Coalesced {
-                        cycle,
-                        not_before: now,
-                        waiting: Waiting::Coalesced,
-                    },
-                    None => Verdict::Idle,
-                }));
+            let guard = match claimed {
+                Claim::Won(guard) => guard,
+                // The sweep claimed the cycle this request opened between
+                // its admission and this claim: the request still started
+                // it, whoever runs it.
+                Claim::Lost(Some(holder)) if opened && admitted == Some(holder.cycle) => {
+                    return Ok(Admission::of(Verdict::Accepted {
+                        cycle: holder.cycle,
+                        generation: holder.generation,
+                        goal: holder.goal,
+                    }));
+                }
+                // Someone else holds the gate: the cycle is durable and its
+                // runner's release starts it.
+                Claim::Lost(_) => {
+                    return Ok(Admission::of(match admitted {
+                        Some(cycle) => Verdict::Coalesced {
+                            cycle,
+                            not_before: now,
+                            waiting: Waiting::Coalesced,
+                        },
+                        None => Verdict::Idle,
+                    }));
+                }
             };
             let won = guard.cycle();
             let admission = ready.call(Gated { request, guard }).await?;
@@ -207,21 +252,25 @@ impl GateKeeper<WorkspaceId> for Store {
         &self,
         workspace: &WorkspaceId,
         now: Timestamp,
-    ) -> Result<Option<LeaseGuard>, Error> {
+    ) -> Result<Claim<LeaseGuard>, Error> {
         let sent = tokio::time::Instant::now();
         let mut conn = self.conn().await?;
         let mut tx = RowTx::begin(&mut conn, self, *workspace).await?;
         let mut locked = match tx.lock().await {
             Ok(locked) => locked,
             // Deleted from under a resumption: nothing to claim.
-            Err(Error::NotFound(_)) => return Ok(None),
+            Err(Error::NotFound(_)) => return Ok(Claim::Lost(None)),
             Err(err) => return Err(err),
         };
         let Some(guard) = claim_locked(&mut tx, &mut locked, self, now, sent).await? else {
-            return Ok(None);
+            return Ok(Claim::Lost(locked.ledger.running.map(|r| Holder {
+                cycle: r.cycle,
+                generation: r.generation,
+                goal: r.goal,
+            })));
         };
         tx.commit(Some(&locked), now).await?;
-        Ok(Some(guard))
+        Ok(Claim::Won(guard))
     }
 }
 

@@ -9,7 +9,7 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 use super::{
     coalesce::{Admit, CoalesceLayer, Ticket},
     debounce::{DebounceLayer, DropCheck, EarlyDrop},
-    gate::{GateGuard, GateKeeper, GateLayer, Gated},
+    gate::{Claim, GateGuard, GateKeeper, GateLayer, Gated},
     intent::{Admission, Verdict},
     test_support::TestRequest,
 };
@@ -64,8 +64,8 @@ struct AlwaysOpen;
 impl GateKeeper<u32> for AlwaysOpen {
     type Guard = Guard;
 
-    async fn claim(&self, _: &u32, _: Timestamp) -> Result<Option<Guard>, Error> {
-        Ok(Some(Guard(CycleId::new())))
+    async fn claim(&self, _: &u32, _: Timestamp) -> Result<Claim<Guard>, Error> {
+        Ok(Claim::Won(Guard(CycleId::new())))
     }
 }
 

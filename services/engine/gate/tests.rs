@@ -38,16 +38,20 @@ impl Drop for MemoryGuard {
 impl GateKeeper<u32> for MemoryGate {
     type Guard = MemoryGuard;
 
-    async fn claim(&self, key: &u32, _now: Timestamp) -> Result<Option<MemoryGuard>, Error> {
+    async fn claim(&self, key: &u32, _now: Timestamp) -> Result<Claim<MemoryGuard>, Error> {
         let mut held = self.held.lock().unwrap();
-        if held.contains_key(key) {
-            return Ok(None);
+        if let Some(&cycle) = held.get(key) {
+            return Ok(Claim::Lost(Some(Holder {
+                cycle,
+                generation: Generation(7),
+                goal: Goal::Provision,
+            })));
         }
         let Some(cycle) = self.next.lock().unwrap().remove(key) else {
-            return Ok(None);
+            return Ok(Claim::Lost(None));
         };
         held.insert(*key, cycle);
-        Ok(Some(MemoryGuard {
+        Ok(Claim::Won(MemoryGuard {
             key: *key,
             cycle,
             held: self.held.clone(),
@@ -118,6 +122,37 @@ async fn only_one_request_holds_the_gate_and_the_rest_are_coalesced() {
     .unwrap();
     let c = svc.oneshot(admitted(1, second)).await.unwrap();
     assert!(matches!(c.verdict, Verdict::Accepted { cycle, .. } if cycle == second));
+}
+
+#[tokio::test]
+async fn a_request_whose_cycle_the_sweep_claimed_first_is_still_the_one_that_started_it() {
+    let keeper = Arc::new(MemoryGate::default());
+    let svc = GateLayer::new(keeper.clone(), clock()).layer(holder(Arc::default()));
+    // The scheduler's sweep took the gate for the cycle a request had just
+    // opened, before the request's own claim.
+    let opened = CycleId::new();
+    keeper.held.lock().unwrap().insert(1, opened);
+
+    let answer = svc.clone().oneshot(admitted(1, opened)).await.unwrap();
+    assert_eq!(
+        answer.verdict,
+        Verdict::Accepted {
+            cycle: opened,
+            generation: Generation(7),
+            goal: Goal::Provision,
+        }
+    );
+    // A request that only joined that cycle did not start it.
+    let joined = TestRequest::new(1, Trigger::Manual).at(Stage::Admitted {
+        cycle: opened,
+        opened: false,
+    });
+    let answer = svc.clone().oneshot(joined).await.unwrap();
+    assert!(matches!(answer.verdict, Verdict::Coalesced { cycle, .. } if cycle == opened));
+    // Nor did one whose own cycle waits behind the running one.
+    let behind = CycleId::new();
+    let answer = svc.oneshot(admitted(1, behind)).await.unwrap();
+    assert!(matches!(answer.verdict, Verdict::Coalesced { cycle, .. } if cycle == behind));
 }
 
 #[tokio::test]

@@ -67,6 +67,7 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
         .claim(&ws, now)
         .await
         .unwrap()
+        .won()
         .expect("the first runner claims");
     assert!(old.renew().await.unwrap(), "the holder renews");
     clock.advance(LEASE + Duration::from_secs(1));
@@ -75,6 +76,7 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
         .claim(&ws, later)
         .await
         .unwrap()
+        .won()
         .expect("the lease expired: taken over");
     assert!(new.claim().takeover);
     assert!(new.claim().generation > old.claim().generation);
