@@ -29,9 +29,11 @@ use bollard::{
 };
 use tracing::Instrument;
 
+use workspace_agent::env as agent_env;
+
 use crate::{
-    Backend, BackendError, BackendKind, Generation, Halt, InstanceRef, InstanceState, Launch,
-    WorkspaceId,
+    Backend, BackendError, BackendKind, ConfigFootprint, Generation, Halt, InstanceRef,
+    InstanceState, Launch, LimitExceeded, WorkspaceId, footprint,
 };
 use engine_call::{backend_error, docker_span, status_code};
 use found::{Found, age_since};
@@ -45,6 +47,10 @@ pub const LABEL_GENERATION: &str = "wl.generation";
 pub const LABEL_MANAGED: &str = "wl.managed-by";
 /// Where files are placed inside the container.
 pub const FILES_DIR: &str = "/workspace/files";
+/// The name admission gives the `execve` limit in a container.
+pub const EXEC_LIMIT: &str = "docker.exec_bytes";
+/// A quarter of the engine's default 8 MiB stack limit.
+pub const EXEC_MAX: usize = 2 * 1024 * 1024;
 
 /// How the Docker backend runs containers.
 #[derive(Clone, Debug)]
@@ -256,6 +262,17 @@ impl DockerBackend {
 impl Backend for DockerBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Docker
+    }
+
+    /// The container's program is exec'd with the secrets in its
+    /// environment: refuses a config past the `execve` limit of a container
+    /// with the engine's default 8 MiB stack.
+    fn admits(&self, footprint: &ConfigFootprint) -> Result<(), LimitExceeded> {
+        // The agent's endpoint, and what the engine and image add (PATH,
+        // HOSTNAME, HOME) and the image's own command.
+        let extra = agent_env::ENDPOINT.len() + 128 + 8 * 1024;
+        let needed = footprint.exec_bytes(FILES_DIR.len(), extra, &[]);
+        footprint::exec_admits(needed, EXEC_LIMIT, EXEC_MAX)
     }
 
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {

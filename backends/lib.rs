@@ -25,7 +25,7 @@ mod state;
 use async_trait::async_trait;
 
 pub use error::{BackendError, LimitExceeded};
-pub use footprint::ConfigFootprint;
+pub use footprint::{ConfigFootprint, MAX_SERVICE_URL, MAX_TOKEN};
 pub use ids::{BackendKind, ConfigVersion, Generation, WorkspaceId};
 pub use launch::{AgentToken, Launch, Secret, WorkspaceSpec};
 pub use state::{InstancePhase, InstanceRef, InstanceState};

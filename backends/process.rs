@@ -23,14 +23,15 @@ use std::{collections::HashMap, path::PathBuf, sync::Mutex, time::Duration};
 use async_trait::async_trait;
 
 use crate::{
-    Backend, BackendError, BackendKind, Generation, Halt, InstancePhase, InstanceRef,
-    InstanceState, Launch, WorkspaceId,
+    Backend, BackendError, BackendKind, ConfigFootprint, Generation, Halt, InstancePhase,
+    InstanceRef, InstanceState, Launch, LimitExceeded, WorkspaceId,
 };
 pub use identity::DEFAULT_RUN_AS;
 use identity::Identity;
 use journal::Call;
 use layout::Layout;
 use record::{ExitRecord, InstanceRecord};
+pub use spawn::EXEC_LIMIT;
 use spawn::OwnChild;
 
 /// How the process backend runs instances.
@@ -274,6 +275,12 @@ impl ProcessBackend {
 impl Backend for ProcessBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Process
+    }
+
+    /// The agent is exec'd with its secrets in its environment: refuses a
+    /// config past this machine's `execve` limit (`ARG_MAX`).
+    fn admits(&self, footprint: &ConfigFootprint) -> Result<(), LimitExceeded> {
+        self.exec_admits(footprint)
     }
 
     #[tracing::instrument(name = "spawn process", skip_all, fields(otel.kind = "client"))]

@@ -15,7 +15,6 @@
 //! refuses what could never fit (`Ec2Backend::admits`).
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use workspace_agent::env as agent_env;
 
 use crate::{BackendError, ConfigFootprint, Launch, LimitExceeded};
 
@@ -28,9 +27,9 @@ pub const MAX_USER_DATA: usize = 16 * 1024;
 /// The name admission and errors give that limit.
 pub const LIMIT_NAME: &str = "ec2.user_data_bytes";
 /// Longest control-plane URL the bound allows for (the server's setting).
-pub const MAX_SERVICE_URL: usize = 256;
+pub use crate::footprint::MAX_SERVICE_URL;
 /// Longest agent token the bound allows for (the engine mints 68 bytes).
-pub const MAX_TOKEN: usize = 96;
+pub use crate::footprint::MAX_TOKEN;
 
 /// The two places on the machine image the script uses; tests run it in a
 /// sandbox with their own.
@@ -170,16 +169,7 @@ pub fn bound(footprint: &ConfigFootprint) -> usize {
         + footprint.secret_value_bytes
         + user_vars;
     // The agent's own, each at its largest.
-    let secret_names = footprint.secret_name_bytes + footprint.secrets.saturating_sub(1);
-    let agent_vars = [
-        (agent_env::SERVICE_URL, MAX_SERVICE_URL),
-        (agent_env::TOKEN, MAX_TOKEN),
-        (agent_env::WORKSPACE_ID, 36),
-        (agent_env::GENERATION, 20),
-        (agent_env::CONFIG_VERSION, 20),
-        (agent_env::SECRET_NAMES, secret_names),
-        (agent_env::FILES_DIR, FILES_DIR.len()),
-    ];
+    let agent_vars = footprint.agent_vars(FILES_DIR.len());
     let agent_bytes: usize = agent_vars.iter().map(|(n, v)| n.len() + 1 + v).sum();
     let vars = user_vars + agent_vars.len();
     let env = vars * env_line("").len() + base64_bound(user_bytes + agent_bytes, vars);

@@ -15,7 +15,9 @@ use super::{
     ProcessBackend, layout, procfs,
     record::{ExitRecord, InstanceRecord},
 };
-use crate::{BackendError, Launch};
+use crate::{
+    BackendError, ConfigFootprint, Generation, Launch, LimitExceeded, WorkspaceId, footprint,
+};
 
 /// A child of this server process.
 #[derive(Debug)]
@@ -104,5 +106,42 @@ impl ProcessBackend {
             let _ = exit_tx.send(Some(exit));
         });
         Ok(())
+    }
+}
+
+/// The name admission gives the `execve` limit.
+pub const EXEC_LIMIT: &str = "process.exec_bytes";
+
+/// What an agent's `execve` may carry on this machine: `ARG_MAX` (a quarter
+/// of the stack limit agents inherit; Linux never allows more than 6 MiB),
+/// less a margin for what a wrapper program adds before it execs the agent
+/// in turn.
+pub(super) fn exec_limit() -> usize {
+    let arg_max = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
+        .ok()
+        .flatten()
+        .map_or(128 * 1024, |n| n as usize);
+    arg_max.min(6 * 1024 * 1024).saturating_sub(EXEC_MARGIN)
+}
+
+/// Room left for what a wrapper adds to the environment (`PWD`, `SHLVL`…).
+pub(super) const EXEC_MARGIN: usize = 16 * 1024;
+
+impl ProcessBackend {
+    /// Refuses a config whose agent `execve` could exceed [`exec_limit`].
+    pub(super) fn exec_admits(&self, footprint: &ConfigFootprint) -> Result<(), LimitExceeded> {
+        let files_dir = self
+            .layout
+            .generation(WorkspaceId::new(), Generation(u64::MAX))
+            .join("files");
+        let path = std::env::var_os("PATH").map_or(0, |p| p.len());
+        // PATH and the parent's pid, as `spawn` sets them.
+        let extra = "PATH=".len() + path + 1 + agent_env::PARENT_PID.len() + 12;
+        let needed = footprint.exec_bytes(
+            files_dir.as_os_str().len(),
+            extra,
+            &self.config.agent_command,
+        );
+        footprint::exec_admits(needed, EXEC_LIMIT, exec_limit())
     }
 }

@@ -9,6 +9,7 @@ use super::*;
 use crate::{AgentToken, ConfigVersion, Secret, WorkspaceSpec};
 
 mod isolation;
+mod limits;
 
 /// A private temporary directory the agents' user may pass through.
 fn reachable_tempdir() -> tempfile::TempDir {

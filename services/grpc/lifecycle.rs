@@ -182,6 +182,7 @@ impl WorkspaceLifecycle for LifecycleService {
                 format!("backend {backend} is not enabled on this server"),
             ));
         }
+        self.engine.store().check_spec(backend, &spec)?;
         let answer = self
             .request_ids
             .unary(&request, async {

@@ -23,6 +23,29 @@ impl Store {
     pub fn set_limits(&self, check: LimitCheck) {
         let _ = self.limits.set(check);
     }
+
+    /// Refuses a new workspace whose spec alone its backend could never
+    /// boot (its environment past EC2's user data or an `execve`), before
+    /// it is created.
+    pub fn check_spec(&self, backend: BackendKind, spec: &WorkspaceSpec) -> Result<(), Error> {
+        let Some(limits) = self.limits.get() else {
+            return Ok(());
+        };
+        limits(backend, &spec_footprint(spec, &ConfigFootprint::default()))
+            .map_err(|exceeded| Error::Exhausted(exceeded.to_string()))
+    }
+}
+
+/// The footprint of `spec` with the files and secrets of `others`.
+fn spec_footprint(spec: &WorkspaceSpec, others: &ConfigFootprint) -> ConfigFootprint {
+    ConfigFootprint {
+        env: spec.env.len(),
+        env_name_bytes: spec.env.keys().map(String::len).sum(),
+        env_value_bytes: spec.env.values().map(String::len).sum(),
+        command_args: spec.command.len(),
+        command_bytes: spec.command.iter().map(String::len).sum(),
+        ..*others
+    }
 }
 
 /// Refuses `change` if the workspace's config with it would exceed its
@@ -38,14 +61,7 @@ pub(super) fn check(
     let Some(limits) = store.limits.get() else {
         return Ok(());
     };
-    let mut footprint = ConfigFootprint {
-        env: spec.env.len(),
-        env_name_bytes: spec.env.keys().map(String::len).sum(),
-        env_value_bytes: spec.env.values().map(String::len).sum(),
-        command_args: spec.command.len(),
-        command_bytes: spec.command.iter().map(String::len).sum(),
-        ..*others
-    };
+    let mut footprint = spec_footprint(spec, others);
     match change {
         Change::WriteFile { path, content } => {
             footprint.files += 1;

@@ -36,7 +36,7 @@ use crate::support::{
     counted::Counted,
     cycles, last,
     moto::{InstanceBooter, Moto, run_agent},
-    report_unreachable, stats,
+    report_unreachable, stats, workspace,
 };
 
 /// A server whose EC2 workspaces run on moto, each instance "booted" by
@@ -337,6 +337,36 @@ async fn a_file_too_big_for_user_data_is_refused_and_changes_nothing() {
     let moto = Moto::start().await;
     let _booter = InstanceBooter::start(moto.client());
     let (s, ec2) = on_moto(&moto).await;
+    // A spec whose environment alone could never fit: refused at create,
+    // nothing created.
+    let refused = s
+        .client()
+        .create_workspace(pb::CreateWorkspaceRequest {
+            spec: Some(pb::WorkspaceSpec {
+                env: [("BIG".to_owned(), "v".repeat(20 * 1024))].into(),
+                ..Default::default()
+            }),
+            ..workspace::create_request("ec2-too-big", pb::BackendKind::Ec2)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("ec2.user_data_bytes"),
+        "{refused:?}"
+    );
+    let listed = s
+        .client()
+        .list_workspaces(pb::ListWorkspacesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.workspaces.is_empty(), "nothing created: {listed:?}");
+
     let ws = s.create("ec2-limits").await;
     s.online_at(ws, 1).await;
     let before = s.get(ws).await;

@@ -235,3 +235,61 @@ async fn the_lost_secret_race_ends_on_a_generation_that_has_both_secrets() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_config_the_agents_exec_could_not_carry_is_refused_and_changes_nothing() {
+    // A short window, so the admitted secrets are delivered soon (C7).
+    let s = TestServer::start(Options {
+        window: Duration::from_secs(2),
+        ..process_options()
+    })
+    .await;
+    let mut client = s.client();
+
+    // Secrets of 65,000 bytes, each within the secret limit, until the
+    // whole config would be past the limit: that one is refused and stored
+    // nothing, and the workspace still boots with every secret admitted.
+    let ws = s.create("big-secrets").await;
+    s.online_at(ws, 1).await;
+    let value = "x".repeat(65_000);
+    let mut admitted = Vec::new();
+    let refused = loop {
+        assert!(admitted.len() < 200, "200 secrets (13 MB) admitted");
+        let answer = client
+            .set_secret(pb::SetSecretRequest {
+                workspace_id: ws.to_string(),
+                name: format!("BIG{}", admitted.len()),
+                value: value.clone(),
+                request_id: String::new(),
+            })
+            .await;
+        match answer {
+            Ok(answer) => admitted.push(answer.into_inner()),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("process.exec_bytes"),
+        "{refused:?}"
+    );
+    assert!(!refused.message().contains("xxxx"), "no value in the error");
+    let last = admitted
+        .last()
+        .expect("some large secrets fit")
+        .config_version;
+    let w = s
+        .wait_for(ws, |w| {
+            w.status == pb::WorkspaceStatus::Online as i32
+                && w.agent.as_ref().is_some_and(|a| a.config_version >= last)
+        })
+        .await;
+    assert_eq!(w.config_version, last, "the refused secret changed nothing");
+    assert_eq!(w.secret_names.len(), admitted.len());
+    assert_eq!(w.agent.unwrap().secret_names.len(), admitted.len());
+    s.shutdown().await;
+}
