@@ -44,7 +44,7 @@ use super::{
 };
 use crate::{
     domain::{Error, EventKind, Finish, Generation, Goal, Phase},
-    store::{Registration, Store, token_hash},
+    store::{AgentWait, Registration, Store, token_hash},
     telemetry::cycle_trace::{CycleStart, CycleTrace},
 };
 
@@ -100,6 +100,8 @@ enum CycleError {
     InstanceDown(String),
     #[error("the provision deadline of {} passed", humantime::format_duration(*.0))]
     Deadline(Duration),
+    #[error("a delete of the workspace was requested: no agent of it can register any more")]
+    DeleteRequested,
     #[error("the cycle panicked")]
     Panicked,
     #[error("the cycle was taken over {0} times (its runners keep dying); it is given up")]
@@ -336,6 +338,9 @@ async fn wait_for_agent(
     let workspace = guard.workspace();
     let mut poll = tokio::time::interval(deps.settings.agent_poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Other events of the workspace (a delete admitted, say) bring the next
+    // check forward, at most this often.
+    let mut checked = tokio::time::Instant::now();
     loop {
         tokio::select! {
             received = registrations.recv() => match received {
@@ -345,15 +350,20 @@ async fn wait_for_agent(
                             return Ok(Registration { registered_at: event.at, config_version: *config_version });
                         }
                     }
-                    continue;
+                    if checked.elapsed() < EARLY_CHECK {
+                        continue;
+                    }
                 }
                 // Missed events: fall through to a check right away.
                 Received::Lagged | Received::Closed => {}
             },
             _ = poll.tick() => {}
         }
-        if let Some(registration) = deps.store.registration(workspace, generation).await? {
-            return Ok(registration);
+        checked = tokio::time::Instant::now();
+        match deps.store.agent_wait(workspace, generation).await? {
+            AgentWait::Registered(registration) => return Ok(registration),
+            AgentWait::DeleteRequested => return Err(CycleError::DeleteRequested),
+            AgentWait::Waiting => {}
         }
         let state = bounded(guard, backend.state(workspace)).await?;
         if state.generation == Some(generation) && state.is_down() {
@@ -361,6 +371,10 @@ async fn wait_for_agent(
         }
     }
 }
+
+/// How soon after a check another event of the workspace may bring the
+/// next one forward.
+const EARLY_CHECK: Duration = Duration::from_millis(200);
 
 /// A fresh 256-bit agent token.
 fn mint_token() -> Result<AgentToken, Error> {

@@ -28,6 +28,17 @@ pub struct Registration {
     pub config_version: ConfigVersion,
 }
 
+/// Where a cycle's wait for its agent stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentWait {
+    /// The agent registered (before any delete was requested).
+    Registered(Registration),
+    /// Not yet.
+    Waiting,
+    /// A delete was requested: the agent can no longer register.
+    DeleteRequested,
+}
+
 /// What a registering agent reports.
 #[derive(Clone, Debug)]
 pub struct AgentReport {
@@ -140,17 +151,22 @@ impl Store {
         ))
     }
 
-    /// The registration of one generation's agent, if it registered.
-    pub async fn registration(
+    /// Where a cycle's wait for `generation`'s agent stands: registered,
+    /// still waiting, or cut short by a delete (once one is requested no
+    /// agent of the workspace can register, so nothing is left to wait for).
+    pub async fn agent_wait(
         &self,
         workspace: WorkspaceId,
         generation: Generation,
-    ) -> Result<Option<Registration>, Error> {
+    ) -> Result<AgentWait, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
-                "SELECT registered_at, reported_config_version FROM generations
-                 WHERE workspace_id = $1 AND generation = $2 AND registered_at IS NOT NULL",
+                "SELECT g.registered_at, g.reported_config_version, w.desired = 'deleted'
+                 FROM workspaces w
+                 LEFT JOIN generations g ON g.workspace_id = w.id AND g.generation = $2
+                                        AND g.registered_at IS NOT NULL
+                 WHERE w.id = $1",
             )
             .await
             .map_err(db)?;
@@ -158,10 +174,17 @@ impl Store {
             .query_opt(&statement, &[&workspace.as_uuid(), &(generation.0 as i64)])
             .await
             .map_err(db)?;
-        Ok(row.map(|row| Registration {
-            registered_at: row.get(0),
-            config_version: ConfigVersion(row.get::<_, Option<i64>>(1).unwrap_or(0) as u64),
-        }))
+        let Some(row) = row else {
+            return Ok(AgentWait::DeleteRequested);
+        };
+        Ok(match row.get::<_, Option<Timestamp>>(0) {
+            Some(registered_at) => AgentWait::Registered(Registration {
+                registered_at,
+                config_version: ConfigVersion(row.get::<_, Option<i64>>(1).unwrap_or(0) as u64),
+            }),
+            None if row.get::<_, bool>(2) => AgentWait::DeleteRequested,
+            None => AgentWait::Waiting,
+        })
     }
 }
 

@@ -39,7 +39,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres::NoTls;
 
 pub use admission::{Tally, WorkspaceWrites};
-pub use agents::{AgentReport, Registration, token_hash};
+pub use agents::{AgentReport, AgentWait, Registration, token_hash};
 pub use audit::{AuditRow, RefusedRow};
 pub use claimed::{ConfigSnapshot, Started};
 pub use config_state::{ConfigState, ConfigWrites};

@@ -129,3 +129,59 @@ async fn a_watch_on_a_deleted_workspace_ends() {
     assert_eq!(seen.len(), 1, "one snapshot, then the end: {seen:?}");
     s.shutdown().await;
 }
+
+/// Once a delete is requested no agent of the workspace can register, so a
+/// cycle waiting for one ends at once, saying why, and the delete follows —
+/// instead of the restart failing at its deadline with a reason that did
+/// not happen ("the instance ended…") and the delete waiting for it.
+#[tokio::test]
+async fn a_delete_ends_a_cycles_wait_for_its_agent_at_once_and_says_so() {
+    use pb::restart_event::{Event, Phase};
+    use tokio_stream::StreamExt;
+
+    // A deadline no bounded wait of this test reaches.
+    let s = TestServer::start(Options {
+        deadline: Duration::from_secs(600),
+        ..Options::default()
+    })
+    .await;
+    let ws = s.create_online("deleted-while-booting").await;
+    s.backend.set_agent(AgentMode::Silent);
+    let mut restart = s
+        .restart_stream(ws, pb::Trigger::Manual)
+        .await
+        .expect("restart");
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), restart.next())
+            .await
+            .expect("the cycle reaches WAITING_FOR_AGENT")
+            .expect("the stream goes on")
+            .unwrap();
+        let waiting = matches!(&event.event, Some(Event::Phase(p)) if p.phase == Phase::WaitingForAgent as i32);
+        seen.push(event);
+        if waiting {
+            break;
+        }
+    }
+
+    let deleted = s.delete(ws, "gone while booting").await;
+    assert!(
+        matches!(last(&deleted), Event::Deleted(_)),
+        "{:?}",
+        kinds(&deleted)
+    );
+    seen.extend(collect(restart).await);
+    let Event::Failed(failed) = last(&seen) else {
+        panic!("the restart ends failed: {:?}", kinds(&seen))
+    };
+    assert!(
+        failed
+            .reason
+            .contains("a delete of the workspace was requested"),
+        "{failed:?}"
+    );
+    assert_eq!(instances(&s, ws).await, 0, "nothing left");
+    assert_eq!(s.backend.start_count(ws), 2, "no start after the delete");
+    s.shutdown().await;
+}
