@@ -36,7 +36,7 @@ pub(super) fn workspace_id(raw: &str) -> Result<WorkspaceId, Status> {
     WorkspaceId::from_str(raw).map_err(|_| {
         invalid_field(
             "workspace_id",
-            format!("workspace_id {raw:?} is not a UUID"),
+            format!("workspace_id {} is not a UUID", super::status::quoted(raw)),
         )
     })
 }

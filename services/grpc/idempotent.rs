@@ -147,7 +147,10 @@ impl RequestIds {
             return Ok(Plan::Unkeyed);
         }
         let id = Uuid::from_str(raw).map_err(|_| {
-            status::invalid_field("request_id", format!("request_id {raw:?} is not a UUID"))
+            status::invalid_field(
+                "request_id",
+                format!("request_id {} is not a UUID", status::quoted(raw)),
+            )
         })?;
         let store = self.engine.store();
         let mut keyed = R::METHOD.as_bytes().to_vec();

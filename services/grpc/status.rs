@@ -74,6 +74,17 @@ fn with_info(
     Status::with_error_details(code, message, details)
 }
 
+/// An unvalidated input quoted in an error, cut to its first 64 characters:
+/// a caller's megabyte of garbage is not echoed back to it (twice: in the
+/// message and in `BadRequest`), nor into logs.
+pub fn quoted(raw: &str) -> String {
+    const SHOWN: usize = 64;
+    match raw.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &raw[..cut], raw.len()),
+        None => format!("{raw:?}"),
+    }
+}
+
 /// `INVALID_ARGUMENT` naming the offending `field` in a `BadRequest`.
 pub fn invalid_field(field: &str, message: impl Into<String>) -> Status {
     let message = message.into();
@@ -226,6 +237,15 @@ impl From<Invalid> for Status {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_long_input_is_quoted_cut_and_a_short_one_whole() {
+        assert_eq!(super::quoted("not-a-uuid"), "\"not-a-uuid\"");
+        let long = "é".repeat(100_000);
+        let shown = super::quoted(&long);
+        assert!(shown.len() < 200, "{shown}");
+        assert!(shown.ends_with("… (200000 bytes)"), "{shown}");
+    }
+
     use super::*;
 
     #[test]

@@ -699,3 +699,37 @@ async fn an_undecodable_body_is_invalid_argument_naming_the_field() {
     );
     s.shutdown().await;
 }
+
+/// A malformed id is named, not echoed whole: a megabyte of a caller's
+/// garbage does not come back in the message and again in `BadRequest`.
+#[tokio::test]
+async fn a_huge_malformed_id_is_refused_without_being_echoed_back() {
+    let s = TestServer::start(Options::default()).await;
+    let huge = "x".repeat(100_000);
+    let refused = s
+        .client()
+        .get_workspace(pb::GetWorkspaceRequest {
+            workspace_id: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().len() < 200, "{}", refused.message());
+    assert!(refused.message().contains("100000 bytes"), "{}", refused.message());
+    let violation = &refused.get_details_bad_request().unwrap().field_violations[0];
+    assert_eq!(violation.field, "workspace_id");
+    assert!(violation.description.len() < 200);
+    let refused = s
+        .client()
+        .set_secret(pb::SetSecretRequest {
+            workspace_id: uuid::Uuid::new_v4().to_string(),
+            name: "K".into(),
+            value: "v".into(),
+            request_id: huge,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().len() < 200, "{}", refused.message());
+    s.shutdown().await;
+}
