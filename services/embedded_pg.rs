@@ -43,7 +43,8 @@ pub struct EmbeddedPostgres {
     port: u16,
     password: String,
     owner: Option<nix::unistd::User>,
-    /// This process started the cluster (rather than finding it running).
+    /// This process is in charge of the cluster: it started it, or the
+    /// server that did is gone ([`owned::take_charge`]).
     started_here: bool,
 }
 
@@ -100,8 +101,8 @@ impl EmbeddedPostgres {
         }
         if !running {
             this.start().await?;
-            this.started_here = true;
         }
+        this.started_here = owned::take_charge(&root, !running);
         if let Err(err) = this.create_database().await {
             if this.started_here {
                 let _ = this.stop().await;
@@ -275,7 +276,8 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    /// True if this process started the cluster.
+    /// True if this process is in charge of the cluster (it started it, or
+    /// took it over from a server that is gone), so stops it on its way out.
     pub fn started_here(&self) -> bool {
         self.started_here
     }
