@@ -9,8 +9,14 @@ pub enum Error {
     #[error("{0} not found")]
     NotFound(String),
     /// The request is malformed; nothing was changed.
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{message}")]
+    Invalid {
+        /// The request field that broke the rule ("path", "spec.env"…), so
+        /// the caller's `BadRequest` names it.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The request cannot apply in the current state (e.g. a deleted
     /// workspace); nothing was changed.
     #[error("{0}")]
@@ -38,6 +44,9 @@ pub enum Error {
 
 impl From<crate::domain::validate::Invalid> for Error {
     fn from(err: crate::domain::validate::Invalid) -> Self {
-        Self::Invalid(err.message)
+        Self::Invalid {
+            field: err.field,
+            message: err.message,
+        }
     }
 }

@@ -191,9 +191,7 @@ pub fn to_status(err: Error) -> Status {
             reason::NOT_FOUND,
             format!("{what} not found"),
         ),
-        // The engine's own `Invalid` comes from configuration, not from a
-        // request field; name the request as a whole.
-        Error::Invalid(msg) => invalid_field("request", msg),
+        Error::Invalid { field, message } => invalid_field(&field, message),
         Error::FailedPrecondition(msg) => precondition(msg),
         Error::AlreadyExists(msg) => plain(Code::AlreadyExists, reason::ALREADY_EXISTS, msg),
         Error::Unauthenticated(msg) => unauthenticated(msg),

@@ -124,9 +124,12 @@ impl<'a> ConfigState<'a> {
             }
             Change::WriteFile { path, content } => {
                 if let Some(other) = self.clash(path) {
-                    return Err(Error::Invalid(format!(
-                        "path {path:?} clashes with the file {other:?}: a path is a file or a directory, not both"
-                    )));
+                    return Err(Error::Invalid {
+                        field: "path".into(),
+                        message: format!(
+                            "path {path:?} clashes with the file {other:?}: a path is a file or a directory, not both"
+                        ),
+                    });
                 }
                 if others.files as i64 >= validate::MAX_FILES {
                     return Err(Error::Exhausted(format!(

@@ -113,8 +113,11 @@ impl Store {
         timing: Timing,
         clock: SharedClock,
     ) -> Result<Self, Error> {
-        let mut pg_config = tokio_postgres::Config::from_str(&config.url)
-            .map_err(|e| Error::Invalid(format!("bad database URL: {e}")))?;
+        let mut pg_config =
+            tokio_postgres::Config::from_str(&config.url).map_err(|e| Error::Invalid {
+                field: "database_url".into(),
+                message: format!("bad database URL: {e}"),
+            })?;
         if pg_config.get_connect_timeout().is_none() {
             pg_config.connect_timeout(Duration::from_secs(5));
         }

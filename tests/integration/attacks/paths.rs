@@ -6,6 +6,7 @@
 //! with INVALID_ARGUMENT and nothing changes.
 
 use tonic::Code;
+use tonic_types::StatusExt;
 use workspace_lifecycle::proto as pb;
 
 use crate::support::{Options, TestServer};
@@ -114,6 +115,8 @@ async fn a_path_is_a_file_or_a_directory_and_files_can_be_deleted() {
     for clash in ["conf", "conf/app/more", "conf/app/x/y"] {
         let status = write(clash).await.expect_err(clash);
         assert_eq!(status.code(), Code::InvalidArgument, "{clash}: {status:?}");
+        let violations = status.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(violations[0].field, "path", "the field is named");
     }
     assert_eq!(files(&s).await, before, "a refused path changed something");
     write("conf/other").await.expect("a sibling is fine");
