@@ -464,4 +464,9 @@ async fn an_owner_paused_during_its_stop_changes_nothing_when_resumed() {
     assert!(!now.contains(&first[0]), "the first instance survived");
     assert_eq!(now.len(), 1, "exactly the serving instance runs: {now:?}");
     drop(stream);
+    // Its shell ignores SIGTERM and outlives a killed server: delete it, so
+    // the test leaves no process behind.
+    let events = delete(&mut cb, ws, "clean up").await;
+    assert!(matches!(last(&events), Event::Deleted(_)), "{events:?}");
+    assert!(processes_with(&format!("sleep {marker}")).is_empty());
 }
