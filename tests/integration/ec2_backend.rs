@@ -32,7 +32,7 @@ use workspace_lifecycle::{
 };
 
 use crate::support::{
-    Options, TestServer, bounded,
+    Options, TestServer, assert_limit_refusal, bounded,
     counted::Counted,
     cycles, last,
     moto::{InstanceBooter, Moto, run_agent},
@@ -350,15 +350,7 @@ async fn a_file_too_big_for_user_data_is_refused_and_changes_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(
-        refused.message().contains("ec2.user_data_bytes"),
-        "{refused:?}"
-    );
+    assert_limit_refusal(&refused, "ec2.user_data_bytes");
     let listed = s
         .client()
         .list_workspaces(pb::ListWorkspacesRequest::default())
@@ -382,16 +374,7 @@ async fn a_file_too_big_for_user_data_is_refused_and_changes_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(
-        refused.message().contains("ec2.user_data_bytes"),
-        "the refusal names the limit: {}",
-        refused.message()
-    );
+    assert_limit_refusal(&refused, "ec2.user_data_bytes");
     let after = s.get(ws).await;
     assert_eq!(after.config_version, before.config_version);
     assert!(after.file_paths.is_empty(), "nothing stored");

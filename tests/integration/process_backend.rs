@@ -6,8 +6,8 @@ use std::{os::unix::fs::MetadataExt, time::Duration};
 use workspace_lifecycle::{proto as pb, proto::restart_event::Event};
 
 use crate::support::{
-    BackendChoice, Options, TestDb, TestServer, agent_reachable_tempdir, bounded, kinds, last,
-    server_process::ServerProcess, workspace,
+    BackendChoice, Options, TestDb, TestServer, agent_reachable_tempdir, assert_limit_refusal,
+    bounded, kinds, last, server_process::ServerProcess, workspace,
 };
 
 fn process_options() -> Options {
@@ -268,15 +268,7 @@ async fn a_config_the_agents_exec_could_not_carry_is_refused_and_changes_nothing
             Err(status) => break status,
         }
     };
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(
-        refused.message().contains("process.exec_bytes"),
-        "{refused:?}"
-    );
+    assert_limit_refusal(&refused, "process.exec_bytes");
     assert!(!refused.message().contains("xxxx"), "no value in the error");
     let last = admitted
         .last()

@@ -526,6 +526,19 @@ pub fn kinds(events: &[pb::RestartEvent]) -> Vec<&'static str> {
 }
 
 /// The terminal event of a restart stream.
+/// A refusal for a backend's limit: `RESOURCE_EXHAUSTED`, naming it.
+pub fn assert_limit_refusal(refused: &tonic::Status, limit: &str) {
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains(limit),
+        "the refusal names {limit}: {refused:?}"
+    );
+}
+
 pub fn last(events: &[pb::RestartEvent]) -> &pb::restart_event::Event {
     events
         .last()
