@@ -43,8 +43,7 @@ pub struct EmbeddedPostgres {
     port: u16,
     password: String,
     owner: Option<nix::unistd::User>,
-    /// This process is in charge of the cluster: it started it, or the
-    /// server that did is gone ([`owned::take_charge`]).
+    /// This process started the cluster (rather than finding it running).
     started_here: bool,
 }
 
@@ -101,8 +100,8 @@ impl EmbeddedPostgres {
         }
         if !running {
             this.start().await?;
+            this.started_here = true;
         }
-        this.started_here = owned::take_charge(&root, !running);
         if let Err(err) = this.create_database().await {
             if this.started_here {
                 let _ = this.stop().await;
@@ -276,8 +275,7 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    /// True if this process is in charge of the cluster (it started it, or
-    /// took it over from a server that is gone), so stops it on its way out.
+    /// True if this process started the cluster.
     pub fn started_here(&self) -> bool {
         self.started_here
     }

@@ -104,32 +104,6 @@ async fn a_local_user_cannot_connect_to_the_embedded_postgres() {
     assert!(after.is_err(), "the embedded Postgres outlived its server");
 }
 
-/// A server killed with SIGKILL cannot stop its Postgres; the next start
-/// reuses the cluster, and — its server being gone — takes charge of it,
-/// so SIGTERM then stops it too.
-#[tokio::test]
-async fn a_cluster_left_by_a_killed_server_ends_with_the_server_that_reused_it() {
-    let dir = data_dir();
-    let mut first = ServerProcess::start(dir.path(), "killed", |_| {}).await;
-    first.child.kill().await.unwrap();
-    let password = std::fs::read_to_string(dir.path().join("pg-password")).unwrap();
-    let url = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres password={}",
-        port(dir.path()),
-        password.trim()
-    );
-    connects(&url)
-        .await
-        .expect("SIGKILL leaves the cluster running");
-
-    let second = ServerProcess::start(dir.path(), "reused", |_| {}).await;
-    assert!(terminate(second).await.success());
-    assert!(
-        connects(&url).await.is_err(),
-        "the embedded Postgres outlived the server that reused it"
-    );
-}
-
 /// Runs the binary on the embedded default with `extra` flags, expecting
 /// it to fail to start; returns its log.
 async fn failed_start(dir: &Path, extra: &[&str]) -> String {
