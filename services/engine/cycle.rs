@@ -342,7 +342,9 @@ async fn wait_for_agent(
     // check forward, at most this often.
     let mut checked = tokio::time::Instant::now();
     loop {
-        tokio::select! {
+        // An early check (another event of the workspace) reads only the
+        // database; the backend is asked on the poll's own beat.
+        let early = tokio::select! {
             received = registrations.recv() => match received {
                 Received::Event(event) => {
                     if let EventKind::Agent { generation: g, config_version, .. } = &event.kind {
@@ -353,16 +355,18 @@ async fn wait_for_agent(
                     if checked.elapsed() < EARLY_CHECK {
                         continue;
                     }
+                    true
                 }
-                // Missed events: fall through to a check right away.
-                Received::Lagged | Received::Closed => {}
+                // Missed events: fall through to a full check right away.
+                Received::Lagged | Received::Closed => false,
             },
-            _ = poll.tick() => {}
-        }
+            _ = poll.tick() => false,
+        };
         checked = tokio::time::Instant::now();
         match deps.store.agent_wait(workspace, generation).await? {
             AgentWait::Registered(registration) => return Ok(registration),
             AgentWait::DeleteRequested => return Err(CycleError::DeleteRequested),
+            AgentWait::Waiting if early => continue,
             AgentWait::Waiting => {}
         }
         let state = bounded(guard, backend.state(workspace)).await?;
