@@ -715,7 +715,11 @@ async fn a_huge_malformed_id_is_refused_without_being_echoed_back() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(refused.message().len() < 200, "{}", refused.message());
-    assert!(refused.message().contains("100000 bytes"), "{}", refused.message());
+    assert!(
+        refused.message().contains("100000 bytes"),
+        "{}",
+        refused.message()
+    );
     let violation = &refused.get_details_bad_request().unwrap().field_violations[0];
     assert_eq!(violation.field, "workspace_id");
     assert!(violation.description.len() < 200);
