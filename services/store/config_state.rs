@@ -101,7 +101,7 @@ impl<'a> ConfigState<'a> {
     pub fn apply(&mut self, change: &'a Change, store: &Store) -> Result<(), Error> {
         let others = self.others(change);
         if let Some(spec) = &self.spec {
-            limits::check(store, self.backend, spec, &others, change)?;
+            limits::check(store, self.backend, spec, &self.totals, &others, change)?;
         }
         match change {
             Change::SetSecret { name, value } => {

@@ -49,18 +49,34 @@ fn spec_footprint(spec: &WorkspaceSpec, others: &ConfigFootprint) -> ConfigFootp
 }
 
 /// Refuses `change` if the workspace's config with it would exceed its
-/// backend's limits. `others` is the stored config without the entry the
-/// change replaces (sizes only, never values).
+/// backend's limits, unless the config was already past them and the change
+/// adds nothing to what they count (a file on a backend whose limit is the
+/// exec, a shorter secret): such a change makes nothing worse. `stored` is
+/// the stored config, `others` the same without the entry the change
+/// replaces (sizes only, never values).
 pub(super) fn check(
     store: &Store,
     backend: BackendKind,
     spec: &WorkspaceSpec,
+    stored: &ConfigFootprint,
     others: &ConfigFootprint,
     change: &Change,
 ) -> Result<(), Error> {
     let Some(limits) = store.limits.get() else {
         return Ok(());
     };
+    judge(limits.as_ref(), backend, spec, stored, others, change)
+}
+
+/// [`check`] with the backend's limits given.
+fn judge(
+    limits: &(dyn Fn(BackendKind, &ConfigFootprint) -> Result<(), LimitExceeded> + Send + Sync),
+    backend: BackendKind,
+    spec: &WorkspaceSpec,
+    stored: &ConfigFootprint,
+    others: &ConfigFootprint,
+    change: &Change,
+) -> Result<(), Error> {
     let mut footprint = spec_footprint(spec, others);
     match change {
         Change::WriteFile { path, content } => {
@@ -76,10 +92,83 @@ pub(super) fn check(
         // Smaller never hurts.
         Change::DeleteSecret { .. } | Change::DeleteFile { .. } => return Ok(()),
     }
-    limits(backend, &footprint).map_err(|exceeded| Error::Exhausted(exceeded.to_string()))
+    let Err(exceeded) = limits(backend, &footprint) else {
+        return Ok(());
+    };
+    match limits(backend, &spec_footprint(spec, stored)) {
+        Err(before) if exceeded.needed <= before.needed => Ok(()),
+        _ => Err(Error::Exhausted(exceeded.to_string())),
+    }
 }
 
 /// Whether a limit check needs the workspace's spec at all.
 pub(super) fn enforced(store: &Store) -> bool {
     store.limits.get().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Secret;
+
+    /// A backend whose limit counts secret bytes only (as the exec does
+    /// not count files), at most 100.
+    fn limit(_: BackendKind, f: &ConfigFootprint) -> Result<(), LimitExceeded> {
+        let needed = f.secret_name_bytes + f.secret_value_bytes;
+        if needed > 100 {
+            return Err(LimitExceeded {
+                limit: "test.bytes",
+                max: 100,
+                needed: needed as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn set(name: &str, len: usize) -> Change {
+        Change::SetSecret {
+            name: name.into(),
+            value: Secret::new("x".repeat(len)),
+        }
+    }
+
+    #[test]
+    fn a_change_past_the_limit_is_refused_unless_the_config_was_past_it_and_it_adds_nothing() {
+        let spec = WorkspaceSpec::default();
+        let judge = |stored: ConfigFootprint, others: ConfigFootprint, change: &Change| {
+            judge(
+                &limit,
+                BackendKind::Process,
+                &spec,
+                &stored,
+                &others,
+                change,
+            )
+        };
+        let within = ConfigFootprint {
+            secrets: 1,
+            secret_name_bytes: 1,
+            secret_value_bytes: 49,
+            ..Default::default()
+        };
+        assert_eq!(judge(within, within, &set("B", 40)), Ok(()));
+        assert!(matches!(
+            judge(within, within, &set("B", 60)),
+            Err(Error::Exhausted(m)) if m.contains("test.bytes")
+        ));
+        // Already past (say, from before an upgrade): what adds nothing the
+        // limit counts goes through; what adds to it does not.
+        let past = ConfigFootprint {
+            secret_value_bytes: 149,
+            ..within
+        };
+        let file = Change::WriteFile {
+            path: "f".into(),
+            content: vec![0; 10],
+        };
+        assert_eq!(judge(past, past, &file), Ok(()));
+        let without_a = ConfigFootprint::default();
+        assert_eq!(judge(past, without_a, &set("A", 120)), Ok(()), "shorter");
+        assert!(judge(past, past, &set("B", 1)).is_err(), "longer");
+    }
 }
