@@ -358,7 +358,13 @@ async fn wait_for_agent(
                     true
                 }
                 // Missed events: fall through to a full check right away.
-                Received::Lagged | Received::Closed => false,
+                Received::Lagged => false,
+                // No more events (the bus is gone at shutdown): check on the
+                // poll's beat alone, never in a spin.
+                Received::Closed => {
+                    poll.tick().await;
+                    false
+                }
             },
             _ = poll.tick() => false,
         };
