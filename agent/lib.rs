@@ -264,12 +264,17 @@ pub async fn main_from_env() -> i32 {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM, SIGINT or SIGHUP: a closed terminal or a dropped
+/// SSH session (SIGHUP) gets the same clean exit as Ctrl-C, where the
+/// default action would kill the process mid-cycle and leave its embedded
+/// Postgres running.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     tokio::select! {
         _ = term.recv() => {}
+        _ = hangup.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
 }

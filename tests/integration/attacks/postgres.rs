@@ -56,13 +56,42 @@ async fn connects(url: &str) -> Result<(), tokio_postgres::Error> {
     Ok(())
 }
 
-/// SIGTERMs `server` and waits (bounded) for it to exit.
-async fn terminate(mut server: ServerProcess) -> std::process::ExitStatus {
+/// Sends `signal` to `server` and waits (bounded) for it to exit.
+async fn signalled(
+    mut server: ServerProcess,
+    signal: nix::sys::signal::Signal,
+) -> std::process::ExitStatus {
     let pid = nix::unistd::Pid::from_raw(server.child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    bounded("the server exits on SIGTERM", server.child.wait())
+    nix::sys::signal::kill(pid, signal).unwrap();
+    bounded("the server exits on the signal", server.child.wait())
         .await
         .unwrap()
+}
+
+/// SIGTERMs `server` and waits (bounded) for it to exit.
+async fn terminate(server: ServerProcess) -> std::process::ExitStatus {
+    signalled(server, nix::sys::signal::Signal::SIGTERM).await
+}
+
+/// A closed terminal (SIGHUP) is a clean exit too: the server drains and
+/// stops the Postgres it started, as on Ctrl-C.
+#[tokio::test]
+async fn a_hangup_stops_the_server_and_its_postgres_cleanly() {
+    let dir = data_dir();
+    let server = ServerProcess::start(dir.path(), "hung-up", |_| {}).await;
+    let password = std::fs::read_to_string(dir.path().join("pg-password")).unwrap();
+    let url = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres password={}",
+        port(dir.path()),
+        password.trim()
+    );
+    connects(&url).await.expect("the cluster runs");
+    let status = signalled(server, nix::sys::signal::Signal::SIGHUP).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        connects(&url).await.is_err(),
+        "the embedded Postgres outlived a hangup"
+    );
 }
 
 #[tokio::test]
