@@ -31,25 +31,44 @@ pub enum Standing {
 /// The columns [`standing_of`] reads.
 macro_rules! standing_columns {
     () => {
-        "id, desired, status, generation, running_cycle IS NOT NULL AS busy"
+        "id, desired, status, generation, running_cycle IS NOT NULL AS busy,
+         pending_cycle IS NOT NULL AS pending"
     };
 }
 
 /// A workspace's standing from a row of [`standing_columns`].
 fn standing_of(row: &Row) -> Result<(WorkspaceId, Standing), Error> {
     let workspace = WorkspaceId::from(row.get::<_, Uuid>("id"));
-    let desired: Desired = parse(row.get::<_, &str>("desired"))?;
-    let status: WorkspaceStatus = parse(row.get::<_, &str>("status"))?;
-    let standing = if row.get::<_, bool>("busy") {
+    let standing = standing(
+        parse(row.get::<_, &str>("desired"))?,
+        parse(row.get::<_, &str>("status"))?,
+        Generation(row.get::<_, i64>("generation") as u64),
+        row.get::<_, bool>("busy"),
+        row.get::<_, bool>("pending"),
+    );
+    Ok((workspace, standing))
+}
+
+/// A workspace's standing. An ONLINE workspace whose stop or delete is
+/// admitted but not yet started (its caller went away before claiming it,
+/// say) still serves: its own cycle stops that instance, gracefully — the
+/// collector's forced stop would take the grace away.
+fn standing(
+    desired: Desired,
+    status: WorkspaceStatus,
+    generation: Generation,
+    busy: bool,
+    pending: bool,
+) -> Standing {
+    if busy {
         Standing::Busy
-    } else if desired == Desired::Running && status == WorkspaceStatus::Online {
-        Standing::Serving(Generation(row.get::<_, i64>("generation") as u64))
+    } else if status == WorkspaceStatus::Online && (desired == Desired::Running || pending) {
+        Standing::Serving(generation)
     } else {
         Standing::Idle {
             deleted: status == WorkspaceStatus::Deleted,
         }
-    };
-    Ok((workspace, standing))
+    }
 }
 
 /// A duration as Postgres reads a millisecond setting.
@@ -199,5 +218,43 @@ impl Store {
                 ))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_online_workspace_whose_removal_waits_to_start_still_serves() {
+        let g = Generation(4);
+        let online = WorkspaceStatus::Online;
+        assert_eq!(
+            standing(Desired::Running, online, g, false, false),
+            Standing::Serving(g)
+        );
+        // A delete (or stop) admitted, its cycle not started yet: the
+        // serving instance is left for that cycle's graceful stop.
+        assert_eq!(
+            standing(Desired::Deleted, online, g, false, true),
+            Standing::Serving(g)
+        );
+        assert_eq!(
+            standing(Desired::Stopped, online, g, false, true),
+            Standing::Serving(g)
+        );
+        // Nothing pending: nothing of it should run.
+        assert_eq!(
+            standing(Desired::Stopped, online, g, false, false),
+            Standing::Idle { deleted: false }
+        );
+        assert_eq!(
+            standing(Desired::Deleted, WorkspaceStatus::Deleted, g, false, false),
+            Standing::Idle { deleted: true }
+        );
+        assert_eq!(
+            standing(Desired::Deleted, online, g, true, true),
+            Standing::Busy
+        );
     }
 }
