@@ -31,7 +31,7 @@ use std::{
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use super::{
     intent::{Admission, StackRequest, Stage},
@@ -99,6 +99,9 @@ pub trait Admit<R: StackRequest>: Send + Sync + 'static {
 
 type Reply<R> = oneshot::Sender<(R, Result<Ticket, Error>)>;
 
+/// Sends a ready request on to the gate on its own (its caller went away).
+type Orphans<R> = std::sync::OnceLock<Box<dyn Fn(R) + Send + Sync>>;
+
 /// One workspace's queue of requests waiting for admission.
 struct Lane<R> {
     state: Mutex<LaneState<R>>,
@@ -153,10 +156,29 @@ impl<A, R: StackRequest> Clone for CoalesceLayer<A, R> {
     }
 }
 
-impl<S, A, R: StackRequest> Layer<S> for CoalesceLayer<A, R> {
+impl<S, A, R> Layer<S> for CoalesceLayer<A, R>
+where
+    R: StackRequest,
+    S: Service<R, Response = Admission, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     type Service = Coalesce<S, A, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        // A ready request whose caller went away is sent on in a task of
+        // its own, so its cycle starts at once and a cancelled caller
+        // never stalls it until the scheduler's sweep (C20).
+        let go_on = Mutex::new(inner.clone());
+        let _ = self.committer.orphans.set(Box::new(move |request: R| {
+            let svc = go_on.lock().expect("coalesce inner poisoned").clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(err) = svc.oneshot(request).await {
+                        tracing::warn!(%err, "starting a cycle whose caller went away failed; the scheduler will");
+                    }
+                });
+            }
+        }));
         Coalesce {
             inner,
             committer: self.committer.clone(),

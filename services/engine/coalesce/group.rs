@@ -29,10 +29,10 @@ use std::{
 
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{Admit, Batch, GroupAnswer, Reply, starts::Starts};
+use super::{Admit, Batch, GroupAnswer, Orphans, Reply, Ticket, starts::Starts};
 use crate::{
     domain::{Error, clock::SharedClock},
-    engine::intent::StackRequest,
+    engine::intent::{StackRequest, Stage},
 };
 
 /// How many groups one replica admits at the same time (each holds one
@@ -64,8 +64,11 @@ struct LaneBatch<R: StackRequest> {
 }
 
 impl<R: StackRequest> LaneBatch<R> {
-    /// Sends each caller its answer.
-    fn answer(self, answers: GroupAnswer) {
+    /// Sends each caller its answer. A request whose caller went away while
+    /// it was admitted, and whose answer is to start its cycle, goes on to
+    /// the gate without it (`orphans`): the cycle starts now, not at the
+    /// scheduler's next sweep.
+    fn answer(self, answers: GroupAnswer, orphans: &Orphans<R>) {
         let expected = self.requests.len();
         let answers = match answers {
             Some(Ok(answers)) if answers.len() == expected => answers,
@@ -75,7 +78,14 @@ impl<R: StackRequest> LaneBatch<R> {
             }
         };
         for ((request, reply), answer) in self.requests.into_iter().zip(self.replies).zip(answers) {
-            let _ = reply.send((request, answer));
+            if let Err((mut request, Ok(Ticket::Ready { cycle, opened, .. }))) =
+                reply.send((request, answer))
+            {
+                if let Some(go_on) = orphans.get() {
+                    request.set_stage(Stage::Admitted { cycle, opened });
+                    go_on(request);
+                }
+            }
         }
     }
 }
@@ -90,6 +100,9 @@ struct State<R: StackRequest> {
 pub(super) struct Committer<A, R: StackRequest> {
     admit: Arc<A>,
     clock: SharedClock,
+    /// Where a ready request whose caller went away goes on (the layer's
+    /// inner service, set when the layer wraps it).
+    pub(super) orphans: Arc<Orphans<R>>,
     state: Mutex<State<R>>,
 }
 
@@ -98,6 +111,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
         Self {
             admit,
             clock,
+            orphans: Arc::default(),
             state: Mutex::new(State {
                 waiting: Vec::new(),
                 next_ticket: 0,
@@ -206,7 +220,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             match results.next() {
                 Some(None) => left_out.push(handed),
                 answers => {
-                    handed.lane.answer(answers.flatten());
+                    handed.lane.answer(answers.flatten(), &self.orphans);
                     let _ = handed.done.send(());
                 }
             }
@@ -224,15 +238,16 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
     /// batches stay in order.
     fn admit_alone(&self, left_out: Vec<Handed<R>>) {
         let (admit, clock) = (self.admit.clone(), self.clock.clone());
+        let orphans = self.orphans.clone();
         tokio::spawn(futures::StreamExt::for_each_concurrent(
             futures::stream::iter(left_out),
             ALONE_AT_ONCE,
             move |handed| {
-                let (admit, clock) = (admit.clone(), clock.clone());
+                let (admit, clock, orphans) = (admit.clone(), clock.clone(), orphans.clone());
                 async move {
                     let lane = &handed.lane;
                     let answers = admit.admit(&lane.key, &lane.requests, clock.now()).await;
-                    handed.lane.answer(Some(answers));
+                    handed.lane.answer(Some(answers), &orphans);
                     let _ = handed.done.send(());
                 }
             },

@@ -512,3 +512,34 @@ async fn a_lane_admits_one_group_then_hands_its_slot_on_so_its_next_batch_is_not
     }
     assert_eq!(layer.live_lanes(), 0);
 }
+
+/// A caller that goes away while its batch is admitted does not take its
+/// cycle's start with it: the ready request goes on to the gate on its own
+/// once the batch commits (C20), instead of waiting for the scheduler.
+#[tokio::test]
+async fn a_ready_request_whose_caller_went_away_still_goes_on_to_the_gate() {
+    let admit = FakeAdmit::new(0);
+    let (_layer, svc, mut handle) = served(&admit);
+    let caller = tokio::spawn(svc.clone().oneshot(treated(7, 1)));
+    within_turns("the batch is in admission", || {
+        admit.permits.available_permits() == 0 && !caller.is_finished()
+    })
+    .await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    caller.abort();
+    let _ = caller.await;
+    admit.permits.add_permits(1);
+
+    let (through, reply) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("the ready request reaches the gate without its caller")
+        .unwrap();
+    assert_eq!(through.key, 7);
+    assert!(matches!(
+        through.stage,
+        Stage::Admitted { opened: true, .. }
+    ));
+    reply.send_response(Admission::of(Verdict::Idle));
+}
