@@ -161,7 +161,10 @@ where
         let mut ready = std::mem::replace(&mut self.inner, fresh);
         let keeper = self.keeper.clone();
         let now = self.clock.now();
-        Box::pin(async move {
+        // Claim and start in a task of their own: a caller that goes away
+        // mid-claim (its future dropped) must not roll the claim back and
+        // leave its admitted cycle to the scheduler's next sweep (C20).
+        let claim_and_start = async move {
             let key = request.key();
             let claimed = match (keeper.claim(&key, now).await, admitted) {
                 (Ok(claimed), _) => claimed,
@@ -215,6 +218,11 @@ where
                 }),
                 _ => admission,
             })
+        };
+        Box::pin(async move {
+            tokio::spawn(claim_and_start)
+                .await
+                .map_err(|err| Error::Internal(format!("the gate's claim did not finish: {err}")))?
         })
     }
 }
