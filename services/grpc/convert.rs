@@ -41,17 +41,6 @@ pub(super) fn workspace_id(raw: &str) -> Result<WorkspaceId, Status> {
     })
 }
 
-/// A page token: empty (start) or a position we handed out.
-pub(super) fn page_token(raw: &str) -> Result<i64, Status> {
-    if raw.is_empty() {
-        return Ok(0);
-    }
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| invalid_field("page_token", "page_token is not one this server issued"))
-}
-
 /// A page size: 0 means 100; at most 1000.
 pub(super) fn page_size(raw: u32) -> Result<usize, Status> {
     match raw {

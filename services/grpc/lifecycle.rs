@@ -13,6 +13,7 @@ use super::{
     follow::{self, RestartStream, WatchStream},
     idempotent::{self, Idempotent, Plan, RequestIds},
     origin::Origin,
+    page_token::Listing,
     status,
 };
 use crate::{
@@ -219,7 +220,10 @@ impl WorkspaceLifecycle for LifecycleService {
     ) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
         let request = request.into_inner();
         let limit = convert::page_size(request.page_size)?;
-        let after = convert::page_token(&request.page_token)?;
+        let listing = Listing::Workspaces {
+            include_deleted: request.include_deleted,
+        };
+        let after = listing.position(&request.page_token)?;
         let (records, next) = self
             .engine
             .store()
@@ -227,7 +231,7 @@ impl WorkspaceLifecycle for LifecycleService {
             .await?;
         Ok(Response::new(pb::ListWorkspacesResponse {
             workspaces: records.iter().map(convert::workspace).collect(),
-            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+            next_page_token: listing.token(next),
         }))
     }
 
@@ -369,12 +373,13 @@ impl WorkspaceLifecycle for LifecycleService {
         let request = request.into_inner();
         let workspace = convert::workspace_id(&request.workspace_id)?;
         let limit = convert::page_size(request.page_size)?;
-        let before = convert::page_token(&request.page_token)?;
+        let listing = Listing::Cycles(workspace);
+        let before = listing.position(&request.page_token)?;
         self.engine.store().peek(workspace).await?;
         let (records, next) = self.engine.store().cycles(workspace, before, limit).await?;
         Ok(Response::new(pb::ListCyclesResponse {
             cycles: records.iter().map(convert::cycle).collect(),
-            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+            next_page_token: listing.token(next),
         }))
     }
 }

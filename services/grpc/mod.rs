@@ -11,6 +11,7 @@ mod follow;
 mod idempotent;
 mod lifecycle;
 pub mod origin;
+mod page_token;
 pub mod status;
 
 pub use agent::AgentService;
