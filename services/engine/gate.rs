@@ -33,8 +33,8 @@ pub trait GateGuard: Send + 'static {
     fn cycle(&self) -> CycleId;
 }
 
-/// The cycle holding a gate someone else took: a request that opened that
-/// very cycle (the scheduler's sweep claimed it a moment before the
+/// The cycle holding a gate someone else took: a request admitted to start
+/// that very cycle (the scheduler's sweep claimed it a moment before the
 /// request's own claim) is still the one that started it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Holder {
@@ -146,9 +146,9 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let (admitted, opened) = match request.stage() {
-            Stage::Admitted { cycle, opened } => (Some(cycle), opened),
-            Stage::Resume => (None, false),
+        let admitted = match request.stage() {
+            Stage::Admitted { cycle, .. } => Some(cycle),
+            Stage::Resume => None,
             stage => {
                 return Box::pin(async move {
                     Err(Error::Internal(format!(
@@ -183,10 +183,11 @@ where
             };
             let guard = match claimed {
                 Claim::Won(guard) => guard,
-                // The sweep claimed the cycle this request opened between
-                // its admission and this claim: the request still started
-                // it, whoever runs it.
-                Claim::Lost(Some(holder)) if opened && admitted == Some(holder.cycle) => {
+                // The sweep claimed this request's cycle between its
+                // admission and this claim. Only the request admission chose
+                // to start a cycle comes this far (the rest were answered
+                // `coalesced` there), so it still started it, whoever runs it.
+                Claim::Lost(Some(holder)) if admitted == Some(holder.cycle) => {
                     return Ok(Admission::of(Verdict::Accepted {
                         cycle: holder.cycle,
                         generation: holder.generation,
