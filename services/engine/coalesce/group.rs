@@ -104,6 +104,10 @@ pub(super) struct Committer<A, R: StackRequest> {
     /// inner service, set when the layer wraps it).
     pub(super) orphans: Arc<Orphans<R>>,
     state: Mutex<State<R>>,
+    /// How many times a waiting batch looked for a slot after a stall
+    /// (tests).
+    #[cfg(test)]
+    pub(super) looks: std::sync::atomic::AtomicUsize,
 }
 
 impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
@@ -112,6 +116,8 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             admit,
             clock,
             orphans: Arc::default(),
+            #[cfg(test)]
+            looks: Default::default(),
             state: Mutex::new(State {
                 waiting: Vec::new(),
                 next_ticket: 0,
@@ -171,11 +177,27 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             // lane admits it (with whatever waits) in a slot of its own.
             let slot = {
                 let mut state = self.state.lock().expect("committer poisoned");
-                let waits = state.waiting.iter().any(|h| h.ticket == ticket);
+                #[cfg(test)]
+                self.looks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Tickets are handed in in order and taken all at once: the
+                // waiting list is sorted by ticket.
+                let waits = state
+                    .waiting
+                    .binary_search_by_key(&ticket, |h| h.ticket)
+                    .is_ok();
                 waits.then(|| state.starts.begin(Instant::now()))
             };
-            if let Some(slot) = slot {
-                Slot::new(self.clone(), slot).lead().await;
+            match slot {
+                Some(slot) => Slot::new(self.clone(), slot).lead().await,
+                // Taken into a group being admitted: that group, or the lone
+                // admission of a batch it left out, answers it (or drops its
+                // `done`). Looking again after every stall would only wake
+                // each of a stuck group's batches fifty times a second.
+                None => {
+                    let _ = answered.await;
+                    return;
+                }
             }
         }
     }

@@ -404,6 +404,69 @@ async fn groups_stuck_in_every_slot_hold_back_another_key_no_longer_than_the_sta
     assert_eq!(layer.live_lanes(), 0);
 }
 
+/// Holds every group until released.
+struct StuckAdmit {
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait]
+impl Admit<TestRequest> for StuckAdmit {
+    async fn admit(&self, _: &u32, batch: &[TestRequest], _: Timestamp) -> BatchAnswers {
+        idle(batch)
+    }
+
+    async fn admit_group(
+        &self,
+        group: &[Batch<'_, TestRequest>],
+        _: Timestamp,
+    ) -> Vec<GroupAnswer> {
+        let _ = self.release.subscribe().wait_for(|r| *r).await;
+        group
+            .iter()
+            .map(|batch| Some(idle(batch.requests)))
+            .collect()
+    }
+}
+
+// A million requests parked in admission hung the keyed-overhead benchmark:
+// every batch of a stuck group looked for a slot again after every stall,
+// a million wake-ups each 20 ms.
+#[tokio::test(start_paused = true)]
+async fn a_batch_taken_into_a_stuck_group_looks_for_a_slot_no_more() {
+    let admit = Arc::new(StuckAdmit {
+        release: tokio::sync::watch::channel(false).0,
+    });
+    let (layer, svc, _handle) = served(&admit);
+    let keys = 10u32;
+    let calls: Vec<_> = (0..keys)
+        .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
+        .collect();
+    // Two keys take the slots and stick; after the stall one waiting batch
+    // leads a group of all eight, which sticks too.
+    let waiting = keys as usize - group::MAX_IN_FLIGHT;
+    within_turns("the batches queue behind the busy slots", || {
+        layer.committer.waiting() >= waiting
+    })
+    .await;
+    tokio::time::sleep(group::STALL * 100).await;
+    assert_eq!(layer.committer.waiting(), 0, "one batch led them all");
+    let looks = layer
+        .committer
+        .looks
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        looks, waiting,
+        "each waiting batch looked once, after the first stall"
+    );
+
+    admit.release.send_replace(true);
+    for call in calls {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
+        assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
+    }
+    assert_eq!(layer.live_lanes(), 0);
+}
+
 /// Leaves keys 1 and 2 out of every group (their rows are busy); admitting
 /// either alone waits for the row, released by `rows`.
 struct BusyRowsAdmit {
