@@ -34,6 +34,7 @@ use tokio::sync::oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 use super::{
+    detach::Detachable,
     intent::{Admission, StackRequest, Stage},
     keyed::{KeyedSlots, SlotRef},
 };
@@ -280,50 +281,6 @@ impl Lanes {
             };
             let (requests, replies): (Vec<R>, Vec<Reply<R>>) = batch.into_iter().unzip();
             committer.submit(key.clone(), requests, replies).await;
-        }
-    }
-}
-
-/// A future driven on the caller's task that, if it has not finished when
-/// the caller is done with it (or dropped), continues as a task of its own.
-struct Detachable {
-    future: Option<BoxFuture<'static, ()>>,
-}
-
-impl Detachable {
-    fn new(future: impl Future<Output = ()> + Send + 'static) -> Self {
-        Self {
-            future: Some(Box::pin(future)),
-        }
-    }
-
-    fn poll_unpin(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(future) = self.future.as_mut() else {
-            return Poll::Ready(());
-        };
-        let polled = future.as_mut().poll(cx);
-        if polled.is_ready() {
-            self.future = None;
-        }
-        polled
-    }
-
-    /// Finishes now if it can without waiting; otherwise moves it to a task.
-    fn finish_or_detach(mut self) {
-        let waker = futures::task::noop_waker();
-        let _ = self.poll_unpin(&mut Context::from_waker(&waker));
-        // `Drop` spawns what is left.
-    }
-}
-
-impl Drop for Detachable {
-    fn drop(&mut self) {
-        if let Some(future) = self.future.take() {
-            // Outside a runtime (the process is ending) the drain is dropped:
-            // its transaction rolls back and nothing was acknowledged.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(future);
-            }
         }
     }
 }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use tower::{Layer, Service};
 
 use super::intent::{Admission, StackRequest, Stage, Verdict};
@@ -115,7 +115,9 @@ where
 {
     type Response = Admission;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<Admission, Error>>;
+    /// The inner service's own future when nothing is checked (no box of
+    /// a box per request); a boxed check-then-call otherwise.
+    type Future = Either<S::Future, BoxFuture<'static, Result<Admission, Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -123,7 +125,7 @@ where
 
     fn call(&mut self, mut request: R) -> Self::Future {
         if request.stage() != Stage::New {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         }
         // A stop or delete is never debounced, whoever asks (the
         // reconciler retries failed deletes, C17).
@@ -134,7 +136,7 @@ where
         };
         request.set_stage(Stage::Treated(treatment));
         if treatment != Treatment::DropIfBusy {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         }
         // The inner service was made ready for this call; keep that one and
         // leave a fresh clone in its place.
@@ -142,7 +144,7 @@ where
         let mut ready = std::mem::replace(&mut self.inner, fresh);
         let check = self.check.clone();
         let now = self.clock.now();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let key = request.key();
             if let Some(drop) = check.check(&key, request.trigger(), now).await? {
                 return Ok(Admission::of(Verdict::Dropped {
@@ -151,7 +153,7 @@ where
                 }));
             }
             ready.call(request).await
-        })
+        }))
     }
 }
 

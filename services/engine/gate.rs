@@ -15,10 +15,10 @@ use std::{
 };
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use tower::{Layer, Service};
 
 use super::{
+    detach::Detachable,
     intent::{Admission, StackRequest, Stage, Verdict, Waiting},
     lease::LeaseGuard,
 };
@@ -139,7 +139,7 @@ where
 {
     type Response = Admission;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<Admission, Error>>;
+    type Future = Detachable<Result<Admission, Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -150,7 +150,7 @@ where
             Stage::Admitted { cycle, .. } => Some(cycle),
             Stage::Resume => None,
             stage => {
-                return Box::pin(async move {
+                return Detachable::new(async move {
                     Err(Error::Internal(format!(
                         "request reached the gate unadmitted ({stage:?})"
                     )))
@@ -161,9 +161,10 @@ where
         let mut ready = std::mem::replace(&mut self.inner, fresh);
         let keeper = self.keeper.clone();
         let now = self.clock.now();
-        // Claim and start in a task of their own: a caller that goes away
-        // mid-claim (its future dropped) must not roll the claim back and
-        // leave its admitted cycle to the scheduler's next sweep (C20).
+        // Claim and start on the caller's task, going on as a task of their
+        // own if the caller goes away mid-claim: a dropped future must not
+        // roll the claim back and leave its admitted cycle to the
+        // scheduler's next sweep (C20).
         let claim_and_start = async move {
             let key = request.key();
             let claimed = match (keeper.claim(&key, now).await, admitted) {
@@ -220,11 +221,7 @@ where
                 _ => admission,
             })
         };
-        Box::pin(async move {
-            tokio::spawn(claim_and_start)
-                .await
-                .map_err(|err| Error::Internal(format!("the gate's claim did not finish: {err}")))?
-        })
+        Detachable::new(claim_and_start)
     }
 }
 

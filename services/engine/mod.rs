@@ -19,6 +19,7 @@ pub mod coalesce;
 mod collector;
 pub mod cycle;
 pub mod debounce;
+pub mod detach;
 
 pub mod drop_check;
 pub mod events;
