@@ -89,7 +89,7 @@ async fn admit_together(
         .iter()
         .enumerate()
         .filter_map(|(i, batch)| {
-            let creation = batch.requests.iter().find_map(|r| r.creation.as_ref())?;
+            let creation = batch.requests.iter().find_map(|r| r.creation.as_deref())?;
             Some((i, *batch.key, creation))
         })
         .collect();
@@ -252,7 +252,7 @@ fn admit_one<'a>(
         }
     };
     if opened {
-        tally.opened(cycle, TraceOrigin::of(cycle, intent.caller.as_ref()));
+        tally.opened(cycle, TraceOrigin::of(cycle, intent.caller.as_deref()));
     }
     // The first request of the batch that makes its cycle ready starts it
     // (it goes on to the gate and is answered `accepted`); every other

@@ -67,15 +67,17 @@ pub struct Intent {
     pub reason: String,
     /// A mutation to commit with the admission.
     pub change: Option<Change>,
-    /// A workspace to create with the admission.
-    pub creation: Option<Creation>,
+    /// A workspace to create with the admission (boxed, as `caller`: a
+    /// request parked in admission is moved and held in several places, and
+    /// these rarely set fields would make every copy 200 bytes larger).
+    pub creation: Option<Box<Creation>>,
     /// Where the request is in the stack.
     pub stage: Stage,
     /// The span the request was made in (its log lines carry it).
     pub span: tracing::Span,
     /// The caller's W3C trace context: a cycle this request opens joins
     /// the caller's trace (C16).
-    pub caller: Option<opentelemetry::trace::SpanContext>,
+    pub caller: Option<Box<opentelemetry::trace::SpanContext>>,
     /// Who asked, through which RPC: recorded in the audit log with the
     /// admission (`None` for the service's own requests).
     pub audit: Option<Audited>,
@@ -110,7 +112,7 @@ impl Intent {
         (actor, trace): (String, Option<opentelemetry::trace::SpanContext>),
         action: &'static str,
     ) -> Self {
-        self.caller = trace;
+        self.caller = trace.map(Box::new);
         self.audit = Some(Audited { actor, action });
         self
     }
@@ -122,7 +124,7 @@ impl Intent {
             trigger: self.trigger,
             reason: &self.reason,
             change: self.change.as_ref(),
-            creation: self.creation.as_ref(),
+            creation: self.creation.as_deref(),
         })
     }
 
@@ -141,7 +143,7 @@ impl Intent {
     /// The creation of a workspace (a CREATE trigger).
     pub fn create(workspace: WorkspaceId, creation: Creation) -> Self {
         let mut intent = Self::new(workspace, Ask::Run, Trigger::Create, "created");
-        intent.creation = Some(creation);
+        intent.creation = Some(Box::new(creation));
         intent
     }
 

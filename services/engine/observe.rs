@@ -68,8 +68,11 @@ where
         if intent.stage != Stage::New {
             return Box::pin(self.inner.call(intent));
         }
-        let (workspace, trigger, caller) =
-            (intent.workspace, intent.trigger, intent.caller.clone());
+        let (workspace, trigger, caller) = (
+            intent.workspace,
+            intent.trigger,
+            intent.caller.as_deref().cloned(),
+        );
         let store = self.store.clone();
         let answered = self.inner.call(intent);
         Box::pin(async move {
