@@ -20,8 +20,16 @@
 //! same comparison shows whether throughput rises with replicas or Postgres'
 //! CPU is the limit (each run prints who used the CPU).
 //!
+//! The whole plan runs on a durable cluster (`fsync=on`, as the service's
+//! embedded cluster and any production Postgres run: a commit waits for its
+//! WAL flush, and Postgres flushes concurrent commits together), then on
+//! one with `fsync=off` (a commit costs no flush: the bare `UPDATE` is
+//! bounded by CPU and round trips only, the harder comparison for a service
+//! that does more than one statement per call).
+//!
 //!   cargo bench --bench h2load_vs_pgbench
 //!     H2LOAD_PLAN=1x1,16x1,16x2,16x3   workspaces x server processes, in order
+//!     H2LOAD_FSYNC=on,off   the clusters to run the plan on, in order
 //!     H2LOAD_REQUESTS=20000  H2LOAD_ROUNDS=5
 //!     H2LOAD_PERF=<dir>   record `perf` of the servers during each service run
 
@@ -49,6 +57,7 @@ fn env_num(name: &str, default: usize) -> usize {
 }
 
 struct Shape {
+    fsync: bool,
     workspaces: usize,
     replicas: usize,
     service: f64,
@@ -154,8 +163,9 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
     let rss_start: u64 = servers.iter().map(ServerProcess::rss_bytes).sum();
 
     println!(
-        "\nSetSecret via h2load vs pgbench UPDATE: {workspaces} workspace(s), {replicas} server process(es), \
-         {CONCURRENCY} concurrent, {requests} calls per run, {rounds} rounds (+1 warm-up)"
+        "\nSetSecret via h2load vs pgbench UPDATE: fsync={}, {workspaces} workspace(s), {replicas} server process(es), \
+         {CONCURRENCY} concurrent, {requests} calls per run, {rounds} rounds (+1 warm-up)",
+        cluster.fsync
     );
     let mut failures = Vec::new();
     let (mut service, mut bare) = (Vec::new(), Vec::new());
@@ -299,6 +309,7 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
         server.stop(Duration::from_secs(30)).await;
     }
     Shape {
+        fsync: cluster.fsync == "on",
         workspaces,
         replicas,
         service: s,
@@ -322,23 +333,37 @@ async fn main() {
             Some((w.parse().ok()?, r.parse().ok()?))
         })
         .collect();
+    let fsyncs: Vec<bool> = std::env::var("H2LOAD_FSYNC")
+        .unwrap_or_else(|_| "on,off".into())
+        .split(',')
+        .filter_map(|f| match f.trim() {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        })
+        .collect();
     let most = plan.iter().map(|p| p.1).max().unwrap_or(1);
-    // Each replica's pool (32) and its listener, pgbench's 32, setup.
-    let cluster = pg::cluster(most * 34 + CONCURRENCY).await;
-    println!("# {}", cluster.describe());
     let mut all = Vec::new();
-    for &(w, r) in &plan {
-        assert!(
-            w >= 1 && r >= 1 && CONCURRENCY % w == 0,
-            "H2LOAD_PLAN: workspaces must divide {CONCURRENCY}"
-        );
-        all.push(shape(&cluster, w, r).await);
+    for &fsync in &fsyncs {
+        // Each replica's pool (32) and its listener, pgbench's 32, setup.
+        let cluster = pg::cluster(most * 34 + CONCURRENCY, fsync).await;
+        println!("\n# {}", cluster.describe());
+        for &(w, r) in &plan {
+            assert!(
+                w >= 1 && r >= 1 && CONCURRENCY % w == 0,
+                "H2LOAD_PLAN: workspaces must divide {CONCURRENCY}"
+            );
+            all.push(shape(&cluster, w, r).await);
+        }
     }
-    println!("\nh2load vs pgbench summary (workspaces, server processes: SetSecret/s vs UPDATE/s)");
+    println!(
+        "\nh2load vs pgbench summary (fsync, workspaces, server processes: SetSecret/s vs UPDATE/s)"
+    );
     let mut failed = false;
     for s in &all {
         println!(
-            "  {:>2} workspace(s), {} process(es): {:.0}/s vs {:.0}/s = {:.2}{}",
+            "  fsync={:<3} {:>2} workspace(s), {} process(es): {:.0}/s vs {:.0}/s = {:.2}{}",
+            if s.fsync { "on" } else { "off" },
             s.workspaces,
             s.replicas,
             s.service,

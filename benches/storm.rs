@@ -511,7 +511,7 @@ async fn main() {
     // Each replica's pool and listener, the bare UPDATE's connections
     // (opened while the replicas still run), the settle/commit probes.
     let most = replicas.iter().copied().max().unwrap_or(1);
-    let cluster = support::pg::cluster(most * (DB_CONNECTIONS + 2) + CLIENTS).await;
+    let cluster = support::pg::cluster(most * (DB_CONNECTIONS + 2) + CLIENTS, false).await;
     println!("# {}", cluster.describe());
     let dir = test_support::agent_reachable_tempdir();
     let backend = Counted::new(support::process_backend(dir.path()).await);

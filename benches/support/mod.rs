@@ -25,7 +25,7 @@ use workspace_lifecycle::{
 /// A maintenance URL of a Postgres that allows `connections` more
 /// connections than the benchmark's own few (see [`pg`]).
 pub async fn admin_url(connections: usize) -> String {
-    let cluster = pg::cluster(connections).await;
+    let cluster = pg::cluster(connections, false).await;
     println!("# {}", cluster.describe());
     cluster.admin
 }

@@ -1,6 +1,8 @@
 //! The benchmarks' own Postgres: a cluster under `target/bench-pg`, started
 //! with `max_connections` sized for what the benchmark about to run opens
-//! (servers' pools, bench clients, a margin) and `fsync=off` — or the
+//! (servers' pools, bench clients, a margin), durable (`fsync=on`, as the
+//! service's embedded cluster runs) or with `fsync=off` (commits cost no
+//! disk flush: a CPU and round-trip limit) as the benchmark asks — or the
 //! cluster `BENCH_DATABASE_URL` names, checked against the same need.
 //!
 //! Separate from the service's embedded cluster (fixed at 300 connections):
@@ -62,9 +64,11 @@ impl Cluster {
     }
 }
 
-/// A cluster that allows at least `connections` (plus [`MARGIN`]).
-pub async fn cluster(connections: usize) -> Cluster {
+/// A cluster that allows at least `connections` (plus [`MARGIN`]), with
+/// `fsync` on or off (restarted when it runs with the other setting).
+pub async fn cluster(connections: usize, fsync: bool) -> Cluster {
     let want = connections + MARGIN;
+    let fsync_setting = if fsync { "on" } else { "off" };
     let bin = bin_dir();
     if let Ok(admin) = std::env::var("BENCH_DATABASE_URL") {
         let cluster = inspect(admin, bin).await;
@@ -98,11 +102,11 @@ pub async fn cluster(connections: usize) -> Cluster {
         .is_ok_and(|s| s.success());
     if running {
         let now = inspect(admin.clone(), bin.clone()).await;
-        if now.max_connections >= want && now.statements {
+        if now.max_connections >= want && now.statements && now.fsync == fsync_setting {
             return now;
         }
-        // Too small for this benchmark (or started without
-        // pg_stat_statements): restart it.
+        // Too small for this benchmark, started without
+        // pg_stat_statements or with the other fsync: restart it.
         run(as_postgres(&bin.join("pg_ctl"))
             .arg("-D")
             .arg(&pgdata)
@@ -117,7 +121,7 @@ pub async fn cluster(connections: usize) -> Cluster {
         .arg("-o")
         .arg(format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections={size} \
-             -c fsync=off -c shared_buffers=256MB \
+             -c fsync={fsync_setting} -c shared_buffers=256MB \
              -c shared_preload_libraries=pg_stat_statements",
             pgdata.display()
         ))
