@@ -83,7 +83,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_future_dropped_unfinished_goes_on_as_a_task_and_one_that_finished_does_not() {
+    async fn a_future_dropped_unfinished_goes_on_as_a_task_and_an_awaited_one_answers() {
         let (go, wait) = oneshot::channel::<()>();
         let finished = Arc::new(AtomicBool::new(false));
         let flag = finished.clone();

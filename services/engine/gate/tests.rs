@@ -191,3 +191,55 @@ async fn an_unadmitted_request_never_reaches_the_cycle_service() {
         .unwrap_err();
     assert!(matches!(err, Error::Internal(_)));
 }
+
+/// A gate whose claims wait until let through, then win.
+struct SlowGate {
+    open: tokio::sync::watch::Sender<bool>,
+    cycle: CycleId,
+}
+
+#[async_trait]
+impl GateKeeper<u32> for SlowGate {
+    type Guard = MemoryGuard;
+
+    async fn claim(&self, key: &u32, _now: Timestamp) -> Result<Claim<MemoryGuard>, Error> {
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
+        Ok(Claim::Won(MemoryGuard {
+            key: *key,
+            cycle: self.cycle,
+            held: Arc::default(),
+        }))
+    }
+}
+
+// The claim runs on the caller's task (no spawn per call), yet a caller
+// that goes away mid-claim neither rolls the claim back nor leaves its
+// admitted cycle unstarted until the scheduler's sweep (C20).
+#[tokio::test]
+async fn a_caller_gone_mid_claim_still_starts_its_cycle() {
+    let cycle = CycleId::new();
+    let keeper = Arc::new(SlowGate {
+        open: tokio::sync::watch::channel(false).0,
+        cycle,
+    });
+    let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+    let cycles = service_fn(move |gated: Gated<TestRequest, MemoryGuard>| {
+        let _ = started.send(gated.guard.cycle());
+        async move { Ok::<_, Error>(Admission::of(Verdict::Idle)) }
+    });
+    let svc = GateLayer::new(keeper.clone(), clock()).layer(cycles);
+
+    let mut call = Box::pin(svc.oneshot(admitted(1, cycle)));
+    assert!(
+        futures::poll!(call.as_mut()).is_pending(),
+        "the claim waits"
+    );
+    drop(call);
+    keeper.open.send_replace(true);
+    let start = tokio::time::timeout(Duration::from_secs(5), starts.recv()).await;
+    assert_eq!(
+        start,
+        Ok(Some(cycle)),
+        "the cycle started without its caller"
+    );
+}
