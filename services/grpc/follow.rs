@@ -14,7 +14,7 @@ use super::convert::{self, ts};
 use crate::domain::Event;
 use crate::domain::EventKind;
 use crate::{
-    domain::{CycleId, CycleState, Generation, Outcome, WorkspaceId},
+    domain::{CycleId, CycleState, Generation, Goal, Outcome, WorkspaceId},
     engine::{
         Engine,
         events::{Received, Subscription},
@@ -67,16 +67,17 @@ fn terminal(outcome: Outcome, generation: Generation, config_version: u64, reaso
     }
 }
 
-/// The stream for an admitted request: its admission, then (if a cycle
-/// serves it) that cycle's phases up to its end. `events` must have been
-/// subscribed before the request was submitted, so nothing is missed.
+/// The stream for an admitted request: its admission (stamped `arrived`,
+/// when the request came in), then (if a cycle serves it) that cycle's
+/// phases up to its end. `events` must have been subscribed before the
+/// request was submitted, so nothing is missed.
 pub(super) fn cycle_stream(
     engine: Arc<Engine>,
     admission: Admission,
     events: Subscription,
+    arrived: crate::domain::Timestamp,
 ) -> RestartStream {
-    let now = engine.store().clock().now();
-    match first_event(admission, now) {
+    match first_event(admission, arrived) {
         Some(first) => stream_from(engine, first, events, false),
         None => ReceiverStream::new(mpsc::channel(1).1),
     }
@@ -90,11 +91,19 @@ pub(super) fn first_event(
 ) -> Option<pb::RestartEvent> {
     let (first, cycle) = match admission.verdict {
         Verdict::Accepted {
-            cycle, generation, ..
+            cycle,
+            generation,
+            goal,
         } => (
             Ev::Accepted(pb::restart_event::Accepted {
                 cycle_id: cycle.to_string(),
-                generation: generation.0,
+                // The generation the cycle provisions: a stop or delete
+                // provisions none (the engine's claim names the one it
+                // stops).
+                generation: match goal {
+                    Goal::Provision => generation.0,
+                    Goal::Stop | Goal::Delete => 0,
+                },
             }),
             Some(cycle),
         ),
@@ -372,4 +381,30 @@ fn watch_event(event: &Event) -> Option<pb::WorkspaceEvent> {
         workspace_id: event.workspace.to_string(),
         event: Some(body),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Found from outside: a delete's stream opened with `accepted
+    // {generation: 1}`, the generation it stops, where the proto says 0.
+    #[test]
+    fn accepted_names_the_generation_provisioned_and_zero_for_a_stop_or_delete() {
+        let now = chrono::Utc::now();
+        let accepted = |goal| {
+            let admission = Admission::of(Verdict::Accepted {
+                cycle: CycleId::new(),
+                generation: Generation(4),
+                goal,
+            });
+            match first_event(admission, now).and_then(|e| e.event) {
+                Some(Ev::Accepted(accepted)) => accepted.generation,
+                other => panic!("not accepted: {other:?}"),
+            }
+        };
+        assert_eq!(accepted(Goal::Provision), 4);
+        assert_eq!(accepted(Goal::Stop), 0);
+        assert_eq!(accepted(Goal::Delete), 0);
+    }
 }

@@ -110,26 +110,31 @@ impl LifecycleService {
     ) -> Result<Response<RestartStream>, Status> {
         let events = self.engine.subscribe(intent.workspace);
         let engine = self.engine.clone();
+        // The first event is stamped with the request's arrival: taken once
+        // it is answered, it could be later than the phases of the cycle it
+        // started, which the gate begins on the way back.
+        let arrived = self.engine.store().clock().now();
         let stream = match self.request_ids.plan(request).await? {
             Plan::Unkeyed => {
                 let admission = self.engine.submit(intent).await?;
-                follow::cycle_stream(engine, admission, events)
+                follow::cycle_stream(engine, admission, events, arrived)
             }
             Plan::Replay(answer) => {
                 follow::stream_from(engine, idempotent::decode(&answer)?, events, true)
             }
             Plan::Run(claim) => {
                 let admitted = self.engine.submit(intent).await;
-                let now = self.engine.store().clock().now();
                 let first = admitted
                     .as_ref()
                     .ok()
-                    .map(|admission| follow::first_event(admission.clone(), now));
+                    .map(|admission| follow::first_event(admission.clone(), arrived));
                 idempotent::settle(claim, first.as_ref().and_then(Option::as_ref)).await;
                 admitted?;
                 match first.flatten() {
                     Some(first) => follow::stream_from(engine, first, events, false),
-                    None => follow::cycle_stream(engine, Admission::of(Verdict::Idle), events),
+                    None => {
+                        follow::cycle_stream(engine, Admission::of(Verdict::Idle), events, arrived)
+                    }
                 }
             }
         };

@@ -408,7 +408,7 @@ impl TestServer {
     /// Restarts and collects the whole stream (bounded).
     pub async fn restart(&self, ws: WorkspaceId, trigger: pb::Trigger) -> Vec<pb::RestartEvent> {
         let stream = self.restart_stream(ws, trigger).await.expect("restart");
-        collect(stream).await
+        in_order(collect(stream).await)
     }
 
     /// Stops the workspace and collects the whole stream (bounded).
@@ -474,6 +474,22 @@ pub async fn collect<T>(stream: Streaming<T>) -> Vec<T> {
     .expect("stream ended in time")
 }
 
+/// `events`, checked to be stamped in the order they came: the first (how
+/// the request was admitted) never after a phase of the cycle it started,
+/// as found from outside once.
+pub fn in_order(events: Vec<pb::RestartEvent>) -> Vec<pb::RestartEvent> {
+    let at = |e: &pb::RestartEvent| e.at.map(|t| (t.seconds, t.nanos));
+    for pair in events.windows(2) {
+        assert!(
+            at(&pair[0]) <= at(&pair[1]),
+            "events stamped out of order: {:?} then {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    events
+}
+
 /// StopWorkspace through `c`, the whole stream collected (bounded).
 pub async fn stop(c: &mut LifecycleClient, ws: WorkspaceId, reason: &str) -> Vec<pb::RestartEvent> {
     let stream = c
@@ -485,7 +501,7 @@ pub async fn stop(c: &mut LifecycleClient, ws: WorkspaceId, reason: &str) -> Vec
         .await
         .expect("StopWorkspace")
         .into_inner();
-    collect(stream).await
+    in_order(collect(stream).await)
 }
 
 /// DeleteWorkspace through `c`, the whole stream collected (bounded).
@@ -503,7 +519,7 @@ pub async fn delete(
         .await
         .expect("DeleteWorkspace")
         .into_inner();
-    collect(stream).await
+    in_order(collect(stream).await)
 }
 
 /// The event kinds of a restart stream, as short names.
