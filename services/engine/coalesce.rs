@@ -279,7 +279,14 @@ impl Lanes {
                 }
                 std::mem::take(&mut state.queue)
             };
-            let (requests, replies): (Vec<R>, Vec<Reply<R>>) = batch.into_iter().unzip();
+            // Exactly sized: `unzip` grows from a capacity of four, and a
+            // request parked in admission is mostly a batch of one.
+            let mut requests = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for (request, reply) in batch {
+                requests.push(request);
+                replies.push(reply);
+            }
             committer.submit(key.clone(), requests, replies).await;
         }
     }
