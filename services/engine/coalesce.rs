@@ -24,6 +24,7 @@
 //! that leaves mid-admission cannot cancel a transaction others depend on.
 
 use std::{
+    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
 };
@@ -125,6 +126,47 @@ impl<R> Lane<R> {
     }
 }
 
+/// A request queued in its lane, as its caller waits for the answer.
+struct Queued<R: StackRequest> {
+    /// Keeps the lane, and so the key's slot, while the request waits (C15).
+    lane: SlotRef<R::Key, Lane<R>>,
+    answer: oneshot::Receiver<(R, Result<Ticket, Error>)>,
+    /// The lane's drain, when this caller drives it.
+    drain: Option<Detachable<()>>,
+}
+
+impl<R: StackRequest> Queued<R> {
+    /// Waits for the request's admission (driving the lane's drain meanwhile,
+    /// if this caller holds it) and gives the request back with its ticket.
+    async fn admitted(self) -> Result<(R, Ticket), Error> {
+        let Queued {
+            lane,
+            mut answer,
+            mut drain,
+        } = self;
+        let answered = std::future::poll_fn(|cx| {
+            if let Poll::Ready(answered) = Pin::new(&mut answer).poll(cx) {
+                return Poll::Ready(answered);
+            }
+            let Some(drain) = drain.as_mut() else {
+                return Poll::Pending;
+            };
+            // The drain finishing without our answer still lets `answer`
+            // resolve (its sender dropped): poll it again next time.
+            let _ = drain.poll_unpin(cx);
+            Pin::new(&mut answer).poll(cx)
+        })
+        .await;
+        if let Some(drain) = drain {
+            drain.finish_or_detach();
+        }
+        let (request, ticket) = answered
+            .map_err(|_| Error::Internal("admission task ended without an answer".into()))?;
+        drop(lane);
+        ticket.map(|ticket| (request, ticket))
+    }
+}
+
 /// Adds the coalescing admission in front of a service.
 pub struct CoalesceLayer<A, R: StackRequest> {
     committer: Arc<Committer<A, R>>,
@@ -211,13 +253,15 @@ impl<S: Clone, A, R: StackRequest> Clone for Coalesce<S, A, R> {
 struct Lanes;
 
 impl Lanes {
-    /// Queues `request` in its lane, starting a drain if none runs, and waits
-    /// for its admission.
-    async fn enqueue<A: Admit<R>, R: StackRequest>(
-        lanes: KeyedSlots<R::Key, Lane<R>>,
-        committer: Arc<Committer<A, R>>,
+    /// Queues `request` in its lane and, if no drain runs, makes this caller
+    /// the lane's drain. Not async: the request moves straight into its
+    /// lane, so the caller's future never holds it while it waits (a
+    /// request parked in admission is held once).
+    fn enqueue<A: Admit<R>, R: StackRequest>(
+        lanes: &KeyedSlots<R::Key, Lane<R>>,
+        committer: &Arc<Committer<A, R>>,
         request: R,
-    ) -> Result<(R, Ticket), Error> {
+    ) -> Queued<R> {
         let key = request.key();
         let lane = lanes.acquire(&key, Lane::new);
         let (reply, answer) = oneshot::channel();
@@ -226,40 +270,23 @@ impl Lanes {
             state.queue.push((request, reply));
             !std::mem::replace(&mut state.draining, true)
         };
-        if !start_drain {
-            // Another caller drives this lane; our batch is answered by it.
-            let (request, ticket) = answer
-                .await
-                .map_err(|_| Error::Internal("admission task ended without an answer".into()))?;
-            drop(lane);
-            return ticket.map(|ticket| (request, ticket));
-        }
         // This caller drives the lane on its own task — no spawn, no
         // cross-thread wake-up — until its own answer is in. Whatever the
         // drain still has to do then (batches others queued meanwhile), or
         // all of it if this caller goes away first, moves to a task of its
         // own: a caller that leaves never cancels a batch others joined.
-        let mut drain = Detachable::new(Self::drain::<A, R>(
-            lanes.acquire(&key, Lane::new),
-            key,
-            committer,
-        ));
-        let mut answer = std::pin::pin!(answer);
-        let answered = std::future::poll_fn(|cx| {
-            if let Poll::Ready(answered) = answer.as_mut().poll(cx) {
-                return Poll::Ready(answered);
-            }
-            // The drain finishing without our answer still lets `answer`
-            // resolve (its sender dropped): poll it again next time.
-            let _ = drain.poll_unpin(cx);
-            answer.as_mut().poll(cx)
-        })
-        .await;
-        drain.finish_or_detach();
-        let (request, ticket) = answered
-            .map_err(|_| Error::Internal("admission task ended without an answer".into()))?;
-        drop(lane);
-        ticket.map(|ticket| (request, ticket))
+        let drain = start_drain.then(|| {
+            Detachable::new(Self::drain::<A, R>(
+                lanes.acquire(&key, Lane::new),
+                key,
+                committer.clone(),
+            ))
+        });
+        Queued {
+            lane,
+            answer,
+            drain,
+        }
     }
 
     /// Admits whatever is queued, batch after batch, until the lane is
@@ -313,9 +340,9 @@ where
         }
         let fresh = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, fresh);
-        let (lanes, committer) = (self.lanes.clone(), self.committer.clone());
+        let queued = Lanes::enqueue(&self.lanes, &self.committer, request);
         Box::pin(async move {
-            let (mut request, ticket) = Lanes::enqueue(lanes, committer, request).await?;
+            let (mut request, ticket) = queued.admitted().await?;
             match ticket {
                 Ticket::Done(admission) => Ok(admission),
                 Ticket::Ready {
