@@ -298,24 +298,39 @@ impl Lanes {
         committer: Arc<Committer<A, R>>,
     ) {
         loop {
-            let batch = {
-                let mut state = lane.state.lock().expect("lane poisoned");
-                if state.queue.is_empty() {
-                    state.draining = false;
-                    return;
-                }
-                std::mem::take(&mut state.queue)
+            let Some(answered) = Self::hand_in(&lane, &key, &committer) else {
+                return;
             };
-            // Exactly sized: `unzip` grows from a capacity of four, and a
-            // request parked in admission is mostly a batch of one.
-            let mut requests = Vec::with_capacity(batch.len());
-            let mut replies = Vec::with_capacity(batch.len());
-            for (request, reply) in batch {
-                requests.push(request);
-                replies.push(reply);
-            }
-            committer.submit(key.clone(), requests, replies).await;
+            answered.await;
         }
+    }
+
+    /// Hands what the lane has queued to the committer, returning the wait
+    /// for its answers; `None` (and the lane no longer draining) when
+    /// nothing is queued. Not async: the batch goes straight to the
+    /// committer, and the drain's future holds only the wait.
+    fn hand_in<'c, A: Admit<R>, R: StackRequest>(
+        lane: &SlotRef<R::Key, Lane<R>>,
+        key: &R::Key,
+        committer: &'c Arc<Committer<A, R>>,
+    ) -> Option<impl Future<Output = ()> + Send + 'c> {
+        let batch = {
+            let mut state = lane.state.lock().expect("lane poisoned");
+            if state.queue.is_empty() {
+                state.draining = false;
+                return None;
+            }
+            std::mem::take(&mut state.queue)
+        };
+        // Exactly sized: `unzip` grows from a capacity of four, and a
+        // request parked in admission is mostly a batch of one.
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (request, reply) in batch {
+            requests.push(request);
+            replies.push(reply);
+        }
+        Some(committer.submit(key.clone(), requests, replies))
     }
 }
 

@@ -127,13 +127,15 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
     }
 
     /// Hands in one lane's batch and returns once every request of it has
-    /// been answered (through `replies`).
-    pub(super) async fn submit(
+    /// been answered (through `replies`). The batch is handed in at once,
+    /// not in the returned future: that future never holds it (a parked
+    /// request's future is boxed for as long as it waits).
+    pub(super) fn submit(
         self: &Arc<Self>,
         key: R::Key,
         requests: Vec<R>,
         replies: Vec<Reply<R>>,
-    ) {
+    ) -> impl Future<Output = ()> + Send + '_ {
         let (done, answered) = oneshot::channel();
         let (ticket, slot) = {
             let mut state = self.state.lock().expect("committer poisoned");
@@ -154,6 +156,17 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
                 state.starts.slot_free(now).then(|| state.starts.begin(now)),
             )
         };
+        self.answered(ticket, slot, answered)
+    }
+
+    /// Leads the group of `slot` (if the batch got one) and waits for the
+    /// batch of `ticket` to be answered.
+    async fn answered(
+        self: &Arc<Self>,
+        ticket: u64,
+        slot: Option<u64>,
+        answered: oneshot::Receiver<()>,
+    ) {
         let mut answered = answered;
         if let Some(slot) = slot {
             Slot::new(self.clone(), slot).lead().await;
