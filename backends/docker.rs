@@ -15,6 +15,7 @@ mod create;
 mod engine_call;
 mod found;
 mod phase;
+mod reference;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -33,7 +34,7 @@ use workspace_agent::env as agent_env;
 
 use crate::{
     Backend, BackendError, BackendKind, ConfigFootprint, Generation, Halt, InstanceRef,
-    InstanceState, Launch, LimitExceeded, WorkspaceId, footprint,
+    InstanceState, Launch, LimitExceeded, SpecRejected, WorkspaceId, WorkspaceSpec, footprint,
 };
 use engine_call::{backend_error, docker_span, status_code};
 use found::{Found, age_since};
@@ -273,6 +274,10 @@ impl Backend for DockerBackend {
         let extra = agent_env::ENDPOINT.len() + 128 + 8 * 1024;
         let needed = footprint.exec_bytes(FILES_DIR.len(), extra, &[]);
         footprint::exec_admits(needed, EXEC_LIMIT, EXEC_MAX)
+    }
+
+    fn check_spec(&self, spec: &WorkspaceSpec) -> Result<(), SpecRejected> {
+        reference::check(spec)
     }
 
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {

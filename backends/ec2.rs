@@ -214,6 +214,12 @@ impl Backend for Ec2Backend {
         user_data::admits(footprint)
     }
 
+    /// Instance type and AMI are checked by EC2 itself, per account and
+    /// region; nothing here can know them.
+    fn check_spec(&self, _spec: &crate::WorkspaceSpec) -> Result<(), crate::SpecRejected> {
+        Ok(())
+    }
+
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
         let existing = self.instances(launch.workspace).await?;
         if let Some(newer) = existing

@@ -42,6 +42,15 @@ impl From<std::io::Error> for BackendError {
     }
 }
 
+/// A spec a backend could never run, naming the request field at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecRejected {
+    /// The field, e.g. `spec.image`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
 /// A config larger than a backend can ever boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitExceeded {

@@ -24,7 +24,7 @@ mod state;
 
 use async_trait::async_trait;
 
-pub use error::{BackendError, LimitExceeded};
+pub use error::{BackendError, LimitExceeded, SpecRejected};
 pub use footprint::{ConfigFootprint, MAX_SERVICE_URL, MAX_TOKEN};
 pub use ids::{BackendKind, ConfigVersion, Generation, WorkspaceId};
 pub use launch::{AgentToken, Launch, Secret, WorkspaceSpec};
@@ -64,9 +64,15 @@ pub trait Backend: Send + Sync + 'static {
     /// (EC2: the user data would exceed 16 KiB). A tight upper bound
     /// computed from the footprint alone: when it says `Ok`, `start` never
     /// fails for size, so admission can refuse a change before it commits.
-    fn admits(&self, _footprint: &ConfigFootprint) -> Result<(), LimitExceeded> {
-        Ok(())
-    }
+    /// (Required, as `check_spec`, so a wrapper cannot forget to forward
+    /// it.)
+    fn admits(&self, footprint: &ConfigFootprint) -> Result<(), LimitExceeded>;
+
+    /// Refuses a spec this backend could never run (an image reference or
+    /// resources its engine refuses), naming the field: checked when the
+    /// workspace is created, so a create that could only fail in its first
+    /// cycle is refused and stores nothing.
+    fn check_spec(&self, spec: &WorkspaceSpec) -> Result<(), SpecRejected>;
 
     /// Starts `launch.generation`: first stops and removes the instances of
     /// strictly older generations; never touches the same or a newer one. A

@@ -283,6 +283,12 @@ impl Backend for ProcessBackend {
         self.exec_admits(footprint)
     }
 
+    /// A process runs whatever command it is given; the image, instance
+    /// and resource fields do not apply.
+    fn check_spec(&self, _spec: &crate::WorkspaceSpec) -> Result<(), crate::SpecRejected> {
+        Ok(())
+    }
+
     #[tracing::instrument(name = "spawn process", skip_all, fields(otel.kind = "client"))]
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {
         let call = Call {

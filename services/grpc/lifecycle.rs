@@ -188,6 +188,13 @@ impl WorkspaceLifecycle for LifecycleService {
                 format!("backend {backend} is not enabled on this server"),
             ));
         }
+        if let Ok(runs) = self.engine.backends().get(backend) {
+            runs.check_spec(&spec)
+                .map_err(|rejected| validate::Invalid {
+                    field: rejected.field.to_owned(),
+                    message: rejected.message,
+                })?;
+        }
         self.engine.store().check_spec(backend, &spec)?;
         let answer = self
             .request_ids

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use workspace_backends::{
     Backend, BackendError, BackendKind, ConfigFootprint, Generation, Halt, InstanceRef,
-    InstanceState, Launch, LimitExceeded, WorkspaceId,
+    InstanceState, Launch, LimitExceeded, SpecRejected, WorkspaceId, WorkspaceSpec,
 };
 
 /// Backend calls in flight per workspace, and the most ever seen at once.
@@ -248,6 +248,10 @@ impl<B: Backend> Backend for Counted<B> {
 
     fn admits(&self, footprint: &ConfigFootprint) -> Result<(), LimitExceeded> {
         self.inner.admits(footprint)
+    }
+
+    fn check_spec(&self, spec: &WorkspaceSpec) -> Result<(), SpecRejected> {
+        self.inner.check_spec(spec)
     }
 
     async fn inventory(&self) -> Result<Vec<InstanceRef>, BackendError> {

@@ -13,8 +13,9 @@ use std::{
 use async_trait::async_trait;
 use tokio::sync::{Notify, Semaphore};
 use workspace_backends::{
-    Backend, BackendError, BackendKind, ConfigVersion, Generation, Halt, InstancePhase,
-    InstanceRef, InstanceState, Launch, WorkspaceId,
+    Backend, BackendError, BackendKind, ConfigFootprint, ConfigVersion, Generation, Halt,
+    InstancePhase, InstanceRef, InstanceState, Launch, LimitExceeded, SpecRejected, WorkspaceId,
+    WorkspaceSpec,
 };
 use workspace_lifecycle::proto::{RegisterRequest, workspace_agent_client::WorkspaceAgentClient};
 
@@ -249,6 +250,14 @@ impl FakeBackend {
 impl Backend for FakeBackend {
     fn kind(&self) -> BackendKind {
         self.kind
+    }
+
+    fn admits(&self, _footprint: &ConfigFootprint) -> Result<(), LimitExceeded> {
+        Ok(())
+    }
+
+    fn check_spec(&self, _spec: &WorkspaceSpec) -> Result<(), SpecRejected> {
+        Ok(())
     }
 
     async fn start(&self, launch: &Launch) -> Result<(), BackendError> {

@@ -428,3 +428,47 @@ async fn docker_cli_create(ws: WorkspaceId, generation: u64) {
     ])
     .await;
 }
+
+// Found from outside: each of these was stored, went PROVISIONING and
+// failed in its first cycle with the engine's own refusal.
+#[tokio::test]
+async fn a_spec_the_engine_would_refuse_is_refused_at_create_and_stores_nothing() {
+    let s = server().await;
+    let cases = [
+        ("spec.image", "UPPER/Case:tag", 0, 0),
+        ("spec.image", "x:y:z", 0, 0),
+        ("spec.image", "img@sha256:zz", 0, 0),
+        ("spec.cpu_millis", AGENT_IMAGE, 1, 0),
+        ("spec.memory_mib", AGENT_IMAGE, 0, 1),
+    ];
+    for (i, (field, image, cpu_millis, memory_mib)) in cases.into_iter().enumerate() {
+        let mut request = test_support::workspace::create_request(
+            &format!("refused-{i}"),
+            pb::BackendKind::Docker,
+        );
+        request.spec = Some(pb::WorkspaceSpec {
+            image: image.into(),
+            cpu_millis,
+            memory_mib,
+            ..Default::default()
+        });
+        let refused = s.client().create_workspace(request).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {refused:?}"
+        );
+        assert!(refused.message().contains(field), "{field}: {refused:?}");
+    }
+    let listed = s
+        .client()
+        .list_workspaces(pb::ListWorkspacesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.workspaces.is_empty(),
+        "a refused create stored a workspace"
+    );
+    s.shutdown().await;
+}
