@@ -183,6 +183,7 @@ impl DockerBackend {
     /// Creates the generation's container (its config, labels and no
     /// restart policy).
     async fn create(&self, launch: &Launch, name: &str) -> Result<(), BackendError> {
+        self.exec_fits(launch).await?;
         let body = create::container_body(launch, name, &self.config);
         self.docker
             .create_container(
@@ -196,6 +197,29 @@ impl DockerBackend {
             .await
             .map_err(|e| backend_error("create container", e))?;
         Ok(())
+    }
+
+    /// Refuses a launch whose exec would exceed the limit with the image's
+    /// own environment and command counted as they are (admission can only
+    /// allow them 8 KiB): the failure then names the limit, where the
+    /// container would only exit at once. An image that cannot be inspected
+    /// is left to the create to report.
+    async fn exec_fits(&self, launch: &Launch) -> Result<(), BackendError> {
+        let image = create::image_of(launch, &self.config);
+        let Ok(inspected) = self.docker.inspect_image(&image).await else {
+            return Ok(());
+        };
+        let config = inspected.config.unwrap_or_default();
+        let own: usize = [config.env, config.cmd, config.entrypoint]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|s| s.len() + 1 + size_of::<usize>())
+            .sum();
+        // The agent's endpoint, and what the engine adds (HOSTNAME, HOME).
+        let extra = agent_env::ENDPOINT.len() + 128 + 256 + own;
+        let needed = launch.footprint().exec_bytes(FILES_DIR.len(), extra, &[]);
+        Ok(footprint::exec_admits(needed, EXEC_LIMIT, EXEC_MAX)?)
     }
 
     /// Uploads the files (before the first start) and starts the container.

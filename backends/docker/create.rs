@@ -12,6 +12,15 @@ use workspace_agent::env as agent_env;
 use super::{DockerConfig, FILES_DIR, LABEL_GENERATION, LABEL_MANAGED, LABEL_WORKSPACE};
 use crate::Launch;
 
+/// The image `launch` runs: its spec's, or the configured default.
+pub(super) fn image_of(launch: &Launch, config: &DockerConfig) -> String {
+    if launch.spec.image.is_empty() {
+        config.default_image.clone()
+    } else {
+        launch.spec.image.clone()
+    }
+}
+
 /// The create request of `launch`'s container, named `name`.
 pub(super) fn container_body(
     launch: &Launch,
@@ -25,11 +34,7 @@ pub(super) fn container_body(
         .collect();
     env.push(format!("{}={name}", agent_env::ENDPOINT));
     let spec = &launch.spec;
-    let image = if spec.image.is_empty() {
-        config.default_image.clone()
-    } else {
-        spec.image.clone()
-    };
+    let image = image_of(launch, config);
     let labels = HashMap::from([
         (LABEL_WORKSPACE.to_owned(), launch.workspace.to_string()),
         (LABEL_GENERATION.to_owned(), launch.generation.to_string()),

@@ -472,3 +472,47 @@ async fn a_spec_the_engine_would_refuse_is_refused_at_create_and_stores_nothing(
     );
     s.shutdown().await;
 }
+
+// Found from outside: an image with 60 KB of its own ENV and a config that
+// admission allowed (it can count only 8 KiB for the image) gave a
+// container that exited at once, "exited with code 1". The start now counts
+// the image's environment as it is and names the limit, creating nothing.
+#[tokio::test]
+async fn a_start_past_the_exec_limit_with_the_images_own_environment_names_the_limit() {
+    const BIG_ENV_IMAGE: &str = "wl-test-big-env:latest";
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'FROM {AGENT_IMAGE}\\nENV BIG=%s\\n' \"$(head -c 60000 /dev/zero | tr '\\0' x)\" \
+             | docker build -q -t {BIG_ENV_IMAGE} - >/dev/null"
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "docker build of the big-ENV image failed");
+    let docker = backend(Duration::from_secs(5), Duration::from_secs(60)).await;
+    let ws = WorkspaceId::new();
+    let mut launch = stubborn(ws, 1).await;
+    launch.spec = WorkspaceSpec {
+        image: BIG_ENV_IMAGE.into(),
+        ..WorkspaceSpec::default()
+    };
+    // Secrets that fill what admission allows.
+    launch.secrets = (0..31)
+        .map(|i| (format!("S{i}"), Secret::new("v".repeat(65_536))))
+        .collect();
+    launch
+        .secrets
+        .insert("S31".into(), Secret::new("v".repeat(50_000)));
+    assert_eq!(
+        docker.admits(&launch.footprint()),
+        Ok(()),
+        "admission allows it"
+    );
+    let refused = docker.start(&launch).await;
+    assert!(
+        matches!(&refused, Err(BackendError::Limit(l)) if l.limit == "docker.exec_bytes"),
+        "{refused:?}"
+    );
+    assert!(containers(ws).await.is_empty(), "a container was created");
+    clean_up(ws).await;
+}
