@@ -460,16 +460,8 @@ async fn a_spec_the_engine_would_refuse_is_refused_at_create_and_stores_nothing(
         );
         assert!(refused.message().contains(field), "{field}: {refused:?}");
     }
-    let listed = s
-        .client()
-        .list_workspaces(pb::ListWorkspacesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        listed.workspaces.is_empty(),
-        "a refused create stored a workspace"
-    );
+    let listed = s.listed().await;
+    assert!(listed.is_empty(), "a refused create stored a workspace");
     s.shutdown().await;
 }
 

@@ -351,13 +351,8 @@ async fn a_file_too_big_for_user_data_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_limit_refusal(&refused, "ec2.user_data_bytes");
-    let listed = s
-        .client()
-        .list_workspaces(pb::ListWorkspacesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.workspaces.is_empty(), "nothing created: {listed:?}");
+    let listed = s.listed().await;
+    assert!(listed.is_empty(), "nothing created: {listed:?}");
 
     let ws = s.create("ec2-limits").await;
     s.online_at(ws, 1).await;

@@ -336,7 +336,7 @@ async fn batches_of_many_keys_that_wait_for_a_slot_share_one_group() {
 
 /// Holds every group with a key of `blocked` until released.
 struct BlockingAdmit {
-    blocked: [u32; 2],
+    blocked: Vec<u32>,
     entered: std::sync::atomic::AtomicUsize,
     release: tokio::sync::watch::Sender<bool>,
 }
@@ -367,7 +367,7 @@ impl Admit<TestRequest> for BlockingAdmit {
 #[tokio::test(start_paused = true)]
 async fn groups_stuck_in_every_slot_hold_back_another_key_no_longer_than_the_stall() {
     let admit = Arc::new(BlockingAdmit {
-        blocked: [1, 2],
+        blocked: vec![1, 2],
         entered: Default::default(),
         release: tokio::sync::watch::channel(false).0,
     });
@@ -404,40 +404,18 @@ async fn groups_stuck_in_every_slot_hold_back_another_key_no_longer_than_the_sta
     assert_eq!(layer.live_lanes(), 0);
 }
 
-/// Holds every group until released.
-struct StuckAdmit {
-    release: tokio::sync::watch::Sender<bool>,
-}
-
-#[async_trait]
-impl Admit<TestRequest> for StuckAdmit {
-    async fn admit(&self, _: &u32, batch: &[TestRequest], _: Timestamp) -> BatchAnswers {
-        idle(batch)
-    }
-
-    async fn admit_group(
-        &self,
-        group: &[Batch<'_, TestRequest>],
-        _: Timestamp,
-    ) -> Vec<GroupAnswer> {
-        let _ = self.release.subscribe().wait_for(|r| *r).await;
-        group
-            .iter()
-            .map(|batch| Some(idle(batch.requests)))
-            .collect()
-    }
-}
-
 // A million requests parked in admission hung the keyed-overhead benchmark:
 // every batch of a stuck group looked for a slot again after every stall,
 // a million wake-ups each 20 ms.
 #[tokio::test(start_paused = true)]
 async fn a_batch_taken_into_a_stuck_group_looks_for_a_slot_no_more() {
-    let admit = Arc::new(StuckAdmit {
+    let keys = 10u32;
+    let admit = Arc::new(BlockingAdmit {
+        blocked: (0..keys).collect(),
+        entered: Default::default(),
         release: tokio::sync::watch::channel(false).0,
     });
     let (layer, svc, _handle) = served(&admit);
-    let keys = 10u32;
     let calls: Vec<_> = (0..keys)
         .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
         .collect();

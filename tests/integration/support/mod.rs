@@ -346,6 +346,16 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The first page of ListWorkspaces.
+    pub async fn listed(&self) -> Vec<pb::Workspace> {
+        self.client()
+            .list_workspaces(pb::ListWorkspacesRequest::default())
+            .await
+            .expect("ListWorkspaces")
+            .into_inner()
+            .workspaces
+    }
+
     pub async fn get(&self, ws: WorkspaceId) -> pb::Workspace {
         workspace::get(&self.client(), &ws.to_string()).await
     }
