@@ -99,38 +99,37 @@ impl<'c> GroupTx<'c> {
         let with_spec = limits::enforced(&self.store);
         // Prepared first, so the reads below go out in this order, the lock
         // first: Postgres runs them in order, the reads once it is held.
-        let (lock, specs, secrets, files) =
+        // The secrets' and files' sizes in one statement (a secret is
+        // `true` in the first column): one statement fewer per group.
+        let (lock, specs, entries) =
             futures::try_join!(
             tx.prepare_cached(if wait { rows::LOCK_ALL } else { rows::LOCK_FREE }),
             tx.prepare_cached(
                 "SELECT id, backend, CASE WHEN $2 THEN spec END FROM workspaces WHERE id = ANY($1)"
             ),
             tx.prepare_cached(
-                "SELECT workspace_id, name, greatest(length(value) - $2, 0)
-                 FROM secrets WHERE workspace_id = ANY($1)"
-            ),
-            tx.prepare_cached(
-                "SELECT workspace_id, path, length(content) FROM files WHERE workspace_id = ANY($1)"
+                "SELECT true, workspace_id, name, greatest(length(value) - $2, 0)
+                 FROM secrets WHERE workspace_id = ANY($1)
+                 UNION ALL
+                 SELECT false, workspace_id, path, length(content)
+                 FROM files WHERE workspace_id = ANY($1)"
             ),
         )
             .map_err(db)?;
         let overhead = limits::SEAL_OVERHEAD;
         let spec_params: [&(dyn ToSql + Sync); 2] = [&configs, &with_spec];
-        let secret_params: [&(dyn ToSql + Sync); 2] = [&configs, &overhead];
-        let file_params: [&(dyn ToSql + Sync); 1] = [&configs];
+        let entry_params: [&(dyn ToSql + Sync); 2] = [&configs, &overhead];
         let read = async {
             if configs.is_empty() {
-                return Ok((Vec::new(), Vec::new(), Vec::new()));
+                return Ok((Vec::new(), Vec::new()));
             }
             futures::try_join!(
                 tx.query(&specs, &spec_params),
-                tx.query(&secrets, &secret_params),
-                tx.query(&files, &file_params),
+                tx.query(&entries, &entry_params),
             )
             .map_err(db)
         };
-        let (locked, (specs, secrets, files)) =
-            futures::try_join!(rows::lock_all(tx, &lock, &ids), read)?;
+        let (locked, (specs, entries)) = futures::try_join!(rows::lock_all(tx, &lock, &ids), read)?;
 
         let mut admitting: HashMap<WorkspaceId, Admitting<'a>> = locked
             .into_iter()
@@ -155,16 +154,15 @@ impl<'c> GroupTx<'c> {
                 entry.config = Some(ConfigState::new(id, parse(row.get(1))?, spec));
             }
         }
-        for row in &secrets {
-            let id = WorkspaceId::from(row.get::<_, Uuid>(0));
+        for row in &entries {
+            let id = WorkspaceId::from(row.get::<_, Uuid>(1));
             if let Some(config) = admitting.get_mut(&id).and_then(|e| e.config.as_mut()) {
-                config.stored_secret(row.get(1), row.get::<_, i32>(2) as usize);
-            }
-        }
-        for row in &files {
-            let id = WorkspaceId::from(row.get::<_, Uuid>(0));
-            if let Some(config) = admitting.get_mut(&id).and_then(|e| e.config.as_mut()) {
-                config.stored_file(row.get(1), row.get::<_, i32>(2) as usize);
+                let (name, size) = (row.get(2), row.get::<_, i32>(3) as usize);
+                if row.get::<_, bool>(0) {
+                    config.stored_secret(name, size);
+                } else {
+                    config.stored_file(name, size);
+                }
             }
         }
         Ok(admitting)
