@@ -210,10 +210,18 @@ impl DockerBackend {
             return Ok(());
         };
         let config = inspected.config.unwrap_or_default();
-        let own: usize = [config.env, config.cmd, config.entrypoint]
-            .into_iter()
-            .flatten()
-            .flatten()
+        // The container's own variables replace the image's of the same
+        // name, and a spec's command replaces the image's.
+        let set = launch.environment(FILES_DIR);
+        let replaced = |var: &String| {
+            let name = var.split_once('=').map_or(var.as_str(), |(n, _)| n);
+            name == agent_env::ENDPOINT || set.iter().any(|(k, _)| k == name)
+        };
+        let env = config.env.into_iter().flatten().filter(|v| !replaced(v));
+        let cmd = config.cmd.filter(|_| launch.spec.command.is_empty());
+        let own: usize = env
+            .chain(cmd.into_iter().flatten())
+            .chain(config.entrypoint.into_iter().flatten())
             .map(|s| s.len() + 1 + size_of::<usize>())
             .sum();
         // The agent's endpoint, and what the engine adds (HOSTNAME, HOME).

@@ -63,7 +63,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Refuses a config this backend could never boot, naming the limit
     /// (EC2: the user data would exceed 16 KiB). A tight upper bound
     /// computed from the footprint alone: when it says `Ok`, `start` never
-    /// fails for size, so admission can refuse a change before it commits.
+    /// fails for size, so admission can refuse a change before it commits —
+    /// save on Docker, whose image may carry more than the 8 KiB of its own
+    /// environment counted here (its start then names the limit before
+    /// creating anything).
     /// (Required, as `check_spec`, so a wrapper cannot forget to forward
     /// it.)
     fn admits(&self, footprint: &ConfigFootprint) -> Result<(), LimitExceeded>;

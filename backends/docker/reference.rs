@@ -81,20 +81,31 @@ fn image(reference: &str) -> Result<(), &'static str> {
         return Err("a name is 1 to 255 bytes");
     }
     let mut components: Vec<&str> = name.split('/').collect();
-    // The first component names a registry if it looks like a host.
-    if components.len() > 1 && (components[0].contains(['.', ':']) || components[0] == "localhost")
+    // The first component names a registry if it looks like a host (as the
+    // engine splits it: a dot, a colon, `localhost`, or an uppercase letter).
+    if components.len() > 1
+        && (components[0].contains(['.', ':'])
+            || components[0] == "localhost"
+            || components[0].chars().any(|c| c.is_ascii_uppercase()))
     {
         let domain = components.remove(0);
-        let (host, port) = match domain.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (domain, None),
+        let (host, port) = match domain.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => (host, Some(port)),
+            _ => (domain, None),
         };
-        let host_ok = host.split('.').all(|label| {
-            !label.is_empty()
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
+        let ipv6 = host.len() > 2
+            && host.starts_with('[')
+            && host.ends_with(']')
+            && host[1..host.len() - 1]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':');
+        let host_ok = ipv6
+            || host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
         if !host_ok || port.is_some_and(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()))
         {
             return Err("a registry is host[:port]");
@@ -153,6 +164,8 @@ mod tests {
             "library/busybox:1.36",
             "ghcr.io/org/app_name/x:v1.2-rc.1",
             "localhost:5000/team/img",
+            "MyReg/img",
+            "[::1]:5000/img",
             "registry.example.com:443/a/b__c/d--e",
             "img@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "img:tag@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
