@@ -209,24 +209,7 @@ impl DockerBackend {
         let Ok(inspected) = self.docker.inspect_image(&image).await else {
             return Ok(());
         };
-        let config = inspected.config.unwrap_or_default();
-        // The container's own variables replace the image's of the same
-        // name, and a spec's command replaces the image's.
-        let set = launch.environment(FILES_DIR);
-        let replaced = |var: &String| {
-            let name = var.split_once('=').map_or(var.as_str(), |(n, _)| n);
-            name == agent_env::ENDPOINT || set.iter().any(|(k, _)| k == name)
-        };
-        let env = config.env.into_iter().flatten().filter(|v| !replaced(v));
-        let cmd = config.cmd.filter(|_| launch.spec.command.is_empty());
-        let own: usize = env
-            .chain(cmd.into_iter().flatten())
-            .chain(config.entrypoint.into_iter().flatten())
-            .map(|s| s.len() + 1 + size_of::<usize>())
-            .sum();
-        // The agent's endpoint, and what the engine adds (HOSTNAME, HOME).
-        let extra = agent_env::ENDPOINT.len() + 128 + 256 + own;
-        let needed = launch.footprint().exec_bytes(FILES_DIR.len(), extra, &[]);
+        let needed = create::exec_bytes(launch, inspected.config.unwrap_or_default());
         Ok(footprint::exec_admits(needed, EXEC_LIMIT, EXEC_MAX)?)
     }
 

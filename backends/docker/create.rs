@@ -12,6 +12,28 @@ use workspace_agent::env as agent_env;
 use super::{DockerConfig, FILES_DIR, LABEL_GENERATION, LABEL_MANAGED, LABEL_WORKSPACE};
 use crate::Launch;
 
+/// What `launch`'s exec in a container of an image with `image` config
+/// needs at most: its footprint, the image's own environment and command as
+/// they are (the container's variables replace the image's of the same
+/// name, and a spec's command replaces the image's), the agent's endpoint
+/// and what the engine adds (HOSTNAME, HOME).
+pub(super) fn exec_bytes(launch: &Launch, image: bollard::models::ImageConfig) -> usize {
+    let set = launch.environment(FILES_DIR);
+    let replaced = |var: &String| {
+        let name = var.split_once('=').map_or(var.as_str(), |(n, _)| n);
+        name == agent_env::ENDPOINT || set.iter().any(|(k, _)| k == name)
+    };
+    let env = image.env.into_iter().flatten().filter(|v| !replaced(v));
+    let cmd = image.cmd.filter(|_| launch.spec.command.is_empty());
+    let own: usize = env
+        .chain(cmd.into_iter().flatten())
+        .chain(image.entrypoint.into_iter().flatten())
+        .map(|s| s.len() + 1 + size_of::<usize>())
+        .sum();
+    let extra = agent_env::ENDPOINT.len() + 128 + 256 + own;
+    launch.footprint().exec_bytes(FILES_DIR.len(), extra, &[])
+}
+
 /// The image `launch` runs: its spec's, or the configured default.
 pub(super) fn image_of(launch: &Launch, config: &DockerConfig) -> String {
     if launch.spec.image.is_empty() {
