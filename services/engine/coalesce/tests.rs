@@ -297,6 +297,27 @@ impl Admit<TestRequest> for GroupingAdmit {
     }
 }
 
+/// One call for each of `keys` keys, spawned, once every batch but the
+/// slots' first ones waits for a slot; with how many wait.
+async fn queue_behind_the_slots<A: Admit<TestRequest>>(
+    layer: &CoalesceLayer<A, TestRequest>,
+    svc: &Coalesce<MockInner, A, TestRequest>,
+    keys: u32,
+) -> (
+    Vec<tokio::task::JoinHandle<Result<Admission, Error>>>,
+    usize,
+) {
+    let calls = (0..keys)
+        .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
+        .collect();
+    let waiting = keys as usize - group::MAX_IN_FLIGHT;
+    within_turns("the batches queue behind the busy slots", || {
+        layer.committer.waiting() >= waiting
+    })
+    .await;
+    (calls, waiting)
+}
+
 // Paused clock: the batches wait for a slot no longer than `group::STALL`
 // of tokio time, which passes here only when every task is idle.
 #[tokio::test(start_paused = true)]
@@ -304,16 +325,9 @@ async fn batches_of_many_keys_that_wait_for_a_slot_share_one_group() {
     let admit = GroupingAdmit::held();
     let (layer, svc, _handle) = served(&admit);
     let keys = 20;
-    let calls: Vec<_> = (0..keys)
-        .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
-        .collect();
     // The first MAX_IN_FLIGHT keys take the slots (held by the permits);
     // every other key's batch waits for one.
-    let waiting = keys as usize - group::MAX_IN_FLIGHT;
-    within_turns("the batches queue behind the busy slots", || {
-        layer.committer.waiting() >= waiting
-    })
-    .await;
+    let (calls, waiting) = queue_behind_the_slots(&layer, &svc, keys).await;
     admit.permits.add_permits(100);
     for call in calls {
         let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
@@ -416,16 +430,9 @@ async fn a_batch_taken_into_a_stuck_group_looks_for_a_slot_no_more() {
         release: tokio::sync::watch::channel(false).0,
     });
     let (layer, svc, _handle) = served(&admit);
-    let calls: Vec<_> = (0..keys)
-        .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
-        .collect();
     // Two keys take the slots and stick; after the stall one waiting batch
     // leads a group of all eight, which sticks too.
-    let waiting = keys as usize - group::MAX_IN_FLIGHT;
-    within_turns("the batches queue behind the busy slots", || {
-        layer.committer.waiting() >= waiting
-    })
-    .await;
+    let (calls, waiting) = queue_behind_the_slots(&layer, &svc, keys).await;
     tokio::time::sleep(group::STALL * 100).await;
     assert_eq!(layer.committer.waiting(), 0, "one batch led them all");
     let looks = layer
