@@ -276,10 +276,12 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
         // What the round trips are: the most frequent statements in this
         // database over every run (the service's and pgbench's), per call.
         let total = ((rounds + 1) * requests) as f64;
-        println!("  statements per SetSecret (all runs; pgbench's UPDATE is per UPDATE):");
+        println!(
+            "  statements per SetSecret (all runs; pgbench's UPDATE is per UPDATE), with each one's mean execution time:"
+        );
         let rows = db
             .query(
-                "SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 120)
+                "SELECT calls, mean_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
                  FROM pg_stat_statements
                  WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
                  ORDER BY calls DESC LIMIT 14",
@@ -289,8 +291,13 @@ async fn shape(cluster: &pg::Cluster, workspaces: usize, replicas: usize) -> Sha
             .unwrap_or_default();
         for row in rows {
             let calls: i64 = row.get(0);
-            let query: String = row.get(1);
-            println!("    {:>6.2}  {query}", calls as f64 / total);
+            let mean_ms: f64 = row.get(1);
+            let query: String = row.get(2);
+            println!(
+                "    {:>6.2}  {:>7.1} µs  {query}",
+                calls as f64 / total,
+                mean_ms * 1000.0
+            );
         }
     }
     let rss_end: u64 = servers.iter().map(ServerProcess::rss_bytes).sum();
