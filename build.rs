@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // The migrations are embedded (refinery): a new file must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
     let descriptors = protox::Compiler::new(["proto"])?
         .include_imports(true)
         .include_source_info(true)

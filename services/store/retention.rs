@@ -51,7 +51,7 @@ impl Store {
             .prepare_cached(
                 "DELETE FROM workspaces WHERE id IN (
                     SELECT id FROM workspaces
-                    WHERE status = 'DELETED' AND updated_at < $1 AND running_cycle IS NULL
+                    WHERE deleted_at < $1 AND running_cycle IS NULL
                       AND pending_cycle IS NULL
                     LIMIT $2)",
             )

@@ -185,3 +185,65 @@ async fn a_delete_ends_a_cycles_wait_for_its_agent_at_once_and_says_so() {
     assert_eq!(s.backend.start_count(ws), 2, "no start after the delete");
     s.shutdown().await;
 }
+
+/// Retention finds long-deleted workspaces by when they were deleted, and
+/// leaves live ones and recently deleted ones; and no index of the
+/// workspaces table names a column every admission rewrites, so those
+/// writes stay in place (HOT) instead of adding index entries each time
+/// (migration V7).
+#[tokio::test]
+async fn retention_takes_long_deleted_workspaces_only_and_no_index_blocks_in_place_writes() {
+    let s = TestServer::start(Options::default()).await;
+    let (live, gone) = (s.create_online("kept").await, s.create_online("gone").await);
+    let events = s.delete(gone, "test").await;
+    assert!(
+        matches!(last(&events), pb::restart_event::Event::Deleted(_)),
+        "{:?}",
+        kinds(&events)
+    );
+    let store = s.engine.store();
+    let now = workspace_lifecycle::domain::clock::Clock::now(&**store.clock());
+
+    let early = store.prune(now - chrono::Duration::hours(1)).await.unwrap();
+    assert_eq!(
+        early.workspaces, 0,
+        "deleted just now: kept until the cut-off"
+    );
+    let late = store.prune(now + chrono::Duration::hours(1)).await.unwrap();
+    assert_eq!(late.workspaces, 1, "deleted before the cut-off: pruned");
+
+    let sql = s.db.client().await;
+    let left: Vec<uuid::Uuid> = sql
+        .query("SELECT id FROM workspaces", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        left,
+        vec![live.as_uuid()],
+        "only the live workspace is left"
+    );
+
+    let indexes: Vec<String> = sql
+        .query(
+            "SELECT pg_get_indexdef(indexrelid) FROM pg_index
+             WHERE indrelid = 'workspaces'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(indexes.len() >= 5, "{indexes:?}");
+    for index in &indexes {
+        for rewritten in ["updated_at", "config_version"] {
+            assert!(
+                !index.contains(rewritten),
+                "{index} names {rewritten}: every admission's write would add index entries"
+            );
+        }
+    }
+}
