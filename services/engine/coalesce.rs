@@ -174,10 +174,15 @@ pub struct CoalesceLayer<A, R: StackRequest> {
 }
 
 impl<A: Admit<R>, R: StackRequest> CoalesceLayer<A, R> {
-    /// A layer admitting through `admit`.
+    /// A layer admitting through `admit`, one group at a time.
     pub fn new(admit: Arc<A>, clock: SharedClock) -> Self {
+        Self::with_slots(admit, clock, group::MAX_IN_FLIGHT)
+    }
+
+    /// A layer admitting through `admit`, up to `slots` groups at a time.
+    pub fn with_slots(admit: Arc<A>, clock: SharedClock, slots: usize) -> Self {
         Self {
-            committer: Arc::new(Committer::new(admit, clock)),
+            committer: Arc::new(Committer::new(admit, clock, slots)),
             lanes: KeyedSlots::new(),
         }
     }

@@ -36,11 +36,15 @@ use crate::{
 };
 
 /// How many groups one replica admits at the same time (each holds one
-/// connection). Two: one commits while the next gathers, and a group held
-/// up on a row lock does not stop the rest; more would only split the load
-/// into smaller groups, each costing Postgres the same dozen statements
-/// (at 4, 16 busy workspaces went about 3 calls per transaction).
-pub(super) const MAX_IN_FLIGHT: usize = 2;
+/// connection). One: while it commits, the next group gathers everything
+/// that arrives, so the groups grow with the load and Postgres runs one
+/// dozen statements per group, not per workspace. Measured on 16 busy
+/// workspaces (BENCHMARKS.md, "one slot"): at two slots a group held ~5
+/// calls (2.16 statements per call), at one ~8 (1.36), with more calls per
+/// second on one and on three replicas. A group never waits for a row
+/// lock (those batches are admitted alone, outside the slot), and one
+/// slow for longer than [`STALL`] lets the waiting batches go on their own.
+pub(super) const MAX_IN_FLIGHT: usize = 1;
 
 /// How long a group may hold its slot against the others, and how long a
 /// batch waits for a slot before its lane admits it alone.
@@ -111,7 +115,8 @@ pub(super) struct Committer<A, R: StackRequest> {
 }
 
 impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
-    pub(super) fn new(admit: Arc<A>, clock: SharedClock) -> Self {
+    /// A committer admitting at most `slots` groups at once.
+    pub(super) fn new(admit: Arc<A>, clock: SharedClock, slots: usize) -> Self {
         Self {
             admit,
             clock,
@@ -121,7 +126,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             state: Mutex::new(State {
                 waiting: Vec::new(),
                 next_ticket: 0,
-                starts: Starts::default(),
+                starts: Starts::new(slots),
             }),
         }
     }

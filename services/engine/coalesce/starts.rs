@@ -6,14 +6,15 @@ use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
-use super::group::{MAX_IN_FLIGHT, STALL};
+use super::group::STALL;
 
 /// The groups begun within the last [`STALL`] that still run, counted in
 /// constant time however many groups are stuck (a million parked requests
 /// make a million): a stuck group ages out of the count, nothing is kept
 /// for it, and nothing is left behind when it ends.
-#[derive(Default)]
 pub(super) struct Starts {
+    /// How many groups may be in flight at once.
+    slots: usize,
     /// Group starts not yet aged out, in order of their numbers: when, and
     /// whether that group has ended.
     recent: VecDeque<(Instant, bool)>,
@@ -24,6 +25,16 @@ pub(super) struct Starts {
 }
 
 impl Starts {
+    /// No group in flight yet; at most `slots` at once.
+    pub(super) fn new(slots: usize) -> Self {
+        Self {
+            slots: slots.max(1),
+            recent: VecDeque::new(),
+            first: 0,
+            fresh: 0,
+        }
+    }
+
     /// A group begins `now`; returns its start's number.
     pub(super) fn begin(&mut self, now: Instant) -> u64 {
         self.recent.push_back((now, false));
@@ -43,7 +54,7 @@ impl Starts {
         }
     }
 
-    /// A slot may open while fewer than [`MAX_IN_FLIGHT`] groups began
+    /// A slot may open while fewer than `slots` groups began
     /// within [`STALL`] and still run: one stuck on a slow database holds
     /// back nobody for long.
     pub(super) fn slot_free(&mut self, now: Instant) -> bool {
@@ -57,7 +68,7 @@ impl Starts {
                 self.fresh -= 1;
             }
         }
-        self.fresh < MAX_IN_FLIGHT
+        self.fresh < self.slots
     }
 }
 
@@ -67,7 +78,7 @@ mod tests {
 
     #[test]
     fn only_running_groups_begun_within_the_stall_hold_a_slot() {
-        let mut starts = Starts::default();
+        let mut starts = Starts::new(2);
         let t0 = Instant::now();
         let first = starts.begin(t0);
         assert!(starts.slot_free(t0));
@@ -84,7 +95,7 @@ mod tests {
 
     #[test]
     fn a_million_stuck_groups_leave_nothing_behind() {
-        let mut starts = Starts::default();
+        let mut starts = Starts::new(1);
         let t0 = Instant::now();
         let numbers: Vec<u64> = (0..1_000_000).map(|_| starts.begin(t0)).collect();
         assert!(!starts.slot_free(t0));

@@ -88,7 +88,23 @@ fn served<A: Admit<TestRequest>>(
     Coalesce<MockInner, A, TestRequest>,
     MockHandle,
 ) {
-    let layer = layer(admit.clone());
+    served_in(admit, group::MAX_IN_FLIGHT)
+}
+
+/// As [`served`], with `slots` groups in flight at most.
+fn served_in<A: Admit<TestRequest>>(
+    admit: &Arc<A>,
+    slots: usize,
+) -> (
+    CoalesceLayer<A, TestRequest>,
+    Coalesce<MockInner, A, TestRequest>,
+    MockHandle,
+) {
+    let layer = CoalesceLayer::with_slots(
+        admit.clone(),
+        Arc::new(ManualClock::new(chrono::Utc::now())),
+        slots,
+    );
     let (inner, handle) = mock_inner();
     let svc = layer.layer(inner);
     (layer, svc, handle)
@@ -385,7 +401,7 @@ async fn groups_stuck_in_every_slot_hold_back_another_key_no_longer_than_the_sta
         entered: Default::default(),
         release: tokio::sync::watch::channel(false).0,
     });
-    let (layer, svc, _handle) = served(&admit);
+    let (layer, svc, _handle) = served_in(&admit, 2);
     let stuck: Vec<_> = [1, 2]
         .map(|key| tokio::spawn(svc.clone().oneshot(treated(key, key as usize))))
         .into();
@@ -525,7 +541,7 @@ async fn batches_waiting_for_their_rows_wait_outside_the_slots() {
 #[tokio::test(start_paused = true)]
 async fn a_lane_admits_one_group_then_hands_its_slot_on_so_its_next_batch_is_not_held_back() {
     let admit = GroupingAdmit::held();
-    let (layer, svc, _handle) = served(&admit);
+    let (layer, svc, _handle) = served_in(&admit, 2);
     let until = |waiting: usize| {
         let layer = layer.clone();
         async move {
