@@ -263,6 +263,11 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         (args.request_id_retention / 8).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
         stop.clone(),
     );
+    tokio::spawn(guarding::reload_tokens_on_hangup(
+        args.clone(),
+        guarding.tokens.clone(),
+        stop.clone(),
+    ));
     let served = tokio::spawn(serve(
         listener,
         engine.clone(),
@@ -328,7 +333,7 @@ pub async fn serve(
     builder
         .layer(TrackCallsLayer)
         .layer(CallerContextLayer)
-        .layer(AuthLayer::new(guarding.tokens).recording(guarding.refusals))
+        .layer(AuthLayer::live(guarding.tokens).recording(guarding.refusals))
         .layer(
             CallerLimitLayer::new(guarding.max_calls_per_caller)
                 .anonymous(guarding.max_public_calls, guarding.max_agent_calls),

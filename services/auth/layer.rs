@@ -13,7 +13,7 @@ use tonic::{Status, body::Body, codegen::http};
 use tower::{Layer, Service};
 
 use super::{
-    Access, Caller, Tokens, access,
+    Access, Caller, LiveTokens, Tokens, access,
     refusals::{Refusals, Who},
 };
 use crate::transport::ConnInfo;
@@ -22,13 +22,18 @@ use crate::transport::ConnInfo;
 /// [`Caller`] in the request's extensions.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
-    tokens: Arc<Tokens>,
+    tokens: Arc<LiveTokens>,
     refusals: Option<Arc<Refusals>>,
 }
 
 impl AuthLayer {
-    /// Accepts `tokens`.
+    /// Accepts `tokens`, for good.
     pub fn new(tokens: Arc<Tokens>) -> Self {
+        Self::live(Arc::new(LiveTokens::new(Arc::unwrap_or_clone(tokens))))
+    }
+
+    /// Accepts whatever set `tokens` holds at each call (reloadable).
+    pub fn live(tokens: Arc<LiveTokens>) -> Self {
         Self {
             tokens,
             refusals: None,
@@ -58,7 +63,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone, Debug)]
 pub struct AuthService<S> {
     inner: S,
-    tokens: Arc<Tokens>,
+    tokens: Arc<LiveTokens>,
     refusals: Option<Arc<Refusals>>,
 }
 
@@ -120,7 +125,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        match authorize(&self.tokens, &request) {
+        match authorize(&self.tokens.current(), &request) {
             Ok(caller) => {
                 if let Some(caller) = caller {
                     let actor = crate::grpc::origin::Actor(caller.name.clone());

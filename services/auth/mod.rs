@@ -11,10 +11,12 @@
 pub mod client;
 mod layer;
 pub mod limit;
+mod live;
 pub mod refusals;
 mod tokens;
 
 pub use layer::{AuthLayer, AuthService};
+pub use live::LiveTokens;
 pub use tokens::{Tokens, TokensError, entry, generate_token, load_or_create_admin_token};
 
 use std::{fmt, str::FromStr};

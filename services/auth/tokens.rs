@@ -32,13 +32,14 @@ pub enum TokensError {
     },
 }
 
+#[derive(Clone)]
 struct Entry {
     caller: Caller,
     hash: [u8; 32],
 }
 
 /// The accepted tokens, by hash.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Tokens {
     entries: Vec<Entry>,
 }

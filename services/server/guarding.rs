@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::ServeError;
 use crate::{
-    auth::{Tokens, load_or_create_admin_token, refusals::Refusals},
+    auth::{LiveTokens, Tokens, load_or_create_admin_token, refusals::Refusals},
     config::ServeArgs,
     transport,
 };
@@ -18,8 +19,8 @@ use crate::{
 /// How calls are guarded: who may call, over what, and how much.
 #[derive(Clone, Debug)]
 pub struct Guarding {
-    /// Accepted bearer tokens.
-    pub tokens: Arc<Tokens>,
+    /// Accepted bearer tokens (reloaded on SIGHUP).
+    pub tokens: Arc<LiveTokens>,
     /// TLS (and mTLS) settings; `None` serves plain HTTP/2.
     pub tls: Option<ServerTlsConfig>,
     /// Largest request message.
@@ -59,6 +60,41 @@ pub fn tokens(args: &ServeArgs) -> Result<Tokens, ServeError> {
     Ok(tokens)
 }
 
+/// Reads the tokens again from the same flags on every SIGHUP, until
+/// `stop`: an operator revokes a token (or adds one) by editing the token
+/// file and signalling, with no restart. A configuration that fails to
+/// read or parse leaves the current set as it is, and says why.
+pub(super) async fn reload_tokens_on_hangup(
+    args: ServeArgs,
+    live: Arc<LiveTokens>,
+    stop: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(%err, "no SIGHUP handler: the tokens are reloaded only by a restart");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        match tokens(&args) {
+            Ok(tokens) => {
+                let accepted = tokens.len();
+                live.replace(tokens);
+                tracing::info!(accepted, "SIGHUP: reloaded the accepted tokens");
+            }
+            Err(err) => {
+                tracing::error!(%err, "SIGHUP: the tokens could not be reloaded; the previous set stays");
+            }
+        }
+    }
+}
+
 /// The TLS settings from the flags (`None`: plain HTTP/2).
 pub fn tls(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, ServeError> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
@@ -81,7 +117,7 @@ pub fn tls(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, ServeError> {
 /// The guarding the flags ask for.
 pub fn guarding(args: &ServeArgs) -> Result<Guarding, ServeError> {
     Ok(Guarding {
-        tokens: Arc::new(tokens(args)?),
+        tokens: Arc::new(LiveTokens::new(tokens(args)?)),
         tls: tls(args)?,
         max_message_bytes: args.max_message_bytes,
         max_calls_per_caller: args.max_calls_per_caller,

@@ -21,6 +21,7 @@ mod health;
 mod idempotency;
 mod process_backend;
 mod replicas;
+mod revocation;
 mod security;
 mod server_image;
 mod telemetry;

@@ -1,0 +1,101 @@
+//! Revoking a token without a restart (README, "Who may call what"): the
+//! operator edits the token file and sends SIGHUP; from then on the token
+//! is refused, and a file that no longer parses changes nothing. Checked on
+//! the real binary, with a real signal.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use test_support::{agent_reachable_tempdir, bounded_by, server_process::ServerProcess};
+use tonic::Code;
+use workspace_lifecycle::{
+    auth::{Role, entry, generate_token},
+    proto as pb,
+};
+
+use crate::support::{SECRETS_KEY_HEX, TestDb};
+
+fn hang_up(server: &ServerProcess) {
+    kill(
+        nix::unistd::Pid::from_raw(server.pid as i32),
+        Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
+/// What a ListWorkspaces with `token` gets: `Ok` or the status code.
+async fn list(server: &ServerProcess, token: &str) -> Result<(), Code> {
+    server
+        .client_with(token)
+        .await
+        .list_workspaces(pb::ListWorkspacesRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|status| status.code())
+}
+
+#[tokio::test]
+async fn a_token_taken_out_of_the_file_is_refused_after_sighup_and_a_broken_file_changes_nothing() {
+    let db = TestDb::create().await;
+    let dir = agent_reachable_tempdir();
+    let file = dir.path().join("tokens");
+    let (ops, leaked) = (generate_token(), generate_token());
+    let kept = entry(Role::Admin, "ops", &ops);
+    std::fs::write(
+        &file,
+        format!("{kept}\n{}\n", entry(Role::Reader, "ci", &leaked)),
+    )
+    .unwrap();
+    let server = ServerProcess::start(dir.path(), "server", |command| {
+        command
+            .args(["--database-url", &db.url])
+            .arg("--auth-tokens-file")
+            .arg(&file)
+            .env("WL_SECRETS_KEY", SECRETS_KEY_HEX);
+    })
+    .await;
+    assert_eq!(list(&server, &leaked).await, Ok(()), "accepted at start");
+
+    // Revoked: the file without it, and a SIGHUP.
+    std::fs::write(&file, format!("{kept}\n")).unwrap();
+    hang_up(&server);
+    bounded_by(
+        Duration::from_secs(10),
+        "the revoked token is refused after SIGHUP",
+        async {
+            while list(&server, &leaked).await != Err(Code::Unauthenticated) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        list(&server, &ops).await,
+        Ok(()),
+        "the kept token still works"
+    );
+
+    // A file that no longer parses: the server says so and keeps its set.
+    std::fs::write(&file, "admin:ops:not-a-hash\n").unwrap();
+    hang_up(&server);
+    bounded_by(
+        Duration::from_secs(10),
+        "the server reports the broken file",
+        async {
+            while !std::fs::read_to_string(&server.log)
+                .unwrap_or_default()
+                .contains("could not be reloaded")
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(list(&server, &ops).await, Ok(()), "the set stays as it was");
+    assert_eq!(list(&server, &leaked).await, Err(Code::Unauthenticated));
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        !log.contains(&ops) && !log.contains(&leaked),
+        "no token in the log"
+    );
+}
