@@ -321,6 +321,7 @@ impl<A: Admit<R>, R: StackRequest> Slot<A, R> {
         let committer = self.committer.clone().expect("a slot leads once");
         if let Some(group) = committer.next_group(&mut self.began, self.opened) {
             committer.admit_group(group).await;
+            let_answered_lanes_hand_in().await;
             if let Some(next) = committer.next_group(&mut self.began, false) {
                 self.committer = None;
                 go_on(committer, self.began, Some(next));
@@ -336,10 +337,20 @@ impl<A: Admit<R>, R: StackRequest> Slot<A, R> {
         let committer = self.committer.clone().expect("a slot leads once");
         while let Some(taken) = group {
             committer.admit_group(taken).await;
+            let_answered_lanes_hand_in().await;
             group = committer.next_group(&mut self.began, false);
         }
         self.committer = None;
     }
+}
+
+/// Gives the lanes just answered a turn before the slot takes its next
+/// group: each hands in the batch its callers queued while its last one
+/// was admitted, and so joins this group instead of the one after it (a
+/// lane has one batch in the committer at a time). Only batching depends
+/// on it, never correctness: a lane that misses it joins the next group.
+async fn let_answered_lanes_hand_in() {
+    tokio::task::yield_now().await;
 }
 
 /// The slot of start `began` goes on in a task of its own: with `next` if

@@ -607,3 +607,60 @@ async fn a_ready_request_whose_caller_went_away_still_goes_on_to_the_gate() {
     ));
     reply.send_response(Admission::of(Verdict::Idle));
 }
+
+/// A lane answered by a group hands in the batch its callers queued
+/// meanwhile before the slot takes its next group, so that batch joins the
+/// very next group instead of the one after it.
+#[tokio::test(start_paused = true)]
+async fn a_lane_answered_by_a_group_joins_the_next_group_with_what_it_queued() {
+    let admit = GroupingAdmit::held();
+    let (layer, svc, _handle) = served(&admit);
+    let until = |waiting: usize| {
+        let layer = layer.clone();
+        async move {
+            within_turns("the batches waiting", || {
+                layer.committer.waiting() == waiting
+            })
+            .await
+        }
+    };
+    let answered = |groups: usize| {
+        let admit = admit.clone();
+        async move {
+            within_turns("the groups admitted", || {
+                admit.groups.lock().unwrap().len() == groups
+            })
+            .await
+        }
+    };
+    let call = |key: u32, tag: usize| tokio::spawn(svc.clone().oneshot(treated(key, tag)));
+    // Key 1 leads the slot; keys 2 and 3 wait for it.
+    let mut calls = vec![call(1, 1)];
+    until(0).await;
+    calls.push(call(2, 2));
+    until(1).await;
+    calls.push(call(3, 3));
+    until(2).await;
+    admit.permits.add_permits(1);
+    answered(1).await;
+    until(0).await;
+    // Keys 2 and 3 are being admitted: key 2's next request queues in its
+    // lane, key 4 waits for the slot.
+    calls.push(call(2, 4));
+    calls.push(call(4, 5));
+    until(1).await;
+    admit.permits.add_permits(1);
+    answered(2).await;
+
+    admit.permits.add_permits(100);
+    for call in calls {
+        let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
+        assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
+    }
+    assert_eq!(
+        *admit.groups.lock().unwrap(),
+        vec![vec![1], vec![2, 3], vec![4, 2]],
+        "key 2's second batch joined key 4's group"
+    );
+    assert_eq!(layer.live_lanes(), 0);
+}
