@@ -29,10 +29,12 @@ use futures::future::BoxFuture;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 use tracing::Instrument;
-use workspace_backends::{AgentToken, Backend, BackendError, Halt, Launch};
+use workspace_backends::{AgentToken, Backend, Halt, Launch};
 
+mod error;
 mod faults;
 
+use self::error::CycleError;
 use self::faults::{bounded, enter, execute_guarded, stop_escalating};
 use super::{
     backend_set::Backends,
@@ -83,37 +85,6 @@ pub struct CycleDeps {
     pub hand_off: CancellationToken,
     /// The knobs.
     pub settings: CycleSettings,
-}
-
-/// Why a cycle failed, phrased for operators (never with secret values).
-#[derive(Debug, thiserror::Error)]
-enum CycleError {
-    #[error("{0}")]
-    Backend(#[from] BackendError),
-    #[error("{0}")]
-    Engine(#[from] Error),
-    #[error("the cycle lost the gate to a newer cycle")]
-    Fenced,
-    #[error("the cycle could not renew its lease in time; it stopped acting")]
-    LeaseLapsed,
-    #[error("the instance ended before its agent registered: {0}")]
-    InstanceDown(String),
-    #[error("the provision deadline of {} passed", humantime::format_duration(*.0))]
-    Deadline(Duration),
-    #[error("a delete of the workspace was requested: no agent of it can register any more")]
-    DeleteRequested,
-    #[error("the cycle panicked")]
-    Panicked,
-    #[error("the cycle was taken over {0} times (its runners keep dying); it is given up")]
-    TooManyTakeovers(u32),
-}
-
-impl CycleError {
-    /// The runner may have lost its lease: it must not touch the backend
-    /// (the next owner, or the collector, accounts for the instance).
-    fn lost_lease(&self) -> bool {
-        matches!(self, Self::Fenced | Self::LeaseLapsed)
-    }
 }
 
 /// Runs cycles for requests that hold the gate.

@@ -60,7 +60,10 @@ async fn attempt(
         result = tokio::time::timeout_at(deadline, work) => match result {
             Ok(Ok(result)) => result,
             Ok(Err(_panic)) => Err(CycleError::Panicked),
-            Err(_) => Err(CycleError::Deadline(deps.settings.provision_deadline)),
+            Err(_) => Err(CycleError::deadline(
+                guard.claim().goal,
+                deps.settings.provision_deadline,
+            )),
         },
         lost = keep_lease(guard, deps.settings.lease_renewal) => Err(lost),
     }
@@ -109,7 +112,10 @@ async fn clean_up(deps: &CycleDeps, guard: &LeaseGuard, err: CycleError) -> Opti
     let result = tokio::select! {
         result = tokio::time::timeout(CLEAN_UP_LIMIT, bounded(guard, forced)) => match result {
             Ok(result) => result,
-            Err(_) => Err(CycleError::Deadline(CLEAN_UP_LIMIT)),
+            Err(_) => Err(CycleError::Deadline(format!(
+                "the forced clean-up did not finish within {}",
+                humantime::format_duration(CLEAN_UP_LIMIT)
+            ))),
         },
         lost = keep_lease(guard, deps.settings.lease_renewal) => Err(lost),
     };
