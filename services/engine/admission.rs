@@ -79,8 +79,7 @@ async fn admit_together(
     now: Timestamp,
     wait: bool,
 ) -> Result<Vec<Option<BatchAnswers>>, Error> {
-    let mut conn = store.conn().await?;
-    let tx = GroupTx::begin(&mut conn, store).await?;
+    let tx = GroupTx::begin(store.conn().await?, store);
     let mut answers: Vec<Option<BatchAnswers>> = group.iter().map(|_| None).collect();
 
     // New workspaces first: a name taken by a live workspace fails that

@@ -230,7 +230,7 @@ where
 /// ending cycle hands the gate to. Applies the ledger's `claim` to the
 /// locked row and starts the claimed cycle in the same transaction.
 pub(super) async fn claim_locked(
-    tx: &mut RowTx<'_>,
+    tx: &mut RowTx,
     locked: &mut Locked,
     store: &Store,
     now: Timestamp,
@@ -260,8 +260,7 @@ impl GateKeeper<WorkspaceId> for Store {
         now: Timestamp,
     ) -> Result<Claim<LeaseGuard>, Error> {
         let sent = tokio::time::Instant::now();
-        let mut conn = self.conn().await?;
-        let mut tx = RowTx::begin(&mut conn, self, *workspace).await?;
+        let mut tx = RowTx::begin(self.conn().await?, self, *workspace);
         let mut locked = match tx.lock().await {
             Ok(locked) => locked,
             // Deleted from under a resumption: nothing to claim.

@@ -190,8 +190,7 @@ impl LeaseGuard {
         *self.fence.lock().expect("fence poisoned") = tokio::time::Instant::now();
         let store = self.store.clone();
         let now = store.clock().now();
-        let mut conn = store.conn().await?;
-        let tx = RowTx::begin(&mut conn, &store, self.workspace).await?;
+        let tx = RowTx::begin(store.conn().await?, &store, self.workspace);
         let mut locked = tx.lock().await?;
         let handed =
             locked
@@ -247,8 +246,7 @@ impl LeaseGuard {
         let store = self.store.clone();
         let sent = tokio::time::Instant::now();
         let now = store.clock().now();
-        let mut conn = store.conn().await?;
-        let mut tx = RowTx::begin(&mut conn, &store, self.workspace).await?;
+        let mut tx = RowTx::begin(store.conn().await?, &store, self.workspace);
         let mut locked = tx.lock().await?;
         if !locked
             .ledger

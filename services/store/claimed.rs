@@ -47,11 +47,11 @@ pub struct Started {
     pub admitted: AdmittedCycle,
 }
 
-impl RowTx<'_> {
+impl RowTx {
     /// Marks a freshly claimed cycle running, sets the workspace's status and
     /// (for provisioning) reads the config it will deliver.
     pub async fn start_claimed(&mut self, claim: &Claim, now: Timestamp) -> Result<Started, Error> {
-        let tx = &self.tx;
+        let tx = self.tx.client();
         let workspace = self.workspace;
         let id = workspace.as_uuid();
         let status = match claim.goal {

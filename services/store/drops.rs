@@ -50,8 +50,7 @@ impl Store {
         let now = self.clock().now();
         let mut tally = Tally::default();
         tally.count(trigger, Handling::Dropped, None, reason.describe());
-        let mut conn = self.conn().await?;
-        let tx = GroupTx::begin(&mut conn, self).await?;
+        let tx = GroupTx::begin(self.conn().await?, self);
         tx.commit(&[WorkspaceWrites::counted(id, tally)], now).await
     }
 }

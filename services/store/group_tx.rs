@@ -9,13 +9,12 @@
 
 use std::collections::HashMap;
 
-use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
     Connection, Locked, Store, admission, admission::WorkspaceWrites, config_state::ConfigState,
-    db, limits, rows, rows::parse,
+    db, limits, open_tx::OpenTx, rows, rows::parse,
 };
 use crate::domain::{Error, Timestamp, WorkspaceId, WorkspaceSpec, change::Creation};
 
@@ -28,20 +27,20 @@ pub struct Admitting<'a> {
 }
 
 /// A transaction about a group of workspaces, open until `commit` (dropped:
-/// rolled back, nothing written).
-pub struct GroupTx<'c> {
-    tx: Transaction<'c>,
+/// rolled back, nothing written). Its `BEGIN` goes out with its first
+/// statement (`open_tx.rs`).
+pub struct GroupTx {
+    tx: OpenTx,
     store: Store,
 }
 
-impl<'c> GroupTx<'c> {
-    /// Opens a transaction on `conn`.
-    pub async fn begin(conn: &'c mut Connection, store: &Store) -> Result<Self, Error> {
-        let tx = conn.transaction().await.map_err(db)?;
-        Ok(Self {
-            tx,
+impl GroupTx {
+    /// A transaction on `conn`, opened by its first statement.
+    pub fn begin(conn: Connection, store: &Store) -> Self {
+        Self {
+            tx: OpenTx::new(conn),
             store: store.clone(),
-        })
+        }
     }
 
     /// Inserts new workspaces, in one statement; for each, whether it was
@@ -64,16 +63,18 @@ impl<'c> GroupTx<'c> {
         let ids: Vec<Uuid> = creations.iter().map(|(id, _)| id.as_uuid()).collect();
         let names: Vec<&str> = creations.iter().map(|(_, c)| c.name.as_str()).collect();
         let backends: Vec<&str> = creations.iter().map(|(_, c)| c.backend.as_str()).collect();
-        let inserted = super::query(
-            &self.tx,
+        let params: [&(dyn ToSql + Sync); 5] = [&ids, &names, &backends, &specs, &now];
+        let ((), inserted) = futures::try_join!(
+            self.tx.opening(),
+            super::query(
+            self.tx.client(),
             "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
              SELECT id, name, backend, spec, $5, $5, 'PROVISIONING'
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS t (id, name, backend, spec)
              ON CONFLICT (name) WHERE desired <> 'deleted' DO NOTHING
              RETURNING id",
-            &[&ids, &names, &backends, &specs, &now],
-        )
-        .await?;
+            &params,
+        ))?;
         let inserted: std::collections::HashSet<Uuid> =
             inserted.iter().map(|row| row.get(0)).collect();
         Ok(ids.iter().map(|id| inserted.contains(id)).collect())
@@ -93,7 +94,7 @@ impl<'c> GroupTx<'c> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let tx = &self.tx;
+        let tx = self.tx.client();
         let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
         let configs: Vec<Uuid> = configs.iter().map(|id| id.as_uuid()).collect();
         let with_spec = limits::enforced(&self.store);
@@ -129,7 +130,8 @@ impl<'c> GroupTx<'c> {
             )
             .map_err(db)
         };
-        let (locked, (specs, entries)) = futures::try_join!(rows::lock_all(tx, &lock, &ids), read)?;
+        let ((), locked, (specs, entries)) =
+            futures::try_join!(self.tx.opening(), rows::lock_all(tx, &lock, &ids), read)?;
 
         let mut admitting: HashMap<WorkspaceId, Admitting<'a>> = locked
             .into_iter()
@@ -170,7 +172,10 @@ impl<'c> GroupTx<'c> {
 
     /// Writes everything the group decided, pipelined, and commits.
     pub async fn commit(self, writes: &[WorkspaceWrites<'_>], now: Timestamp) -> Result<(), Error> {
-        admission::write_group(&self.tx, &self.store, writes, now).await?;
-        self.tx.commit().await.map_err(db)
+        futures::try_join!(
+            self.tx.opening(),
+            admission::write_group(self.tx.client(), &self.store, writes, now)
+        )?;
+        self.tx.commit().await
     }
 }

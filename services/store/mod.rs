@@ -23,6 +23,7 @@ mod group_tx;
 mod limits;
 pub mod listener;
 mod notify;
+mod open_tx;
 mod request_ids;
 mod retention;
 mod row_tx;

@@ -3,13 +3,14 @@
 //! row, decides with the ledger, and the store writes what it decided —
 //! the row, the events (`NOTIFY`, sent only if the transaction commits) —
 //! in the same transaction, so every replica sees one order of decisions.
+//! Its `BEGIN` goes out with the row lock, in one round trip (`open_tx.rs`).
 
-use deadpool_postgres::{Object, Transaction};
+use deadpool_postgres::Object;
 
-use super::{Store, db, notify, rows};
+use super::{Store, notify, open_tx::OpenTx, rows};
 use crate::domain::{ConfigVersion, Error, Event, Timestamp, WorkspaceId, ledger::Ledger};
 
-/// A pooled connection; a [`RowTx`] borrows it for its transaction.
+/// A pooled connection; a [`RowTx`] owns it for its transaction.
 pub type Connection = Object;
 
 /// The ledger and config version read under the row lock.
@@ -23,27 +24,22 @@ pub struct Locked {
 
 /// A transaction about one workspace, open until `commit` (dropped: rolled
 /// back, nothing written).
-pub struct RowTx<'c> {
-    pub(super) tx: Transaction<'c>,
+pub struct RowTx {
+    pub(super) tx: OpenTx,
     pub(super) store: Store,
     pub(super) workspace: WorkspaceId,
     pub(super) events: Vec<Event>,
 }
 
-impl<'c> RowTx<'c> {
-    /// Opens a transaction about `workspace` on `conn`.
-    pub async fn begin(
-        conn: &'c mut Connection,
-        store: &Store,
-        workspace: WorkspaceId,
-    ) -> Result<Self, Error> {
-        let tx = conn.transaction().await.map_err(db)?;
-        Ok(Self {
-            tx,
+impl RowTx {
+    /// A transaction about `workspace` on `conn`, opened by its row lock.
+    pub fn begin(conn: Connection, store: &Store, workspace: WorkspaceId) -> Self {
+        Self {
+            tx: OpenTx::new(conn),
             store: store.clone(),
             workspace,
             events: Vec::new(),
-        })
+        }
     }
 
     /// The workspace this transaction is about.
@@ -54,7 +50,11 @@ impl<'c> RowTx<'c> {
     /// Locks the row for the rest of the transaction and reads its ledger;
     /// `NotFound` if there is no such workspace.
     pub async fn lock(&self) -> Result<Locked, Error> {
-        rows::lock(&self.tx, self.workspace).await
+        let ((), locked) = futures::try_join!(
+            self.tx.opening(),
+            rows::lock(self.tx.client(), self.workspace)
+        )?;
+        Ok(locked)
     }
 
     /// Queues events, published when the transaction commits.
@@ -71,10 +71,12 @@ impl<'c> RowTx<'c> {
             .into_iter()
             .map(|locked| rows::Save::of(self.workspace, locked, timing))
             .collect();
+        let client = self.tx.client();
         futures::try_join!(
-            rows::save(&self.tx, &rows, now),
-            notify::publish(&self.tx, &self.events)
+            self.tx.opening(),
+            rows::save(client, &rows, now),
+            notify::publish(client, &self.events)
         )?;
-        self.tx.commit().await.map_err(db)
+        self.tx.commit().await
     }
 }

@@ -139,7 +139,7 @@ impl Store {
     }
 }
 
-impl RowTx<'_> {
+impl RowTx {
     /// Writes the end of a cycle: status, cycle row, tokens, config removal.
     pub async fn record_end(
         &mut self,
@@ -148,7 +148,7 @@ impl RowTx<'_> {
         served: ConfigVersion,
         now: Timestamp,
     ) -> Result<(), Error> {
-        let tx = &self.tx;
+        let tx = self.tx.client();
         let id = self.workspace.as_uuid();
         let status = finish.status();
         let (outcome, reason) = (finish.outcome(), finish.reason());

@@ -9,10 +9,11 @@ use std::{sync::Arc, time::Duration};
 use workspace_lifecycle::{
     domain::{Finish, Phase, ReplicaId, WorkspaceId, clock::ManualClock, ledger::Timing},
     engine::gate::GateKeeper,
-    store::{Store, StoreConfig},
+    store::{RowTx, Store, StoreConfig},
 };
 
 use crate::support::{TestDb, TestServer};
+use test_support::bounded_by;
 
 const LEASE: Duration = Duration::from_secs(10);
 
@@ -139,4 +140,72 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
         .await
         .unwrap();
     assert!(finished.recorded);
+}
+
+/// A row transaction's BEGIN goes out with its row lock, in one round
+/// trip: the lock is held by an open transaction until it ends, and a
+/// transaction dropped before it committed rolls back before its
+/// connection serves anyone else.
+#[tokio::test]
+async fn a_row_lock_is_held_in_its_transaction_and_a_dropped_transaction_rolls_back() {
+    let db = TestDb::create().await;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let store = store_on(&db, &clock).await;
+    let sql = db.client().await;
+    let ws = WorkspaceId::new();
+    let now = workspace_lifecycle::domain::clock::Clock::now(&clock);
+    let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
+    sql.execute(
+        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
+         VALUES ($1, 'locked', 'process', $2, $3, $3, 'ONLINE')",
+        &[&ws.as_uuid(), &spec, &now],
+    )
+    .await
+    .unwrap();
+    let try_lock = async || {
+        sql.batch_execute("BEGIN").await.unwrap();
+        let got = sql
+            .query(
+                "SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE NOWAIT",
+                &[&ws.as_uuid()],
+            )
+            .await
+            .is_ok();
+        sql.batch_execute("ROLLBACK").await.unwrap();
+        got
+    };
+
+    let conn = store.conn().await.unwrap();
+    let pid: i32 = conn
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let tx = RowTx::begin(conn, &store, ws);
+    tx.lock().await.unwrap();
+    assert!(
+        !try_lock().await,
+        "the row lock lasts until the transaction ends"
+    );
+    drop(tx);
+
+    bounded_by(
+        Duration::from_secs(10),
+        "the dropped transaction rolls back",
+        async {
+            loop {
+                let state: Option<String> = sql
+                    .query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                    .await
+                    .unwrap()
+                    .get(0);
+                if state.as_deref() == Some("idle") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+    assert!(try_lock().await, "the row is free again");
 }
