@@ -313,6 +313,17 @@ impl Admit<TestRequest> for GroupingAdmit {
     }
 }
 
+/// Yields until exactly `waiting` batches wait for a slot.
+async fn until_waiting<A: Admit<TestRequest>>(
+    layer: &CoalesceLayer<A, TestRequest>,
+    waiting: usize,
+) {
+    within_turns("the batches waiting", || {
+        layer.committer.waiting() == waiting
+    })
+    .await
+}
+
 /// One call for each of `keys` keys, spawned, once every batch but the
 /// slots' first ones waits for a slot; with how many wait.
 async fn queue_behind_the_slots<A: Admit<TestRequest>>(
@@ -542,32 +553,23 @@ async fn batches_waiting_for_their_rows_wait_outside_the_slots() {
 async fn a_lane_admits_one_group_then_hands_its_slot_on_so_its_next_batch_is_not_held_back() {
     let admit = GroupingAdmit::held();
     let (layer, svc, _handle) = served_in(&admit, 2);
-    let until = |waiting: usize| {
-        let layer = layer.clone();
-        async move {
-            within_turns("the batches waiting", || {
-                layer.committer.waiting() == waiting
-            })
-            .await
-        }
-    };
     // Key 1's lane leads a slot, key 2's the other; keys 3–6 wait.
     let mut calls = vec![tokio::spawn(svc.clone().oneshot(treated(1, 1)))];
-    until(0).await;
+    until_waiting(&layer, 0).await;
     calls.push(tokio::spawn(svc.clone().oneshot(treated(2, 2))));
-    until(0).await;
+    until_waiting(&layer, 0).await;
     for key in 3..=6 {
         calls.push(tokio::spawn(
             svc.clone().oneshot(treated(key, key as usize)),
         ));
     }
-    until(4).await;
+    until_waiting(&layer, 4).await;
     // Key 1's next request queues in its lane.
     calls.push(tokio::spawn(svc.clone().oneshot(treated(1, 7))));
     // Key 1's group commits: the slot goes on with keys 3–6 in a task of
     // its own, and key 1's lane hands in its next batch at once.
     admit.permits.add_permits(1);
-    until(1).await;
+    until_waiting(&layer, 1).await;
 
     admit.permits.add_permits(100);
     for call in calls {
@@ -615,15 +617,6 @@ async fn a_ready_request_whose_caller_went_away_still_goes_on_to_the_gate() {
 async fn a_lane_answered_by_a_group_joins_the_next_group_with_what_it_queued() {
     let admit = GroupingAdmit::held();
     let (layer, svc, _handle) = served(&admit);
-    let until = |waiting: usize| {
-        let layer = layer.clone();
-        async move {
-            within_turns("the batches waiting", || {
-                layer.committer.waiting() == waiting
-            })
-            .await
-        }
-    };
     let answered = |groups: usize| {
         let admit = admit.clone();
         async move {
@@ -636,19 +629,19 @@ async fn a_lane_answered_by_a_group_joins_the_next_group_with_what_it_queued() {
     let call = |key: u32, tag: usize| tokio::spawn(svc.clone().oneshot(treated(key, tag)));
     // Key 1 leads the slot; keys 2 and 3 wait for it.
     let mut calls = vec![call(1, 1)];
-    until(0).await;
+    until_waiting(&layer, 0).await;
     calls.push(call(2, 2));
-    until(1).await;
+    until_waiting(&layer, 1).await;
     calls.push(call(3, 3));
-    until(2).await;
+    until_waiting(&layer, 2).await;
     admit.permits.add_permits(1);
     answered(1).await;
-    until(0).await;
+    until_waiting(&layer, 0).await;
     // Keys 2 and 3 are being admitted: key 2's next request queues in its
     // lane, key 4 waits for the slot.
     calls.push(call(2, 4));
     calls.push(call(4, 5));
-    until(1).await;
+    until_waiting(&layer, 1).await;
     admit.permits.add_permits(1);
     answered(2).await;
 
