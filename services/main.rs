@@ -39,16 +39,9 @@ async fn main() -> ExitCode {
         }
         Some(Command::Serve) | None => {}
     }
-    // SIGHUP reloads the accepted tokens (the server listens for it once
-    // it serves); until then it is ignored, never the default "terminate"
-    // that would leave an embedded Postgres behind.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    if let Err(err) = hangups {
-        eprintln!("no SIGHUP handler: {err}");
-    }
     let telemetry = telemetry::init(cli.serve.log_format);
     server::raise_fd_limit();
-    let signal = shutdown_signal();
+    let signal = workspace_agent::shutdown_signal();
     tokio::pin!(signal);
     // A signal during startup lets startup finish (or fail) and then stops
     // at once: cancelling it half-way could orphan a Postgres whose
@@ -82,14 +75,4 @@ async fn main() -> ExitCode {
     // at most this long.
     telemetry.shutdown(std::time::Duration::from_secs(5)).await;
     ExitCode::SUCCESS
-}
-
-/// SIGTERM or SIGINT: shut down. (Not SIGHUP, which reloads the tokens.)
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
