@@ -263,7 +263,7 @@ pub async fn start(args: &ServeArgs, parts: Parts) -> Result<RunningServer, Serv
         (args.request_id_retention / 8).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
         stop.clone(),
     );
-    tokio::spawn(guarding::reload_tokens_on_hangup(
+    tokio::spawn(guarding::reload_tokens_on_change(
         args.clone(),
         guarding.tokens.clone(),
         stop.clone(),

@@ -19,7 +19,7 @@ use crate::{
 /// How calls are guarded: who may call, over what, and how much.
 #[derive(Clone, Debug)]
 pub struct Guarding {
-    /// Accepted bearer tokens (reloaded on SIGHUP).
+    /// Accepted bearer tokens (reloaded when the token file changes).
     pub tokens: Arc<LiveTokens>,
     /// TLS (and mTLS) settings; `None` serves plain HTTP/2.
     pub tls: Option<ServerTlsConfig>,
@@ -60,36 +60,44 @@ pub fn tokens(args: &ServeArgs) -> Result<Tokens, ServeError> {
     Ok(tokens)
 }
 
-/// Reads the tokens again from the same flags on every SIGHUP, until
-/// `stop`: an operator revokes a token (or adds one) by editing the token
-/// file and signalling, with no restart. A configuration that fails to
-/// read or parse leaves the current set as it is, and says why.
-pub(super) async fn reload_tokens_on_hangup(
+/// How often the token file is looked at for a change.
+const TOKEN_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the tokens again, from the same flags, whenever the token file's
+/// content changes (looked at every [`TOKEN_FILE_CHECK`]), until `stop`:
+/// an operator revokes a token (or adds one) by editing the file, with no
+/// restart and no signal (SIGHUP keeps meaning "the terminal closed": a
+/// clean stop). A file that fails to read or parse leaves the current set
+/// as it is, and says why once per change.
+pub(super) async fn reload_tokens_on_change(
     args: ServeArgs,
     live: Arc<LiveTokens>,
     stop: CancellationToken,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(err) => {
-            tracing::warn!(%err, "no SIGHUP handler: the tokens are reloaded only by a restart");
-            return;
-        }
+    let Some(path) = args.auth_tokens_file.clone() else {
+        return;
     };
+    let mut loaded = tokio::fs::read(&path).await.ok();
+    let mut every = tokio::time::interval(TOKEN_FILE_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            got = hangups.recv() => if got.is_none() { return },
+            _ = every.tick() => {}
         }
+        let now = tokio::fs::read(&path).await.ok();
+        if now == loaded {
+            continue;
+        }
+        loaded = now;
         match tokens(&args) {
             Ok(tokens) => {
                 let accepted = tokens.len();
                 live.replace(tokens);
-                tracing::info!(accepted, "SIGHUP: reloaded the accepted tokens");
+                tracing::info!(accepted, path = %path.display(), "the token file changed: reloaded the accepted tokens");
             }
             Err(err) => {
-                tracing::error!(%err, "SIGHUP: the tokens could not be reloaded; the previous set stays");
+                tracing::error!(%err, "the token file changed but could not be reloaded; the previous set stays");
             }
         }
     }
