@@ -1,9 +1,8 @@
 //! The accepted tokens as a running server holds them: replaced whole when
 //! the token file changes, so a leaked token is revoked by editing the
 //! file — no restart that would cut every caller's streams and in-flight
-//! restarts. A file that no longer parses changes
-//! nothing: the server keeps the set it had rather than locking everyone
-//! out (or in).
+//! restarts. A file that no longer parses changes nothing: the server
+//! keeps the set it had rather than locking everyone out (or in).
 //! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
 use std::sync::{Arc, RwLock};
