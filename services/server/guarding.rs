@@ -40,9 +40,19 @@ pub struct Guarding {
 /// The accepted tokens from the flags: the token file and inline entries,
 /// or else the embedded default admin token under the data directory.
 pub fn tokens(args: &ServeArgs) -> Result<Tokens, ServeError> {
+    let file = match &args.auth_tokens_file {
+        Some(path) => Some(Tokens::from_file(path)?),
+        None => None,
+    };
+    with_file(args, file)
+}
+
+/// The accepted tokens from the flags, the token file's entries as given
+/// (already read and parsed).
+fn with_file(args: &ServeArgs, file: Option<Tokens>) -> Result<Tokens, ServeError> {
     let mut tokens = Tokens::default();
-    if let Some(path) = &args.auth_tokens_file {
-        tokens = tokens.merge(Tokens::from_file(path)?);
+    if let Some(file) = file {
+        tokens = tokens.merge(file);
     }
     if let Some(inline) = &args.auth_tokens {
         tokens = tokens.merge(Tokens::parse(inline)?);
@@ -90,7 +100,16 @@ pub(super) async fn reload_tokens_on_change(
             continue;
         }
         loaded = now;
-        match tokens(&args) {
+        // What was just read is what is parsed: one read, and no edit can
+        // slip in between the look and the reload.
+        let parsed = match &loaded {
+            Some(bytes) => Tokens::parse(&String::from_utf8_lossy(bytes)),
+            None => Tokens::from_file(&path),
+        };
+        match parsed
+            .map_err(ServeError::from)
+            .and_then(|file| with_file(&args, Some(file)))
+        {
             Ok(tokens) => {
                 let accepted = tokens.len();
                 live.replace(tokens);
