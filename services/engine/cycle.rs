@@ -2,22 +2,25 @@
 //! Contracts: C6, C10, C17, C18, C20.
 //!
 //! A cycle is: Stop the old instance → (for provisioning) Start the new
-//! generation with the config read when the gate was taken → wait until
-//! *that* generation's agent registers (C10) → ONLINE. It ends FAILED on a
-//! backend error, the provision deadline, a panic or a lost lease — and in
-//! every case it records its end and releases the gate (C6). Release and the
-//! claim of a due follow-up are one transaction, so the follow-up runs next
-//! in the same task with no window for anyone to slip in between.
+//! generation with the config read, and the agent token recorded, when the
+//! gate was taken → wait until *that* generation's agent registers (C10)
+//! → ONLINE. It ends FAILED on a backend error, the provision deadline, a
+//! panic or a lost lease — and in every case it records its end and
+//! releases the gate (C6). Release and the claim of a due follow-up are one
+//! transaction, so the follow-up runs next in the same task with no window
+//! for anyone to slip in between.
 //!
 //! Fault model (C17, C18, C20): every backend call is bounded by the time
 //! the lease can still be trusted (the runner fences itself by its own last
 //! successful renewal, before the lease can have expired in the database),
-//! and each phase is announced by a fenced write first. A graceful stop that
-//! outlasts its share of the deadline escalates to a forced one. A failed
-//! cycle removes its own generation's instance by force before it records
-//! the failure; a runner that may have lost its lease touches nothing. The
-//! deadline counts from the cycle's first start across takeovers, and a
-//! cycle taken over too often is given up and cleaned up.
+//! and each phase is announced by a fenced write (the first with the claim,
+//! the others alongside the backend call they name, each before the next).
+//! A graceful stop that outlasts its share of the deadline escalates to a
+//! forced one. A failed cycle removes its own generation's instance by
+//! force before it records the failure; a runner that may have lost its
+//! lease touches nothing. The deadline counts from the cycle's first start
+//! across takeovers, and a cycle taken over too often is given up and
+//! cleaned up.
 
 use std::{
     sync::Arc,
@@ -29,7 +32,7 @@ use futures::future::BoxFuture;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 use tracing::Instrument;
-use workspace_backends::{AgentToken, Backend, Halt, Launch};
+use workspace_backends::{Backend, Halt, Launch};
 
 mod error;
 mod faults;
@@ -46,7 +49,7 @@ use super::{
 };
 use crate::{
     domain::{Error, EventKind, Finish, Generation, Goal, Phase},
-    store::{AgentWait, Registration, Store, token_hash},
+    store::{AgentWait, Registration, Store},
     telemetry::cycle_trace::{CycleStart, CycleTrace},
 };
 
@@ -255,13 +258,13 @@ async fn execute(
     let snapshot = guard
         .snapshot()
         .ok_or_else(|| Error::Internal("provisioning cycle without config".into()))?;
-    let token = mint_token()?;
+    // Its hash was recorded with the claim.
+    let token = guard
+        .token()
+        .cloned()
+        .ok_or_else(|| Error::Internal("provisioning cycle without a token".into()))?;
     // Listen before starting, so the registration cannot slip past.
     let registrations = deps.bus.subscribe(workspace);
-    // The token's hash and the Provisioning phase: one fenced statement.
-    if !guard.record_generation(&token_hash(token.expose())).await? {
-        return Err(CycleError::Fenced);
-    }
     let launch = Launch {
         workspace,
         generation: claim.generation,
@@ -272,9 +275,13 @@ async fn execute(
         token,
         service_url: deps.settings.agent_service_url.clone(),
     };
-    let started = bounded(guard, backend.start(&launch))
-        .instrument(trace.phase("provision"))
-        .await;
+    // The Provisioning phase is announced while the backend starts, and
+    // before the next phase: both must succeed (a fenced write is a lost
+    // lease).
+    let started = futures::try_join!(
+        enter(guard, Phase::Provisioning),
+        bounded(guard, backend.start(&launch)).instrument(trace.phase("provision")),
+    );
     drop(launch);
     started?;
     // The phase is written while the agent boots, not before: the write
@@ -356,11 +363,3 @@ async fn wait_for_agent(
 /// How soon after a check another event of the workspace may bring the
 /// next one forward.
 const EARLY_CHECK: Duration = Duration::from_millis(200);
-
-/// A fresh 256-bit agent token.
-fn mint_token() -> Result<AgentToken, Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Internal(format!("no randomness for a token: {e}")))?;
-    Ok(AgentToken::new(format!("wla_{}", hex::encode(bytes))))
-}

@@ -24,8 +24,9 @@ use super::{
 };
 use crate::{
     domain::{CycleId, Error, Generation, Goal, Timestamp, WorkspaceId, clock::SharedClock},
-    store::{Locked, RowTx, Store},
+    store::{Locked, RowTx, Store, token_hash},
 };
+use workspace_backends::AgentToken;
 
 /// Proof that a flow holds a workspace's gate.
 pub trait GateGuard: Send + 'static {
@@ -239,15 +240,31 @@ pub(super) async fn claim_locked(
     let Some(claim) = locked.ledger.claim(store.replica(), now, store.timing()) else {
         return Ok(None);
     };
-    let started = tx.start_claimed(&claim, now).await?;
+    // A provisioning cycle's agent token, its hash recorded with the claim:
+    // nothing stands between the stop and the start.
+    let token = match claim.goal {
+        Goal::Provision => Some(mint_token()?),
+        Goal::Stop | Goal::Delete => None,
+    };
+    let hash = token.as_ref().map(|token| token_hash(token.expose()));
+    let started = tx.start_claimed(&claim, hash.as_deref(), now).await?;
     Ok(Some(LeaseGuard::started(
         store,
         tx.workspace(),
         claim,
         started,
+        token,
         now,
         sent,
     )))
+}
+
+/// A fresh 256-bit agent token.
+fn mint_token() -> Result<AgentToken, Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Internal(format!("no randomness for a token: {e}")))?;
+    Ok(AgentToken::new(format!("wla_{}", hex::encode(bytes))))
 }
 
 #[async_trait]

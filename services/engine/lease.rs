@@ -4,6 +4,8 @@
 //! is fenced; `finish` records the end, releases the gate and hands it to
 //! the due follow-up in one transaction (claimed by `gate`).
 
+use workspace_backends::AgentToken;
+
 use super::gate::{self, GateGuard};
 use crate::{
     domain::{
@@ -22,6 +24,9 @@ pub struct LeaseGuard {
     claim: Claim,
     backend: BackendKind,
     snapshot: Option<ConfigSnapshot>,
+    /// The new generation's agent token (provisioning cycles only): its
+    /// hash was recorded by the claim's transaction.
+    token: Option<AgentToken>,
     /// How the cycle was admitted, for its trace (read with the claim).
     admitted: Option<AdmittedCycle>,
     started_at: Timestamp,
@@ -51,6 +56,7 @@ impl Drop for LeaseGuard {
             claim: self.claim,
             backend: self.backend,
             snapshot: None,
+            token: None,
             admitted: None,
             started_at: self.started_at,
             first_started_at: self.first_started_at,
@@ -108,6 +114,12 @@ impl LeaseGuard {
     /// The config to deliver (provisioning cycles only).
     pub fn snapshot(&self) -> Option<&ConfigSnapshot> {
         self.snapshot.as_ref()
+    }
+
+    /// The token the new generation's agent registers with (provisioning
+    /// cycles only).
+    pub fn token(&self) -> Option<&AgentToken> {
+        self.token.as_ref()
     }
 
     /// How the cycle was admitted (read with its claim), for its trace.
@@ -225,16 +237,6 @@ impl LeaseGuard {
             .unwrap_or_default()
     }
 
-    /// Records the new generation's token hash and announces the
-    /// Provisioning phase — one statement, fenced. False if the cycle lost
-    /// the gate.
-    pub async fn record_generation(&self, token_hash: &[u8]) -> Result<bool, Error> {
-        let event = self.phase_event(Phase::Provisioning);
-        self.store
-            .record_generation(&self.fence_key(), self.claim.generation, token_hash, &event)
-            .await
-    }
-
     /// Records how the cycle ended, releases the gate and, if a follow-up is
     /// due, claims it — one transaction. Writes nothing if the cycle had
     /// lost the gate (C12).
@@ -260,8 +262,7 @@ impl LeaseGuard {
                 next_due: locked.ledger.pending_due(store.timing()),
             });
         }
-        tx.record_end(&self.claim, &finish, self.config_version(), now)
-            .await?;
+        tx.record_end(&self.claim, &finish, self.config_version(), now);
         locked
             .ledger
             .release(self.claim.cycle, store.replica(), self.claim.takeovers);
@@ -303,6 +304,7 @@ impl LeaseGuard {
         workspace: WorkspaceId,
         claim: Claim,
         started: Started,
+        token: Option<AgentToken>,
         now: Timestamp,
         sent: tokio::time::Instant,
     ) -> Self {
@@ -311,6 +313,7 @@ impl LeaseGuard {
             claim,
             backend: started.backend,
             snapshot: started.snapshot,
+            token,
             admitted: Some(started.admitted),
             started_at: now,
             first_started_at: started.first_started_at,

@@ -1,21 +1,19 @@
 //! Admission's writes: what a group of batches did — rows, config changes,
 //! cycles opened, triggers absorbed, counters, audit rows, events — each
 //! kind one statement for every workspace of the group, all pipelined in
-//! one round trip before the group's commit (C2, C13). The decisions are
+//! one round trip with the group's `COMMIT` (C2, C13). The decisions are
 //! the engine's (`engine::admission`).
 
 use std::collections::BTreeMap;
 
-use deadpool_postgres::GenericClient;
-use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
-    Locked, Store, audit, audit::AuditRow, config_state::ConfigWrites, execute, notify, rows,
+    Locked, Store, audit, audit::AuditRow, config_state::ConfigWrites, notify, rows, write::Write,
 };
 use crate::{
     domain::{
-        CycleId, CycleState, Error, Event, EventKind, Generation, Handling, Timestamp, Trigger,
+        CycleId, CycleState, Event, EventKind, Generation, Handling, Timestamp, Trigger,
         WorkspaceId,
     },
     telemetry::cycle_trace::TraceOrigin,
@@ -85,14 +83,14 @@ impl WorkspaceWrites<'_> {
     }
 }
 
-/// Writes everything `writes` says, pipelined: one round trip.
-pub(super) async fn write_group(
-    tx: &impl GenericClient,
+/// Every statement `writes` needs — each kind one statement for the whole
+/// group — sent with the group's `COMMIT` in one round trip.
+pub(super) fn write_group<'a>(
     store: &Store,
-    writes: &[WorkspaceWrites<'_>],
+    writes: &'a [WorkspaceWrites<'a>],
     now: Timestamp,
-) -> Result<(), Error> {
-    let saves: Vec<rows::Save<'_>> = writes
+) -> Vec<Write<'a>> {
+    let saves: Vec<rows::Save<'a>> = writes
         .iter()
         .filter_map(|w| {
             let locked = w.save.as_ref()?;
@@ -103,135 +101,130 @@ pub(super) async fn write_group(
         .iter()
         .flat_map(|w| tally_events(w.workspace, &w.tally, now))
         .collect();
-    let audit: Vec<(WorkspaceId, AuditRow<'_>)> = writes
+    let audit: Vec<(WorkspaceId, AuditRow<'a>)> = writes
         .iter()
         .flat_map(|w| w.audit.iter().map(|row| (w.workspace, *row)))
         .collect();
-    futures::try_join!(
-        rows::save(tx, &saves, now),
-        notify::publish(tx, &events),
-        write_secrets(tx, writes, now),
-        write_files(tx, writes, now),
-        write_cycles(tx, writes, now),
-        write_stats(tx, writes),
-        audit::record(tx, &audit, now),
-    )
-    .map(|_| ())
+    [
+        rows::save(&saves, now),
+        notify::publish(&events),
+        set_secrets(writes, now),
+        delete_secrets(writes),
+        write_files(writes, now),
+        delete_files(writes),
+        write_cycles(writes, now),
+        write_stats(writes),
+        audit::record(&audit, now),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
-/// Runs `sql` unless it has no rows to write.
-async fn unless_empty(
-    tx: &impl GenericClient,
-    rows: usize,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<u64, Error> {
-    if rows == 0 {
-        return Ok(0);
-    }
-    execute(tx, sql, params).await
-}
-
-/// Secrets set and deleted, for every workspace: at most two statements.
-async fn write_secrets(
-    tx: &impl GenericClient,
-    writes: &[WorkspaceWrites<'_>],
-    now: Timestamp,
-) -> Result<(), Error> {
-    let (mut set, mut deleted) = ((vec![], vec![], vec![], vec![]), (vec![], vec![]));
+/// The secrets set, for every workspace.
+fn set_secrets<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<Write<'a>> {
+    let (mut workspaces, mut names, mut values, mut nonces) = (vec![], vec![], vec![], vec![]);
     for w in writes {
         for (name, sealed) in &w.config.secrets {
-            match sealed {
-                Some(sealed) => {
-                    set.0.push(w.workspace.as_uuid());
-                    set.1.push(name.as_str());
-                    set.2.push(sealed.ciphertext.as_slice());
-                    set.3.push(sealed.nonce.as_slice());
-                }
-                None => {
-                    deleted.0.push(w.workspace.as_uuid());
-                    deleted.1.push(name.as_str());
-                }
+            if let Some(sealed) = sealed {
+                workspaces.push(w.workspace.as_uuid());
+                names.push(name.as_str());
+                values.push(sealed.ciphertext.as_slice());
+                nonces.push(sealed.nonce.as_slice());
             }
         }
     }
-    let set_params: [&(dyn ToSql + Sync); 5] = [&set.0, &set.1, &set.2, &set.3, &now];
-    let deleted_params: [&(dyn ToSql + Sync); 2] = [&deleted.0, &deleted.1];
-    futures::try_join!(
-        unless_empty(
-            tx,
-            set.0.len(),
+    (!workspaces.is_empty()).then(|| {
+        Write::new(
             "INSERT INTO secrets (workspace_id, name, value, nonce, updated_at)
              SELECT w, n, v, nonce, $5 FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[])
                AS t (w, n, v, nonce)
              ON CONFLICT (workspace_id, name) DO UPDATE
              SET value = EXCLUDED.value, nonce = EXCLUDED.nonce, updated_at = EXCLUDED.updated_at",
-            &set_params,
-        ),
-        unless_empty(
-            tx,
-            deleted.0.len(),
-            "DELETE FROM secrets s USING unnest($1::uuid[], $2::text[]) AS d (w, n)
-             WHERE s.workspace_id = d.w AND s.name = d.n",
-            &deleted_params,
-        ),
-    )
-    .map(|_| ())
+            vec![
+                Box::new(workspaces),
+                Box::new(names),
+                Box::new(values),
+                Box::new(nonces),
+                Box::new(now),
+            ],
+        )
+    })
 }
 
-/// Files written and deleted, for every workspace: at most two statements.
-async fn write_files(
-    tx: &impl GenericClient,
-    writes: &[WorkspaceWrites<'_>],
-    now: Timestamp,
-) -> Result<(), Error> {
-    let (mut written, mut deleted) = ((vec![], vec![], vec![]), (vec![], vec![]));
+/// The secrets deleted, for every workspace.
+fn delete_secrets<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Write<'a>> {
+    let (workspaces, names) = deleted(writes, |config| &config.secrets);
+    (!workspaces.is_empty()).then(|| {
+        Write::new(
+            "DELETE FROM secrets s USING unnest($1::uuid[], $2::text[]) AS d (w, n)
+             WHERE s.workspace_id = d.w AND s.name = d.n",
+            vec![Box::new(workspaces), Box::new(names)],
+        )
+    })
+}
+
+/// The files written, for every workspace.
+fn write_files<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<Write<'a>> {
+    let (mut workspaces, mut paths, mut contents) = (vec![], vec![], vec![]);
     for w in writes {
         for (path, content) in &w.config.files {
-            match content {
-                Some(content) => {
-                    written.0.push(w.workspace.as_uuid());
-                    written.1.push(path.as_str());
-                    written.2.push(*content);
-                }
-                None => {
-                    deleted.0.push(w.workspace.as_uuid());
-                    deleted.1.push(path.as_str());
-                }
+            if let Some(content) = content {
+                workspaces.push(w.workspace.as_uuid());
+                paths.push(path.as_str());
+                contents.push(*content);
             }
         }
     }
-    let written_params: [&(dyn ToSql + Sync); 4] = [&written.0, &written.1, &written.2, &now];
-    let deleted_params: [&(dyn ToSql + Sync); 2] = [&deleted.0, &deleted.1];
-    futures::try_join!(
-        unless_empty(
-            tx,
-            written.0.len(),
+    (!workspaces.is_empty()).then(|| {
+        Write::new(
             "INSERT INTO files (workspace_id, path, content, updated_at)
              SELECT w, p, c, $4 FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS t (w, p, c)
              ON CONFLICT (workspace_id, path) DO UPDATE
              SET content = EXCLUDED.content, updated_at = EXCLUDED.updated_at",
-            &written_params,
-        ),
-        unless_empty(
-            tx,
-            deleted.0.len(),
+            vec![
+                Box::new(workspaces),
+                Box::new(paths),
+                Box::new(contents),
+                Box::new(now),
+            ],
+        )
+    })
+}
+
+/// The files deleted, for every workspace.
+fn delete_files<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Write<'a>> {
+    let (workspaces, paths) = deleted(writes, |config| &config.files);
+    (!workspaces.is_empty()).then(|| {
+        Write::new(
             "DELETE FROM files f USING unnest($1::uuid[], $2::text[]) AS d (w, p)
              WHERE f.workspace_id = d.w AND f.path = d.p",
-            &deleted_params,
-        ),
-    )
-    .map(|_| ())
+            vec![Box::new(workspaces), Box::new(paths)],
+        )
+    })
+}
+
+/// The (workspace, name) pairs a config map marks deleted (`None`).
+fn deleted<'a, V: 'a>(
+    writes: &'a [WorkspaceWrites<'a>],
+    entries: impl Fn(&'a ConfigWrites<'a>) -> &'a BTreeMap<String, Option<V>>,
+) -> (Vec<Uuid>, Vec<&'a str>) {
+    let (mut workspaces, mut names) = (vec![], vec![]);
+    for w in writes {
+        for (name, value) in entries(&w.config) {
+            if value.is_none() {
+                workspaces.push(w.workspace.as_uuid());
+                names.push(name.as_str());
+            }
+        }
+    }
+    (workspaces, names)
 }
 
 /// New cycles and the triggers they absorbed, for every workspace: one
 /// statement (the triggers' foreign key is checked at its end, when the
 /// cycles it inserted are there).
-async fn write_cycles(
-    tx: &impl GenericClient,
-    writes: &[WorkspaceWrites<'_>],
-    now: Timestamp,
-) -> Result<(), Error> {
+fn write_cycles<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<Write<'a>> {
     let (mut ids, mut workspaces, mut traces, mut parents) = (vec![], vec![], vec![], vec![]);
     let (mut cycles, mut triggers, mut counts) = (vec![], vec![], vec![]);
     for w in writes {
@@ -248,10 +241,9 @@ async fn write_cycles(
         }
     }
     if ids.is_empty() && cycles.is_empty() {
-        return Ok(());
+        return None;
     }
-    execute(
-        tx,
+    Some(Write::new(
         "WITH opened AS (
              INSERT INTO cycles (id, workspace_id, state, created_at, trace_id, parent_span_id)
              SELECT cycle, w, 'PENDING', $5, trace, parent
@@ -260,14 +252,21 @@ async fn write_cycles(
          INSERT INTO cycle_triggers (cycle_id, trigger, count)
          SELECT * FROM unnest($6::uuid[], $7::text[], $8::bigint[])
          ON CONFLICT (cycle_id, trigger) DO UPDATE SET count = cycle_triggers.count + EXCLUDED.count",
-        &[&ids, &workspaces, &traces, &parents, &now, &cycles, &triggers, &counts],
-    )
-    .await
-    .map(|_| ())
+        vec![
+            Box::new(ids),
+            Box::new(workspaces),
+            Box::new(traces),
+            Box::new(parents),
+            Box::new(now),
+            Box::new(cycles),
+            Box::new(triggers),
+            Box::new(counts),
+        ],
+    ))
 }
 
 /// Adds to the per-trigger counters of every workspace: one statement.
-async fn write_stats(tx: &impl GenericClient, writes: &[WorkspaceWrites<'_>]) -> Result<(), Error> {
+fn write_stats<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Write<'a>> {
     let mut workspaces: Vec<Uuid> = Vec::new();
     let mut triggers = Vec::new();
     let mut columns: [Vec<i64>; Handling::COUNT] = Default::default();
@@ -281,10 +280,10 @@ async fn write_stats(tx: &impl GenericClient, writes: &[WorkspaceWrites<'_>]) ->
         }
     }
     if workspaces.is_empty() {
-        return Ok(());
+        return None;
     }
-    execute(
-        tx,
+    let [accepted, coalesced, deferred, dropped] = columns;
+    Some(Write::new(
         "INSERT INTO trigger_stats (workspace_id, trigger, accepted, coalesced, deferred, dropped)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
          ON CONFLICT (workspace_id, trigger) DO UPDATE SET
@@ -292,17 +291,15 @@ async fn write_stats(tx: &impl GenericClient, writes: &[WorkspaceWrites<'_>]) ->
             coalesced = trigger_stats.coalesced + EXCLUDED.coalesced,
             deferred = trigger_stats.deferred + EXCLUDED.deferred,
             dropped = trigger_stats.dropped + EXCLUDED.dropped",
-        &[
-            &workspaces,
-            &triggers,
-            &columns[0],
-            &columns[1],
-            &columns[2],
-            &columns[3],
+        vec![
+            Box::new(workspaces),
+            Box::new(triggers),
+            Box::new(accepted),
+            Box::new(coalesced),
+            Box::new(deferred),
+            Box::new(dropped),
         ],
-    )
-    .await
-    .map(|_| ())
+    ))
 }
 
 fn tally_events(workspace: WorkspaceId, tally: &Tally, now: Timestamp) -> Vec<Event> {

@@ -5,8 +5,9 @@
 
 use deadpool_postgres::GenericClient as _;
 use sha2::{Digest, Sha256};
+use tokio_postgres::types::ToSql;
 
-use super::{Store, db, notify};
+use super::{Store, db, notify, open_tx::OpenTx};
 use crate::domain::Error;
 use crate::domain::Event;
 use crate::{
@@ -62,9 +63,11 @@ impl Store {
         report: &AgentReport,
     ) -> Result<(WorkspaceId, Generation), Error> {
         let now = self.clock().now();
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(db)?;
+        // Two round trips: `BEGIN` with the update, the event with the
+        // `COMMIT` (`open_tx.rs`).
+        let tx = OpenTx::new(self.conn().await?);
         let statement = tx
+            .client()
             .prepare_cached(
                 "UPDATE generations g SET registered_at = $2, reported_config_version = $3,
                         endpoint = $4, secret_names = $5, file_paths = $6, last_heartbeat_at = $2,
@@ -83,38 +86,35 @@ impl Store {
             )
             .await
             .map_err(db)?;
-        let row = tx
-            .query_opt(
-                &statement,
-                &[
-                    &token_hash(token),
-                    &now,
-                    &(report.config_version.0 as i64),
-                    &report.endpoint,
-                    &report.secret_names,
-                    &report.file_paths,
-                    &workspace.as_uuid(),
-                ],
-            )
-            .await
-            .map_err(db)?
-            .ok_or_else(refused)?;
+        let hash = token_hash(token);
+        let version = report.config_version.0 as i64;
+        let id = workspace.as_uuid();
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &hash,
+            &now,
+            &version,
+            &report.endpoint,
+            &report.secret_names,
+            &report.file_paths,
+            &id,
+        ];
+        let ((), row) = futures::try_join!(tx.opening(), async {
+            tx.client().query_opt(&statement, &params).await.map_err(db)
+        })?;
+        // Refused: the transaction is dropped and rolls back.
+        let row = row.ok_or_else(refused)?;
         let workspace = WorkspaceId::from(row.get::<_, uuid::Uuid>(0));
         let generation = Generation(row.get::<_, i64>(1) as u64);
-        notify::publish(
-            &tx,
-            &[Event {
-                workspace,
-                at: now,
-                kind: EventKind::Agent {
-                    generation,
-                    config_version: report.config_version,
-                    endpoint: report.endpoint.clone(),
-                },
-            }],
-        )
-        .await?;
-        tx.commit().await.map_err(db)?;
+        let registered = notify::publish(&[Event {
+            workspace,
+            at: now,
+            kind: EventKind::Agent {
+                generation,
+                config_version: report.config_version,
+                endpoint: report.endpoint.clone(),
+            },
+        }]);
+        tx.commit_with(registered.as_slice()).await?;
         Ok((workspace, generation))
     }
 

@@ -4,10 +4,9 @@
 //! value.
 //! Contracts: C13 (the audit row commits with the change).
 
-use deadpool_postgres::GenericClient;
 use serde_json::json;
 
-use super::db;
+use super::{db, write::Write};
 use crate::domain::{
     Error, Timestamp, Trigger, WorkspaceId,
     change::{Audited, Change, Creation},
@@ -52,33 +51,32 @@ fn detail(row: &AuditRow<'_>) -> serde_json::Value {
     detail
 }
 
-/// Records the admitted mutations callers made, for any number of
-/// workspaces, in one statement (a refused request changed nothing and is
-/// not recorded).
-pub(super) async fn record(
-    tx: &impl GenericClient,
-    rows: &[(WorkspaceId, AuditRow<'_>)],
+/// The statement that records the admitted mutations callers made, for
+/// any number of workspaces at once (a refused request changed nothing and
+/// is not recorded); `None` when there are none.
+pub(super) fn record<'a>(
+    rows: &[(WorkspaceId, AuditRow<'a>)],
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Option<Write<'a>> {
     if rows.is_empty() {
-        return Ok(());
+        return None;
     }
     let workspaces: Vec<uuid::Uuid> = rows.iter().map(|(w, _)| w.as_uuid()).collect();
-    let actors: Vec<&str> = rows.iter().map(|(_, r)| r.by.actor.as_str()).collect();
-    let actions: Vec<&str> = rows.iter().map(|(_, r)| r.by.action).collect();
+    let actors: Vec<&'a str> = rows.iter().map(|(_, r)| r.by.actor.as_str()).collect();
+    let actions: Vec<&'a str> = rows.iter().map(|(_, r)| r.by.action).collect();
     let details: Vec<serde_json::Value> = rows.iter().map(|(_, r)| detail(r)).collect();
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO audit_log (at, actor, action, workspace_id, detail)
-             SELECT $1, actor, action, w, detail
-             FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[]) AS t(w, actor, action, detail)",
-        )
-        .await
-        .map_err(db)?;
-    tx.execute(&insert, &[&now, &workspaces, &actors, &actions, &details])
-        .await
-        .map_err(db)?;
-    Ok(())
+    Some(Write::new(
+        "INSERT INTO audit_log (at, actor, action, workspace_id, detail)
+         SELECT $1, actor, action, w, detail
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[]) AS t(w, actor, action, detail)",
+        vec![
+            Box::new(now),
+            Box::new(workspaces),
+            Box::new(actors),
+            Box::new(actions),
+            Box::new(details),
+        ],
+    ))
 }
 
 /// Refused calls of one (method, code, who) over one flush interval of the

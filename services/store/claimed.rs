@@ -1,15 +1,16 @@
 //! A claimed cycle's start, in the claiming transaction (C2, C16, C20):
 //! the workspace's status, the cycle's row marked running, the config it
-//! will deliver (read under the row lock, so C2 is exact), how it was
-//! admitted (for its trace), and its first phase announced — one pipelined
-//! round trip.
+//! will deliver (read under the row lock, so C2 is exact), the new
+//! generation's agent token (its hash), how it was admitted (for its
+//! trace), and its first phase announced — one pipelined
+//! round trip after the row lock.
 
 use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
-use super::{RowTx, db, execute, query, rows::parse};
+use super::{RowTx, execute, query, rows::parse};
 use crate::{
     domain::{
         BackendKind, ConfigVersion, CycleState, Error, Event, Goal, Phase, Secret, Timestamp,
@@ -50,7 +51,17 @@ pub struct Started {
 impl RowTx {
     /// Marks a freshly claimed cycle running, sets the workspace's status and
     /// (for provisioning) reads the config it will deliver.
-    pub async fn start_claimed(&mut self, claim: &Claim, now: Timestamp) -> Result<Started, Error> {
+    /// A provisioning cycle records its generation's agent token (its
+    /// hash) here, so nothing stands between its stop and its start.
+    pub async fn start_claimed(
+        &mut self,
+        claim: &Claim,
+        token_hash: Option<&[u8]>,
+        now: Timestamp,
+    ) -> Result<Started, Error> {
+        // The ending cycle's writes, when this claims its follow-up: the
+        // new status must land after the old one.
+        self.flush().await?;
         let tx = self.tx.client();
         let workspace = self.workspace;
         let id = workspace.as_uuid();
@@ -58,80 +69,97 @@ impl RowTx {
             Goal::Provision => WorkspaceStatus::Provisioning,
             Goal::Stop | Goal::Delete => WorkspaceStatus::Stopping,
         };
-        let row = tx
-            .query_one(
-                &tx.prepare_cached(
-                    "UPDATE workspaces SET status = $2, status_reason = '', updated_at = $3
-                     WHERE id = $1 RETURNING backend, spec, config_version",
-                )
-                .await
-                .map_err(db)?,
-                &[&id, &status.as_str(), &now],
-            )
-            .await
-            .map_err(db)?;
-        let backend: BackendKind = row
-            .get::<_, &str>("backend")
-            .parse()
-            .map_err(|e: String| Error::Internal(e))?;
         let provisions = claim.goal == Goal::Provision;
-        let config_version =
-            provisions.then(|| ConfigVersion(row.get::<_, i64>("config_version") as u64));
-        let (cycle, goal, generation, version, takeovers) = (
+        let (cycle, goal, generation, takeovers) = (
             claim.cycle.as_uuid(),
             claim.goal.as_str(),
             claim.generation.0 as i64,
-            config_version.map(|v| v.0 as i64),
             claim.takeovers as i32,
         );
+        let status_row: [&(dyn ToSql + Sync); 4] = [&id, &status.as_str(), &now, &provisions];
         let mark_row: [&(dyn ToSql + Sync); 6] =
-            [&cycle, &goal, &generation, &version, &now, &takeovers];
-        let served_row: [&(dyn ToSql + Sync); 2] = [&id, &version];
-        // The config read and the cycle's marks are independent: one
-        // pipelined round trip.
+            [&cycle, &goal, &generation, &provisions, &now, &takeovers];
         let cycle_row: [&(dyn ToSql + Sync); 1] = [&cycle];
-        let (snapshot, _, marked, absorbed) = futures::try_join!(
-            async {
-                let Some(config_version) = config_version else {
-                    return Ok(None);
-                };
-                let spec: WorkspaceSpec = serde_json::from_value(row.get("spec"))
-                    .map_err(|e| Error::Internal(format!("stored spec: {e}")))?;
-                let sealer = self.store.sealer();
-                read_config(tx, sealer, workspace, backend, spec, config_version)
-                    .await
-                    .map(Some)
-            },
-            async {
-                if version.is_none() {
-                    return Ok(0);
-                }
-                execute(
-                    tx,
-                    "UPDATE workspaces SET served_config_version = $2 WHERE id = $1",
-                    &served_row,
-                )
-                .await
-            },
-            async {
-                let statement = tx
-                    .prepare_cached(
-                        "UPDATE cycles SET state = 'RUNNING', goal = $2, generation = $3,
-                            config_version = $4, started_at = coalesce(started_at, $5),
-                            takeovers = $6
-                         WHERE id = $1
-                         RETURNING started_at, created_at, trace_id, parent_span_id",
-                    )
-                    .await
-                    .map_err(db)?;
-                tx.query_one(&statement, &mark_row).await.map_err(db)
-            },
+        let generation_row: [&(dyn ToSql + Sync); 5] =
+            [&id, &generation, &cycle, &token_hash, &now];
+        // Every statement names what it needs of the row in SQL (the row is
+        // locked), so none waits for another's answer: one pipelined round
+        // trip. Secrets and files are read only by a provisioning cycle.
+        let (row, marked, absorbed, config, _) = futures::try_join!(
+            query(
+                tx,
+                "UPDATE workspaces SET status = $2, status_reason = '', updated_at = $3,
+                    served_config_version = CASE WHEN $4 THEN config_version
+                                                 ELSE served_config_version END
+                 WHERE id = $1 RETURNING backend, spec, config_version",
+                &status_row,
+            ),
+            query(
+                tx,
+                "UPDATE cycles SET state = 'RUNNING', goal = $2, generation = $3,
+                    config_version = CASE WHEN $4 THEN
+                        (SELECT config_version FROM workspaces w WHERE w.id = cycles.workspace_id)
+                    END,
+                    started_at = coalesce(started_at, $5), takeovers = $6
+                 WHERE id = $1
+                 RETURNING started_at, created_at, trace_id, parent_span_id",
+                &mark_row,
+            ),
             query(
                 tx,
                 "SELECT trigger, count FROM cycle_triggers WHERE cycle_id = $1",
                 &cycle_row,
             ),
+            async {
+                if !provisions {
+                    return Ok(None);
+                }
+                read_config(tx, workspace).await.map(Some)
+            },
+            async {
+                if token_hash.is_none() {
+                    return Ok(0);
+                }
+                // A generation redone (a takeover) starts afresh.
+                execute(
+                    tx,
+                    "INSERT INTO generations (workspace_id, generation, cycle_id, token_hash, created_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (workspace_id, generation) DO UPDATE SET
+                        cycle_id = EXCLUDED.cycle_id, token_hash = EXCLUDED.token_hash,
+                        created_at = EXCLUDED.created_at, registered_at = NULL, revoked_at = NULL",
+                    &generation_row,
+                )
+                .await
+            },
         )?;
+        let (Some(row), Some(marked)) = (row.first(), marked.first()) else {
+            return Err(Error::Internal(format!(
+                "claimed cycle {} of workspace {workspace} has no row",
+                claim.cycle
+            )));
+        };
+        let backend: BackendKind = row
+            .get::<_, &str>("backend")
+            .parse()
+            .map_err(|e: String| Error::Internal(e))?;
+        let config_version =
+            provisions.then(|| ConfigVersion(row.get::<_, i64>("config_version") as u64));
+        let snapshot = match (config, config_version) {
+            (Some(config), Some(config_version)) => {
+                let spec: WorkspaceSpec = serde_json::from_value(row.get("spec"))
+                    .map_err(|e| Error::Internal(format!("stored spec: {e}")))?;
+                Some(open_config(
+                    self.store.sealer(),
+                    workspace,
+                    backend,
+                    spec,
+                    config_version,
+                    config,
+                )?)
+            }
+            _ => None,
+        };
         let first_started_at: Timestamp = marked.get(0);
         let mut triggers = BTreeMap::new();
         for row in &absorbed {
@@ -168,14 +196,17 @@ impl RowTx {
     }
 }
 
+/// A provisioning cycle's secrets (still sealed) and files, read in the
+/// claim's round trip.
+struct StoredConfig {
+    secrets: Vec<tokio_postgres::Row>,
+    files: Vec<tokio_postgres::Row>,
+}
+
 async fn read_config(
     tx: &impl GenericClient,
-    sealer: &super::Sealer,
     workspace: WorkspaceId,
-    backend: BackendKind,
-    spec: WorkspaceSpec,
-    config_version: ConfigVersion,
-) -> Result<ConfigSnapshot, Error> {
+) -> Result<StoredConfig, Error> {
     let id = workspace.as_uuid();
     let by_workspace: [&(dyn ToSql + Sync); 1] = [&id];
     let (secrets, files) = futures::try_join!(
@@ -190,9 +221,21 @@ async fn read_config(
             &by_workspace,
         ),
     )?;
+    Ok(StoredConfig { secrets, files })
+}
+
+fn open_config(
+    sealer: &super::Sealer,
+    workspace: WorkspaceId,
+    backend: BackendKind,
+    spec: WorkspaceSpec,
+    config_version: ConfigVersion,
+    stored: StoredConfig,
+) -> Result<ConfigSnapshot, Error> {
     // The one place secret values are opened: the cycle hands them to the
     // backend that starts the instance.
-    let secrets = secrets
+    let secrets = stored
+        .secrets
         .into_iter()
         .map(|row| {
             let name: String = row.get(0);
@@ -201,7 +244,8 @@ async fn read_config(
             Ok((name, value))
         })
         .collect::<Result<_, Error>>()?;
-    let files = files
+    let files = stored
+        .files
         .into_iter()
         .map(|row| (row.get::<_, String>(0), row.get::<_, Vec<u8>>(1)))
         .collect();

@@ -170,12 +170,10 @@ impl GroupTx {
         Ok(admitting)
     }
 
-    /// Writes everything the group decided, pipelined, and commits.
+    /// Writes everything the group decided and commits, in one pipelined
+    /// round trip.
     pub async fn commit(self, writes: &[WorkspaceWrites<'_>], now: Timestamp) -> Result<(), Error> {
-        futures::try_join!(
-            self.tx.opening(),
-            admission::write_group(self.tx.client(), &self.store, writes, now)
-        )?;
-        self.tx.commit().await
+        let statements = admission::write_group(&self.store, writes, now);
+        self.tx.commit_with(&statements).await
     }
 }

@@ -33,6 +33,7 @@ mod schedule;
 pub mod sealing;
 mod standings;
 mod workspaces;
+mod write;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 

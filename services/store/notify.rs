@@ -2,10 +2,8 @@
 //! so listeners hear only of committed changes, in commit order.
 //! Contracts: C14, C20.
 
-use deadpool_postgres::GenericClient;
-
-use super::db;
-use crate::domain::{Error, Event, EventKind};
+use super::write::Write;
+use crate::domain::{Event, EventKind};
 
 /// The channel every replica listens on.
 pub(crate) const CHANNEL: &str = "wl_events";
@@ -57,21 +55,17 @@ fn shorten(text: &mut String) {
     }
 }
 
-/// Queues `events` for delivery when the surrounding transaction commits.
-pub(crate) async fn publish(client: &impl GenericClient, events: &[Event]) -> Result<(), Error> {
+/// The statement that queues `events` for delivery when the surrounding
+/// transaction commits; `None` when there is nothing to send.
+pub(super) fn publish(events: &[Event]) -> Option<Write<'static>> {
     if events.is_empty() {
-        return Ok(());
+        return None;
     }
     let payloads: Vec<String> = events.iter().filter_map(payload).collect();
-    let statement = client
-        .prepare_cached("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
-        .await
-        .map_err(db)?;
-    client
-        .execute(&statement, &[&CHANNEL, &payloads])
-        .await
-        .map_err(db)?;
-    Ok(())
+    Some(Write::new(
+        "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+        vec![Box::new(CHANNEL), Box::new(payloads)],
+    ))
 }
 
 #[cfg(test)]

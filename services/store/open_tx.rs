@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use deadpool_postgres::Object;
 
-use super::{Connection, db};
+use super::{
+    Connection, db,
+    write::{self, Write},
+};
 use crate::domain::Error;
 
 /// An open (or about to be opened) transaction on its own connection.
@@ -51,10 +54,16 @@ impl OpenTx {
         self.client().batch_execute("BEGIN").await.map_err(db)
     }
 
-    /// Commits everything the transaction's statements did.
-    pub(super) async fn commit(mut self) -> Result<(), Error> {
-        self.opening().await?;
-        self.client().batch_execute("COMMIT").await.map_err(db)?;
+    /// Sends `writes` and `COMMIT` in one round trip (with `BEGIN` ahead of
+    /// them if nothing went out yet), and commits. Each write is prepared
+    /// before any is sent (`write.rs`), so none can land after the
+    /// `COMMIT`, outside the transaction; a failed write rolls them all
+    /// back (Postgres answers the `COMMIT` of a failed transaction with a
+    /// rollback, and its error is the one returned).
+    pub(super) async fn commit_with(mut self, writes: &[Write<'_>]) -> Result<(), Error> {
+        let client = self.client();
+        let commit = async move { client.batch_execute("COMMIT").await.map_err(db) };
+        write::pipelined(client, Box::pin(self.opening()), writes, commit).await?;
         self.committed = true;
         Ok(())
     }

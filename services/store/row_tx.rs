@@ -7,7 +7,7 @@
 
 use deadpool_postgres::Object;
 
-use super::{Store, notify, open_tx::OpenTx, rows};
+use super::{Store, notify, open_tx::OpenTx, rows, write::Write};
 use crate::domain::{ConfigVersion, Error, Event, Timestamp, WorkspaceId, ledger::Ledger};
 
 /// A pooled connection; a [`RowTx`] owns it for its transaction.
@@ -29,6 +29,10 @@ pub struct RowTx {
     pub(super) store: Store,
     pub(super) workspace: WorkspaceId,
     pub(super) events: Vec<Event>,
+    /// Writes that go out with the `COMMIT`, or ahead of the next
+    /// statement (`flush`), whichever comes first: the transaction's
+    /// statements still reach Postgres in the order they were made.
+    queued: Vec<Write<'static>>,
 }
 
 impl RowTx {
@@ -39,6 +43,7 @@ impl RowTx {
             store: store.clone(),
             workspace,
             events: Vec::new(),
+            queued: Vec::new(),
         }
     }
 
@@ -57,26 +62,44 @@ impl RowTx {
         Ok(locked)
     }
 
+    /// Queues a write to go out with the `COMMIT` (or ahead of the next
+    /// statement).
+    pub(super) fn queue(&mut self, write: Write<'static>) {
+        self.queued.push(write);
+    }
+
+    /// Sends the queued writes: every method that sends a statement of its
+    /// own calls this first.
+    pub(super) async fn flush(&mut self) -> Result<(), Error> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.queued);
+        let client = self.tx.client();
+        futures::future::try_join_all(queued.iter().map(|write| write.execute(client))).await?;
+        Ok(())
+    }
+
     /// Queues events, published when the transaction commits.
     pub fn publish(&mut self, events: impl IntoIterator<Item = Event>) {
         self.events.extend(events);
     }
 
     /// Writes `save` (if given) back to the row — with when its follow-up is
-    /// due, for the scheduler — sends the queued events, and commits. The
-    /// row and the events go in one pipelined round trip.
+    /// due, for the scheduler — sends the queued events, and commits: the
+    /// row, the events and the `COMMIT` in one pipelined round trip.
     pub async fn commit(self, save: Option<&Locked>, now: Timestamp) -> Result<(), Error> {
         let timing = self.store.timing();
         let rows: Vec<rows::Save<'_>> = save
             .into_iter()
             .map(|locked| rows::Save::of(self.workspace, locked, timing))
             .collect();
-        let client = self.tx.client();
-        futures::try_join!(
-            self.tx.opening(),
-            rows::save(client, &rows, now),
-            notify::publish(client, &self.events)
-        )?;
-        self.tx.commit().await
+        let writes: Vec<Write<'_>> = self
+            .queued
+            .into_iter()
+            .chain(rows::save(&rows, now))
+            .chain(notify::publish(&self.events))
+            .collect();
+        self.tx.commit_with(&writes).await
     }
 }

@@ -6,7 +6,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{db, row_tx::Locked};
+use super::{db, row_tx::Locked, write::Write};
 use crate::domain::Error;
 use crate::{
     domain::ledger::{Burst, Ledger, Pending, Running, Timing},
@@ -148,15 +148,11 @@ impl<'l> Save<'l> {
     }
 }
 
-/// Writes the ledgers (and config versions) back to their locked rows: one
-/// statement for all of them.
-pub(crate) async fn save(
-    client: &impl GenericClient,
-    rows: &[Save<'_>],
-    now: Timestamp,
-) -> Result<(), Error> {
+/// The statement that writes the ledgers (and config versions) back to
+/// their locked rows, all of them at once; `None` when there are none.
+pub(crate) fn save<'a>(rows: &[Save<'a>], now: Timestamp) -> Option<Write<'a>> {
     if rows.is_empty() {
-        return Ok(());
+        return None;
     }
     let ledgers = || rows.iter().map(|r| &r.locked.ledger);
     let running = || ledgers().map(|l| l.running.as_ref());
@@ -191,8 +187,7 @@ pub(crate) async fn save(
         .iter()
         .map(|r| r.locked.config_version.0 as i64)
         .collect();
-    super::execute(
-        client,
+    Some(Write::new(
         "UPDATE workspaces w SET
             desired = v.desired, generation = v.generation,
             running_cycle = v.running_cycle, running_owner = v.running_owner,
@@ -212,27 +207,25 @@ pub(crate) async fn save(
                  pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
                  window_until, pending_due_at, config_version)
          WHERE w.id = v.id",
-        &[
-            &ids,
-            &desired,
-            &generation,
-            &running_cycle,
-            &running_owner,
-            &lease_until,
-            &goal,
-            &running_generation,
-            &takeovers,
-            &pending_cycle,
-            &pending_created,
-            &urgent,
-            &burst_first,
-            &burst_last,
-            &window_until,
-            &due,
-            &config_version,
-            &now,
+        vec![
+            Box::new(ids),
+            Box::new(desired),
+            Box::new(generation),
+            Box::new(running_cycle),
+            Box::new(running_owner),
+            Box::new(lease_until),
+            Box::new(goal),
+            Box::new(running_generation),
+            Box::new(takeovers),
+            Box::new(pending_cycle),
+            Box::new(pending_created),
+            Box::new(urgent),
+            Box::new(burst_first),
+            Box::new(burst_last),
+            Box::new(window_until),
+            Box::new(due),
+            Box::new(config_version),
+            Box::new(now),
         ],
-    )
-    .await?;
-    Ok(())
+    ))
 }

@@ -4,12 +4,10 @@
 
 use deadpool_postgres::GenericClient;
 
-use tokio_postgres::types::ToSql;
-
-use super::{RowTx, Store, db, execute};
+use super::{RowTx, Store, db, write::Write};
 use crate::domain::{
-    ConfigVersion, CycleId, CycleState, Error, Event, Finish, Generation, ReplicaId, Timestamp,
-    WorkspaceId, ledger::Claim,
+    ConfigVersion, CycleId, CycleState, Error, Event, Finish, ReplicaId, Timestamp, WorkspaceId,
+    ledger::Claim,
 };
 
 /// The one fencing condition (C12, C18): the row's running cycle is this
@@ -88,120 +86,58 @@ impl Store {
             .map_err(db)?;
         Ok(held == 1)
     }
-
-    /// Records `generation`'s token hash and publishes `event` (the phase it
-    /// enters), in one statement, only if `fence` still holds.
-    pub async fn record_generation(
-        &self,
-        fence: &Fence,
-        generation: Generation,
-        token_hash: &[u8],
-        event: &Event,
-    ) -> Result<bool, Error> {
-        let now = self.clock().now();
-        let payload =
-            serde_json::to_string(event).map_err(|e| Error::Internal(format!("event: {e}")))?;
-        let (w, c, o, t) = fence.key();
-        let conn = self.conn().await?;
-        let statement = conn
-            .prepare_cached(concat!(
-                "WITH recorded AS (
-                    INSERT INTO generations (workspace_id, generation, cycle_id, token_hash, created_at)
-                    SELECT $1, $5, $2, $6, $7 FROM workspaces WHERE ",
-                held!(),
-                " ON CONFLICT (workspace_id, generation) DO UPDATE SET
-                        cycle_id = EXCLUDED.cycle_id, token_hash = EXCLUDED.token_hash,
-                        created_at = EXCLUDED.created_at, registered_at = NULL, revoked_at = NULL
-                    RETURNING 1
-                 )
-                 SELECT pg_notify($8, $9) FROM recorded"
-            ))
-            .await
-            .map_err(db)?;
-        let recorded = conn
-            .execute(
-                &statement,
-                &[
-                    &w,
-                    &c,
-                    &o,
-                    &t,
-                    &(generation.0 as i64),
-                    &token_hash,
-                    &now,
-                    &super::notify::CHANNEL,
-                    &payload,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        Ok(recorded == 1)
-    }
 }
 
 impl RowTx {
-    /// Writes the end of a cycle: status, cycle row, tokens, config removal.
-    pub async fn record_end(
+    /// Queues the end of a cycle — status, cycle row, tokens, config
+    /// removal — to go out with the transaction's `COMMIT` (or ahead of its
+    /// next statement, a follow-up's claim).
+    pub fn record_end(
         &mut self,
         claim: &Claim,
         finish: &Finish,
         served: ConfigVersion,
         now: Timestamp,
-    ) -> Result<(), Error> {
-        let tx = self.tx.client();
+    ) {
         let id = self.workspace.as_uuid();
         let status = finish.status();
         let (outcome, reason) = (finish.outcome(), finish.reason());
         let stopped = matches!(finish, Finish::Stopped | Finish::Deleted);
         let deleted = matches!(finish, Finish::Deleted);
-        let (status_name, cycle, outcome) =
-            (status.as_str(), claim.cycle.as_uuid(), outcome.as_str());
-        let workspace_row: [&(dyn ToSql + Sync); 4] = [&id, &status_name, &reason, &now];
-        let cycle_row: [&(dyn ToSql + Sync); 4] = [&cycle, &outcome, &reason, &now];
-        let revoke: [&(dyn ToSql + Sync); 2] = [&id, &now];
-        let by_workspace: [&(dyn ToSql + Sync); 1] = [&id];
-        // Independent writes, pipelined: one round trip.
-        futures::try_join!(
-            execute(
-                tx,
-                "UPDATE workspaces SET status = $2, status_reason = $3, updated_at = $4 WHERE id = $1",
-                &workspace_row,
-            ),
-            execute(
-                tx,
-                "UPDATE cycles SET state = 'ENDED', outcome = $2, reason = $3, ended_at = $4 WHERE id = $1",
-                &cycle_row,
-            ),
-            async {
-                if !stopped {
-                    return Ok(0);
-                }
-                execute(
-                    tx,
-                    "UPDATE generations SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL",
-                    &revoke,
-                )
-                .await
-            },
-            async {
-                if !deleted {
-                    return Ok(0);
-                }
-                futures::try_join!(
-                    execute(
-                        tx,
-                        "DELETE FROM secrets WHERE workspace_id = $1",
-                        &by_workspace
-                    ),
-                    execute(
-                        tx,
-                        "DELETE FROM files WHERE workspace_id = $1",
-                        &by_workspace
-                    ),
-                )
-                .map(|(a, b)| a + b)
-            },
-        )?;
+        self.queue(Write::new(
+            "UPDATE workspaces SET status = $2, status_reason = $3, updated_at = $4 WHERE id = $1",
+            vec![
+                Box::new(id),
+                Box::new(status.as_str()),
+                Box::new(reason.to_owned()),
+                Box::new(now),
+            ],
+        ));
+        self.queue(Write::new(
+            "UPDATE cycles SET state = 'ENDED', outcome = $2, reason = $3, ended_at = $4 WHERE id = $1",
+            vec![
+                Box::new(claim.cycle.as_uuid()),
+                Box::new(outcome.as_str()),
+                Box::new(reason.to_owned()),
+                Box::new(now),
+            ],
+        ));
+        if stopped {
+            self.queue(Write::new(
+                "UPDATE generations SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL",
+                vec![Box::new(id), Box::new(now)],
+            ));
+        }
+        if deleted {
+            self.queue(Write::new(
+                "DELETE FROM secrets WHERE workspace_id = $1",
+                vec![Box::new(id)],
+            ));
+            self.queue(Write::new(
+                "DELETE FROM files WHERE workspace_id = $1",
+                vec![Box::new(id)],
+            ));
+        }
         let config_version = match finish {
             Finish::Online { config_version } => *config_version,
             _ => served,
@@ -224,6 +160,5 @@ impl RowTx {
                 claim.generation,
             ),
         ]);
-        Ok(())
     }
 }

@@ -1,15 +1,18 @@
 //! The fences written in SQL (C12, C18): once another runner took a cycle
-//! over, the old runner's every write — its generation record, its phase
-//! announcements, its renewals, its end — is refused by the database, and
+//! over, the old runner's every write — its phase announcements, its
+//! renewals, its end — is refused by the database, and
 //! a refused renewal fences it off the backend at once. Each assertion
 //! goes red if the fencing condition is dropped from its statement.
 
 use std::{sync::Arc, time::Duration};
 
 use workspace_lifecycle::{
-    domain::{Finish, Phase, ReplicaId, WorkspaceId, clock::ManualClock, ledger::Timing},
+    domain::{
+        ConfigVersion, CycleId, Finish, Handling, Phase, ReplicaId, Trigger, WorkspaceId,
+        clock::ManualClock, ledger::Timing,
+    },
     engine::gate::GateKeeper,
-    store::{RowTx, Store, StoreConfig},
+    store::{GroupTx, RowTx, Store, StoreConfig, Tally, WorkspaceWrites},
 };
 
 use crate::support::{TestDb, TestServer};
@@ -83,10 +86,6 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
     assert!(new.claim().generation > old.claim().generation);
 
     assert!(
-        !old.record_generation(b"stale-token").await.unwrap(),
-        "record_generation must be fenced"
-    );
-    assert!(
         !old.phase(Phase::Provisioning).await.unwrap(),
         "phase announcements must be fenced"
     );
@@ -103,16 +102,25 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
         .unwrap();
     assert!(!finished.recorded, "the stale end must not be recorded");
 
-    let generations = sql
+    // Generations (and their agent tokens) are recorded only by claims,
+    // under the row lock: one per claim, none by the stale runner.
+    let generations: Vec<i64> = sql
         .query(
-            "SELECT generation FROM generations WHERE workspace_id = $1",
+            "SELECT generation FROM generations WHERE workspace_id = $1 ORDER BY generation",
             &[&ws.as_uuid()],
         )
         .await
-        .unwrap();
-    assert!(
-        generations.is_empty(),
-        "the stale runner recorded a generation"
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        generations,
+        [
+            old.claim().generation.0 as i64,
+            new.claim().generation.0 as i64
+        ],
+        "a generation recorded by anything but a claim"
     );
     let row = sql
         .query_one(
@@ -129,7 +137,6 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
     assert_eq!(row.get::<_, i32>(1), 1);
 
     // The new holder is not affected.
-    assert!(new.record_generation(b"fresh-token").await.unwrap());
     assert!(new.phase(Phase::Provisioning).await.unwrap());
     assert!(new.renew().await.unwrap());
     assert!(!new.fence_left().is_zero());
@@ -208,4 +215,68 @@ async fn a_row_lock_is_held_in_its_transaction_and_a_dropped_transaction_rolls_b
     )
     .await;
     assert!(try_lock().await, "the row is free again");
+}
+
+/// A transaction's last writes go out with its `COMMIT`, in one round trip.
+/// Each is prepared before any is sent, so on a connection that never
+/// prepared them none lands after the `COMMIT`, on its own: a group whose
+/// later statement fails leaves nothing behind, not even its first write.
+/// (Red when the writes prepare as they go: the `COMMIT` overtakes them and
+/// the row's new config version is left committed.)
+#[tokio::test]
+async fn writes_sent_with_the_commit_land_inside_its_transaction_even_unprepared() {
+    let db = TestDb::create().await;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let store = store_on(&db, &clock).await;
+    let sql = db.client().await;
+    let ws = WorkspaceId::new();
+    let now = workspace_lifecycle::domain::clock::Clock::now(&clock);
+    let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
+    sql.execute(
+        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
+         VALUES ($1, 'pipelined', 'process', $2, $3, $3, 'ONLINE')",
+        &[&ws.as_uuid(), &spec, &now],
+    )
+    .await
+    .unwrap();
+    let version = async || -> i64 {
+        sql.query_one(
+            "SELECT config_version FROM workspaces WHERE id = $1",
+            &[&ws.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    let before = version().await;
+
+    let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
+    let mut locked = tx.lock(&[ws], &[], true).await.unwrap();
+    let mut saved = locked.remove(&ws).expect("locked").locked;
+    saved.config_version = ConfigVersion(before as u64 + 7);
+    // Absorbed into a cycle that does not exist: the cycles statement, sent
+    // after the row's, breaks its foreign key.
+    let mut tally = Tally::default();
+    tally.count(
+        Trigger::Manual,
+        Handling::Coalesced,
+        Some(CycleId::new()),
+        "",
+    );
+    let writes = [WorkspaceWrites {
+        save: Some(saved),
+        ..WorkspaceWrites::counted(ws, tally)
+    }];
+    let failed = bounded_by(
+        Duration::from_secs(10),
+        "the group's commit answers",
+        tx.commit(&writes, now),
+    )
+    .await;
+    assert!(failed.is_err(), "a broken foreign key fails the group");
+    assert_eq!(
+        version().await,
+        before,
+        "the row's write landed outside the failed transaction"
+    );
 }
