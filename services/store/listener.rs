@@ -54,33 +54,41 @@ async fn listen_once(
     ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = store.pg_config().connect(NoTls).await?;
-    let (messages_tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = stream.next().await {
-            let stop = message.is_err();
-            if messages_tx.send(message).is_err() || stop {
+    // This task drives the connection itself and hands each notification
+    // to the bus as it reads it: no task in between, so an event reaches
+    // its subscribers one scheduling hop after Postgres sent it.
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listen_sql = format!("LISTEN {CHANNEL}");
+    let listen = client.batch_execute(&listen_sql);
+    tokio::pin!(listen);
+    loop {
+        tokio::select! {
+            listened = &mut listen => {
+                listened?;
                 break;
             }
+            message = messages.next() => match message {
+                Some(Ok(message)) => hand_over(bus, message),
+                Some(Err(err)) => return Err(err),
+                None => return Ok(()),
+            },
         }
-    });
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    }
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }
-    let result = loop {
-        match messages.recv().await {
-            Some(Ok(AsyncMessage::Notification(note))) => {
-                match serde_json::from_str::<Event>(note.payload()) {
-                    Ok(event) => bus.publish(event),
-                    Err(err) => tracing::warn!(%err, "unreadable event payload"),
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(err)) => break Err(err),
-            None => break Ok(()),
+    // `client` lives to the end: the connection lasts as long as it does.
+    while let Some(message) = messages.next().await {
+        hand_over(bus, message?);
+    }
+    Ok(())
+}
+
+fn hand_over(bus: &impl EventSink, message: AsyncMessage) {
+    if let AsyncMessage::Notification(note) = message {
+        match serde_json::from_str::<Event>(note.payload()) {
+            Ok(event) => bus.publish(event),
+            Err(err) => tracing::warn!(%err, "unreadable event payload"),
         }
-    };
-    driver.abort();
-    result
+    }
 }
