@@ -255,9 +255,11 @@ async fn execute(
         Goal::Provision => {}
     }
 
+    // Config that could not be read (read with the claim) fails this cycle.
     let snapshot = guard
-        .snapshot()
-        .ok_or_else(|| Error::Internal("provisioning cycle without config".into()))?;
+        .config()
+        .ok_or_else(|| Error::Internal("provisioning cycle without config".into()))?
+        .map_err(Error::clone)?;
     // Its hash was recorded with the claim.
     let token = guard
         .token()

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     domain::{CycleId, Error, Generation, Goal, Timestamp, WorkspaceId, clock::SharedClock},
-    store::{Locked, RowTx, Store, token_hash},
+    store::{Committed, Locked, PendingStart, RowTx, Store, token_hash},
 };
 use workspace_backends::AgentToken;
 
@@ -229,14 +229,15 @@ where
 /// The one place a cycle takes the gate (C5, C11): a fresh claim, a
 /// takeover of an expired lease, or — inside `finish` — the follow-up the
 /// ending cycle hands the gate to. Applies the ledger's `claim` to the
-/// locked row and starts the claimed cycle in the same transaction.
-pub(super) async fn claim_locked(
+/// locked row and queues the claimed cycle's start in the same transaction:
+/// it goes out with the transaction's `COMMIT`, and [`Claimed::started`]
+/// makes the guard once that committed.
+pub(super) fn claim_locked(
     tx: &mut RowTx,
     locked: &mut Locked,
     store: &Store,
     now: Timestamp,
-    sent: tokio::time::Instant,
-) -> Result<Option<LeaseGuard>, Error> {
+) -> Result<Option<Claimed>, Error> {
     let Some(claim) = locked.ledger.claim(store.replica(), now, store.timing()) else {
         return Ok(None);
     };
@@ -247,16 +248,44 @@ pub(super) async fn claim_locked(
         Goal::Stop | Goal::Delete => None,
     };
     let hash = token.as_ref().map(|token| token_hash(token.expose()));
-    let started = tx.start_claimed(&claim, hash.as_deref(), now).await?;
-    Ok(Some(LeaseGuard::started(
-        store,
-        tx.workspace(),
+    let start = tx.start_claimed(&claim, locked, hash, now);
+    Ok(Some(Claimed {
+        workspace: tx.workspace(),
         claim,
-        started,
+        start,
         token,
-        now,
-        sent,
-    )))
+    }))
+}
+
+/// A cycle claimed in a transaction that has not committed yet.
+pub(super) struct Claimed {
+    workspace: WorkspaceId,
+    claim: crate::domain::ledger::Claim,
+    start: PendingStart,
+    token: Option<AgentToken>,
+}
+
+impl Claimed {
+    /// The guard of the claimed cycle, once its transaction `committed`;
+    /// its lease was sent at `sent`.
+    pub(super) fn started(
+        self,
+        store: &Store,
+        committed: &Committed,
+        now: Timestamp,
+        sent: tokio::time::Instant,
+    ) -> Result<LeaseGuard, Error> {
+        let started = self.start.started(committed, store.sealer())?;
+        Ok(LeaseGuard::started(
+            store,
+            self.workspace,
+            self.claim,
+            started,
+            self.token,
+            now,
+            sent,
+        ))
+    }
 }
 
 /// A fresh 256-bit agent token.
@@ -284,15 +313,15 @@ impl GateKeeper<WorkspaceId> for Store {
             Err(Error::NotFound(_)) => return Ok(Claim::Lost(None)),
             Err(err) => return Err(err),
         };
-        let Some(guard) = claim_locked(&mut tx, &mut locked, self, now, sent).await? else {
+        let Some(claimed) = claim_locked(&mut tx, &mut locked, self, now)? else {
             return Ok(Claim::Lost(locked.ledger.running.map(|r| Holder {
                 cycle: r.cycle,
                 generation: r.generation,
                 goal: r.goal,
             })));
         };
-        tx.commit(Some(&locked), now).await?;
-        Ok(Claim::Won(guard))
+        let committed = tx.commit(Some(&locked), now).await?;
+        Ok(Claim::Won(claimed.started(self, &committed, now, sent)?))
     }
 }
 

@@ -23,7 +23,7 @@ pub struct LeaseGuard {
     workspace: WorkspaceId,
     claim: Claim,
     backend: BackendKind,
-    snapshot: Option<ConfigSnapshot>,
+    snapshot: Option<Result<ConfigSnapshot, Error>>,
     /// The new generation's agent token (provisioning cycles only): its
     /// hash was recorded by the claim's transaction.
     token: Option<AgentToken>,
@@ -113,7 +113,13 @@ impl LeaseGuard {
 
     /// The config to deliver (provisioning cycles only).
     pub fn snapshot(&self) -> Option<&ConfigSnapshot> {
-        self.snapshot.as_ref()
+        self.snapshot.as_ref()?.as_ref().ok()
+    }
+
+    /// The config to deliver, or why it could not be read (a provisioning
+    /// cycle fails with it); `None` for a cycle that delivers none.
+    pub fn config(&self) -> Option<Result<&ConfigSnapshot, &Error>> {
+        self.snapshot.as_ref().map(Result::as_ref)
     }
 
     /// The token the new generation's agent registers with (provisioning
@@ -231,8 +237,7 @@ impl LeaseGuard {
     }
 
     fn config_version(&self) -> ConfigVersion {
-        self.snapshot
-            .as_ref()
+        self.snapshot()
             .map(|s| s.config_version)
             .unwrap_or_default()
     }
@@ -267,10 +272,13 @@ impl LeaseGuard {
             .ledger
             .release(self.claim.cycle, store.replica(), self.claim.takeovers);
         let next = match follow_up {
-            FollowUp::Claim => gate::claim_locked(&mut tx, &mut locked, &store, now, sent).await?,
+            FollowUp::Claim => gate::claim_locked(&mut tx, &mut locked, &store, now)?,
             FollowUp::Leave => None,
         };
-        tx.commit(Some(&locked), now).await?;
+        let committed = tx.commit(Some(&locked), now).await?;
+        let next = next
+            .map(|claimed| claimed.started(&store, &committed, now, sent))
+            .transpose()?;
         self.armed = false;
         Ok(Finished {
             recorded: true,

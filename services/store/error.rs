@@ -9,18 +9,8 @@ use tokio_postgres::error::SqlState;
 use crate::domain::Error;
 
 /// Runs `sql` (prepared once per connection, then cached) with `params`;
-/// the rows it changed. Several of these joined (`futures::try_join!`) on
+/// the rows it returned. Several of these joined (`futures::try_join!`) on
 /// one transaction are pipelined: sent back to back, one round trip.
-pub(crate) async fn execute(
-    client: &impl deadpool_postgres::GenericClient,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<u64, Error> {
-    let statement = client.prepare_cached(sql).await.map_err(db)?;
-    client.execute(&statement, params).await.map_err(db)
-}
-
-/// Like [`execute`], returning the rows.
 pub(crate) async fn query(
     client: &impl deadpool_postgres::GenericClient,
     sql: &str,

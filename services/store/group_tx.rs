@@ -174,6 +174,6 @@ impl GroupTx {
     /// round trip.
     pub async fn commit(self, writes: &[WorkspaceWrites<'_>], now: Timestamp) -> Result<(), Error> {
         let statements = admission::write_group(&self.store, writes, now);
-        self.tx.commit_with(&statements).await
+        self.tx.commit_with(&statements).await.map(drop)
     }
 }

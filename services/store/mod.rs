@@ -43,14 +43,14 @@ use tokio_postgres::NoTls;
 pub use admission::{Tally, WorkspaceWrites};
 pub use agents::{AgentReport, AgentWait, Registration, token_hash};
 pub use audit::{AuditRow, RefusedRow};
-pub use claimed::{ConfigSnapshot, Started};
+pub use claimed::{ConfigSnapshot, PendingStart, Started};
 pub use config_state::{ConfigState, ConfigWrites};
 pub use cycles::CycleRecord;
 pub use drops::Peek;
 pub use group_tx::{Admitting, GroupTx};
 pub use limits::LimitCheck;
 pub use retention::Pruned;
-pub use row_tx::{Connection, Locked, RowTx};
+pub use row_tx::{Committed, Connection, Locked, RowTx};
 pub use running::Fence;
 pub use schedule::Serving;
 pub use sealing::{Sealer, SecretsKey};
@@ -65,7 +65,7 @@ use crate::{
         ledger::Timing,
     },
 };
-pub(crate) use error::{db, execute, query, row_by_id};
+pub(crate) use error::{db, query, row_by_id};
 pub use request_ids::{Claim, RequestClaim};
 
 mod embedded {

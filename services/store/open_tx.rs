@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use deadpool_postgres::Object;
+use tokio_postgres::Row;
 
 use super::{
     Connection, db,
@@ -54,18 +55,22 @@ impl OpenTx {
         self.client().batch_execute("BEGIN").await.map_err(db)
     }
 
-    /// Sends `writes` and `COMMIT` in one round trip (with `BEGIN` ahead of
-    /// them if nothing went out yet), and commits. Each write is prepared
-    /// before any is sent (`write.rs`), so none can land after the
-    /// `COMMIT`, outside the transaction; a failed write rolls them all
-    /// back (Postgres answers the `COMMIT` of a failed transaction with a
-    /// rollback, and its error is the one returned).
-    pub(super) async fn commit_with(mut self, writes: &[Write<'_>]) -> Result<(), Error> {
+    /// Sends `statements` and `COMMIT` in one round trip (with `BEGIN` ahead
+    /// of them if nothing went out yet), commits, and returns each
+    /// statement's rows. Each is prepared before any is sent (`write.rs`),
+    /// so none can land after the `COMMIT`, outside the transaction; a
+    /// failed statement rolls them all back (Postgres answers the `COMMIT`
+    /// of a failed transaction with a rollback, and its error is the one
+    /// returned).
+    pub(super) async fn commit_with(
+        mut self,
+        statements: &[Write<'_>],
+    ) -> Result<Vec<Vec<Row>>, Error> {
         let client = self.client();
         let commit = async move { client.batch_execute("COMMIT").await.map_err(db) };
-        write::pipelined(client, Box::pin(self.opening()), writes, commit).await?;
+        let rows = write::pipelined(client, Box::pin(self.opening()), statements, commit).await?;
         self.committed = true;
-        Ok(())
+        Ok(rows)
     }
 }
 

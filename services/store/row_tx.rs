@@ -29,9 +29,8 @@ pub struct RowTx {
     pub(super) store: Store,
     pub(super) workspace: WorkspaceId,
     pub(super) events: Vec<Event>,
-    /// Writes that go out with the `COMMIT`, or ahead of the next
-    /// statement (`flush`), whichever comes first: the transaction's
-    /// statements still reach Postgres in the order they were made.
+    /// Statements that go out with the `COMMIT`, in the order they were
+    /// queued (a cycle's end, then its follow-up's start).
     queued: Vec<Write<'static>>,
 }
 
@@ -62,22 +61,11 @@ impl RowTx {
         Ok(locked)
     }
 
-    /// Queues a write to go out with the `COMMIT` (or ahead of the next
-    /// statement).
-    pub(super) fn queue(&mut self, write: Write<'static>) {
-        self.queued.push(write);
-    }
-
-    /// Sends the queued writes: every method that sends a statement of its
-    /// own calls this first.
-    pub(super) async fn flush(&mut self) -> Result<(), Error> {
-        if self.queued.is_empty() {
-            return Ok(());
-        }
-        let queued = std::mem::take(&mut self.queued);
-        let client = self.tx.client();
-        futures::future::try_join_all(queued.iter().map(|write| write.execute(client))).await?;
-        Ok(())
+    /// Queues a statement to go out with the `COMMIT`; its rows are
+    /// [`Committed::rows`] of the returned place.
+    pub(super) fn queue(&mut self, statement: Write<'static>) -> Queued {
+        self.queued.push(statement);
+        Queued(self.queued.len() - 1)
     }
 
     /// Queues events, published when the transaction commits.
@@ -86,20 +74,38 @@ impl RowTx {
     }
 
     /// Writes `save` (if given) back to the row — with when its follow-up is
-    /// due, for the scheduler — sends the queued events, and commits: the
-    /// row, the events and the `COMMIT` in one pipelined round trip.
-    pub async fn commit(self, save: Option<&Locked>, now: Timestamp) -> Result<(), Error> {
+    /// due, for the scheduler — sends the queued statements and events, and
+    /// commits: all of it and the `COMMIT` in one pipelined round trip.
+    pub async fn commit(self, save: Option<&Locked>, now: Timestamp) -> Result<Committed, Error> {
         let timing = self.store.timing();
         let rows: Vec<rows::Save<'_>> = save
             .into_iter()
             .map(|locked| rows::Save::of(self.workspace, locked, timing))
             .collect();
-        let writes: Vec<Write<'_>> = self
+        let statements: Vec<Write<'_>> = self
             .queued
             .into_iter()
             .chain(rows::save(&rows, now))
             .chain(notify::publish(&self.events))
             .collect();
-        self.tx.commit_with(&writes).await
+        let rows = self.tx.commit_with(&statements).await?;
+        Ok(Committed { rows })
+    }
+}
+
+/// Where a queued statement's rows are in [`Committed`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Queued(usize);
+
+/// A committed [`RowTx`]: what its queued statements returned.
+#[derive(Debug)]
+pub struct Committed {
+    rows: Vec<Vec<tokio_postgres::Row>>,
+}
+
+impl Committed {
+    /// The rows of the statement queued at `at`.
+    pub(super) fn rows(&self, at: Queued) -> &[tokio_postgres::Row] {
+        self.rows.get(at.0).map_or(&[], Vec::as_slice)
     }
 }

@@ -1,6 +1,6 @@
-//! A write statement built whole before anything is sent, so a
-//! transaction's last writes and its `COMMIT` can go out in one round trip
-//! without any of them landing after the `COMMIT` (`OpenTx::commit_with`).
+//! A statement built whole before anything is sent, so a transaction's last
+//! writes (and reads) and its `COMMIT` can go out in one round trip without
+//! any of them landing after the `COMMIT` (`OpenTx::commit_with`).
 //! Contracts: C13 (nothing acknowledged before it is durable; nothing
 //! written outside its transaction).
 //!
@@ -18,7 +18,7 @@ use std::{
 
 use deadpool_postgres::GenericClient;
 use futures::future::BoxFuture;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, types::ToSql};
 
 use super::db;
 use crate::domain::Error;
@@ -26,7 +26,8 @@ use crate::domain::Error;
 /// A parameter a [`Write`] owns (or borrows from what the caller decided).
 pub(super) type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
 
-/// One statement and its parameters, not yet sent.
+/// One statement and its parameters, not yet sent (a write, or a read
+/// whose rows come back with the `COMMIT`'s answer).
 pub(super) struct Write<'a> {
     sql: &'static str,
     params: Vec<Param<'a>>,
@@ -38,12 +39,6 @@ impl<'a> Write<'a> {
         Self { sql, params }
     }
 
-    /// Runs it on its own (prepared once per connection, then cached).
-    pub(super) async fn execute(&self, client: &impl GenericClient) -> Result<u64, Error> {
-        let statement = client.prepare_cached(self.sql).await.map_err(db)?;
-        client.execute(&statement, &self.params()).await.map_err(db)
-    }
-
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
             .iter()
@@ -52,63 +47,79 @@ impl<'a> Write<'a> {
     }
 }
 
-/// Sends `writes` and then `last` in one round trip: every statement is
-/// prepared first (a cache hit costs no round trip), then each is sent in
-/// order, `last` (the `COMMIT`) behind them. A write that fails before it
-/// is sent stops the rest from being sent.
+/// Sends `statements` and then `last` in one round trip, and returns each
+/// statement's rows (none for a write without `RETURNING`): every statement
+/// is prepared first (a cache hit costs no round trip), then each is sent
+/// in order, `last` (the `COMMIT`) behind them. A statement that fails
+/// before it is sent stops the rest from being sent.
 pub(super) async fn pipelined<'c, C, L>(
     client: &'c C,
     first: BoxFuture<'c, Result<(), Error>>,
-    writes: &'c [Write<'_>],
+    statements: &'c [Write<'_>],
     last: L,
-) -> Result<(), Error>
+) -> Result<Vec<Vec<Row>>, Error>
 where
     C: GenericClient + Sync,
     L: Future<Output = Result<(), Error>> + Send + 'c,
 {
-    let statements =
-        futures::future::try_join_all(writes.iter().map(|write| client.prepare_cached(write.sql)))
-            .await
-            .map_err(db)?;
-    let mut steps: Vec<BoxFuture<'_, Result<(), Error>>> = Vec::with_capacity(writes.len() + 2);
-    steps.push(first);
-    for (statement, write) in statements.iter().zip(writes) {
+    let prepared = futures::future::try_join_all(
+        statements
+            .iter()
+            .map(|statement| client.prepare_cached(statement.sql)),
+    )
+    .await
+    .map_err(db)?;
+    let none = |done: Result<(), Error>| done.map(|()| Vec::new());
+    let mut steps: Vec<BoxFuture<'_, Result<Vec<Row>, Error>>> =
+        Vec::with_capacity(statements.len() + 2);
+    steps.push(Box::pin(async move { none(first.await) }));
+    for (prepared, statement) in prepared.iter().zip(statements) {
         steps.push(Box::pin(async move {
             client
-                .execute(statement, &write.params())
+                .query(prepared, &statement.params())
                 .await
-                .map(drop)
                 .map_err(db)
         }));
     }
-    steps.push(Box::pin(last));
-    InOrder::new(steps).await
+    steps.push(Box::pin(async move { none(last.await) }));
+    let mut rows = InOrder::new(steps).await?;
+    // What `first` and `last` answered.
+    rows.pop();
+    rows.remove(0);
+    Ok(rows)
 }
 
 /// Polls its futures in their order on every pass, until all are done or
-/// one fails. A statement future sends its message on its first poll, so
-/// the messages reach Postgres in this order.
-struct InOrder<'f> {
-    steps: Vec<Option<BoxFuture<'f, Result<(), Error>>>>,
+/// one fails, and returns their outputs in that order. A statement future
+/// sends its message on its first poll, so the messages reach Postgres in
+/// this order.
+struct InOrder<'f, T> {
+    steps: Vec<Option<BoxFuture<'f, Result<T, Error>>>>,
+    outputs: Vec<Option<T>>,
 }
 
-impl<'f> InOrder<'f> {
-    fn new(steps: Vec<BoxFuture<'f, Result<(), Error>>>) -> Self {
+impl<'f, T> InOrder<'f, T> {
+    fn new(steps: Vec<BoxFuture<'f, Result<T, Error>>>) -> Self {
         Self {
+            outputs: steps.iter().map(|_| None).collect(),
             steps: steps.into_iter().map(Some).collect(),
         }
     }
 }
 
-impl Future for InOrder<'_> {
-    type Output = Result<(), Error>;
+impl<T: Unpin> Future for InOrder<'_, T> {
+    type Output = Result<Vec<T>, Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
         let mut pending = false;
-        for step in self.steps.iter_mut() {
+        for (step, output) in this.steps.iter_mut().zip(this.outputs.iter_mut()) {
             let Some(future) = step else { continue };
             match future.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) => *step = None,
+                Poll::Ready(Ok(done)) => {
+                    *output = Some(done);
+                    *step = None;
+                }
                 // The steps after it are not polled: if they were never
                 // sent, they never will be.
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
@@ -116,9 +127,12 @@ impl Future for InOrder<'_> {
             }
         }
         if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(()))
+            return Poll::Pending;
         }
+        Poll::Ready(Ok(this
+            .outputs
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect()))
     }
 }
