@@ -684,3 +684,41 @@ async fn a_callers_deadline_is_honoured() {
     tx.rollback().await.unwrap();
     s.shutdown().await;
 }
+
+/// A secret the configured key cannot open (the key was changed, or the
+/// sealed value was tampered with) fails the cycle that was to deliver it,
+/// with a reason that names the secret and never a value, and the gate is
+/// free again: the next restart is admitted and fails the same way, none
+/// waits forever. (Before, the claim itself failed on it: the restart was
+/// answered as deferred and the scheduler retried the claim without end.)
+#[tokio::test]
+async fn a_secret_the_key_cannot_open_fails_its_cycle_and_frees_the_gate() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("unopenable").await;
+    let value = "sk-value-that-must-never-be-shown";
+    s.set_secret(ws, "API_KEY", value).await;
+    let db = s.db.client().await;
+    let tampered = db
+        .execute(
+            "UPDATE secrets SET value = set_byte(value, 0, get_byte(value, 0) # 1)
+             WHERE workspace_id = $1",
+            &[&ws.as_uuid()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tampered, 1);
+    for attempt in 1..=2 {
+        let events = s.restart(ws, pb::Trigger::Manual).await;
+        let pb::restart_event::Event::Failed(failed) = last(&events) else {
+            panic!("attempt {attempt}: the cycle must fail, got {events:?}");
+        };
+        assert!(
+            failed.reason.contains("API_KEY") && failed.reason.contains("cannot be opened"),
+            "attempt {attempt}: the reason names the secret: {:?}",
+            failed.reason
+        );
+        assert!(!failed.reason.contains(value), "a secret value leaked");
+    }
+    assert_eq!(s.get(ws).await.status, pb::WorkspaceStatus::Failed as i32);
+    s.shutdown().await;
+}
