@@ -5,15 +5,22 @@
 
 use deadpool_postgres::GenericClient as _;
 use sha2::{Digest, Sha256};
-use tokio_postgres::types::ToSql;
 
-use super::{Store, db, notify, open_tx::OpenTx};
+use super::{Store, db, notify};
 use crate::domain::Error;
 use crate::domain::Event;
 use crate::{
     domain::EventKind,
     domain::{ConfigVersion, Generation, Timestamp, WorkspaceId},
 };
+
+/// Where an agent event's generation sits in its payload (a Postgres
+/// `jsonb` path), for registration to fill in.
+macro_rules! agent_generation_path {
+    () => {
+        "{kind,Agent,generation}"
+    };
+}
 
 /// The hash under which a token is stored and looked up.
 pub fn token_hash(token: &str) -> Vec<u8> {
@@ -63,13 +70,23 @@ impl Store {
         report: &AgentReport,
     ) -> Result<(WorkspaceId, Generation), Error> {
         let now = self.clock().now();
-        // Two round trips: `BEGIN` with the update, the event with the
-        // `COMMIT` (`open_tx.rs`).
-        let tx = OpenTx::new(self.conn().await?);
-        let statement = tx
-            .client()
-            .prepare_cached(
-                "UPDATE generations g SET registered_at = $2, reported_config_version = $3,
+        // The event, its generation filled in by Postgres from the row the
+        // token names: one statement, committed on its own, one round trip.
+        let template = notify::payload(&Event {
+            workspace,
+            at: now,
+            kind: EventKind::Agent {
+                generation: Generation(0),
+                config_version: report.config_version,
+                endpoint: report.endpoint.clone(),
+            },
+        })
+        .ok_or_else(|| Error::Internal("an agent event that cannot be sent".into()))?;
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(concat!(
+                "WITH registered AS (
+                    UPDATE generations g SET registered_at = $2, reported_config_version = $3,
                         endpoint = $4, secret_names = $5, file_paths = $6, last_heartbeat_at = $2,
                         -- Checked against what this generation was handed.
                         report_mismatch = coalesce((
@@ -78,44 +95,39 @@ impl Store {
                             FROM cycles c
                             WHERE c.id = g.cycle_id AND c.config_version IS DISTINCT FROM $3::bigint
                         ), '')
-                 FROM workspaces w
-                 WHERE g.token_hash = $1 AND g.revoked_at IS NULL AND w.id = g.workspace_id
-                   AND w.generation = g.generation AND w.desired <> 'deleted'
-                   AND g.workspace_id = $7
-                 RETURNING g.workspace_id, g.generation",
-            )
+                    FROM workspaces w
+                    WHERE g.token_hash = $1 AND g.revoked_at IS NULL AND w.id = g.workspace_id
+                      AND w.generation = g.generation AND w.desired <> 'deleted'
+                      AND g.workspace_id = $7
+                    RETURNING g.generation
+                 )
+                 SELECT generation,
+                        pg_notify($8, jsonb_set($9::text::jsonb, '",
+                agent_generation_path!(),
+                "', to_jsonb(generation))::text)
+                 FROM registered"
+            ))
             .await
             .map_err(db)?;
-        let hash = token_hash(token);
-        let version = report.config_version.0 as i64;
-        let id = workspace.as_uuid();
-        let params: [&(dyn ToSql + Sync); 7] = [
-            &hash,
-            &now,
-            &version,
-            &report.endpoint,
-            &report.secret_names,
-            &report.file_paths,
-            &id,
-        ];
-        let ((), row) = futures::try_join!(tx.opening(), async {
-            tx.client().query_opt(&statement, &params).await.map_err(db)
-        })?;
-        // Refused: the transaction is dropped and rolls back.
-        let row = row.ok_or_else(refused)?;
-        let workspace = WorkspaceId::from(row.get::<_, uuid::Uuid>(0));
-        let generation = Generation(row.get::<_, i64>(1) as u64);
-        let registered = notify::publish(&[Event {
-            workspace,
-            at: now,
-            kind: EventKind::Agent {
-                generation,
-                config_version: report.config_version,
-                endpoint: report.endpoint.clone(),
-            },
-        }]);
-        tx.commit_with(registered.as_slice()).await?;
-        Ok((workspace, generation))
+        let row = conn
+            .query_opt(
+                &statement,
+                &[
+                    &token_hash(token),
+                    &now,
+                    &(report.config_version.0 as i64),
+                    &report.endpoint,
+                    &report.secret_names,
+                    &report.file_paths,
+                    &workspace.as_uuid(),
+                    &notify::CHANNEL,
+                    &template,
+                ],
+            )
+            .await
+            .map_err(db)?
+            .ok_or_else(refused)?;
+        Ok((workspace, Generation(row.get::<_, i64>(0) as u64)))
     }
 
     /// Records a heartbeat, under the same rule as registration.
@@ -190,4 +202,32 @@ impl Store {
 
 fn refused() -> Error {
     Error::Unauthenticated("agent token is not valid for the current generation".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The path registration writes the generation to is where an agent
+    /// event's generation is: red if the event's shape moves it.
+    #[test]
+    fn the_agent_events_generation_sits_where_registration_fills_it_in() {
+        let event = Event {
+            workspace: WorkspaceId::new(),
+            at: chrono::Utc::now(),
+            kind: EventKind::Agent {
+                generation: Generation(7),
+                config_version: ConfigVersion(3),
+                endpoint: "http://10.0.0.1:7000".into(),
+            },
+        };
+        let payload: serde_json::Value =
+            serde_json::from_str(&notify::payload(&event).unwrap()).unwrap();
+        let pointer: String = agent_generation_path!()
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(',')
+            .map(|key| format!("/{key}"))
+            .collect();
+        assert_eq!(payload.pointer(&pointer), Some(&serde_json::json!(7)));
+    }
 }

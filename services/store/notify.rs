@@ -19,7 +19,7 @@ const CUT_TEXT: usize = 1000;
 
 /// The event as a payload that fits: texts cut if needed, else a resync,
 /// which makes every listener re-read what it follows from the database.
-fn payload(event: &Event) -> Option<String> {
+pub(super) fn payload(event: &Event) -> Option<String> {
     let whole = serde_json::to_string(event).ok()?;
     if whole.len() <= MAX_PAYLOAD {
         return Some(whole);
