@@ -279,13 +279,15 @@ async fn execute(
     };
     // The Provisioning phase is announced while the backend starts, and
     // before the next phase: both must succeed (a fenced write is a lost
-    // lease).
-    let started = futures::try_join!(
+    // lease). The start is never cut short by the write: a half-made
+    // instance would be left behind.
+    let (entered, started) = futures::join!(
         enter(guard, Phase::Provisioning),
         bounded(guard, backend.start(&launch)).instrument(trace.phase("provision")),
     );
     drop(launch);
     started?;
+    entered?;
     // The phase is written while the agent boots, not before: the write
     // costs the cycle nothing then. Both must succeed (a fenced write is a
     // lost lease); `Online` is recorded only after both, so it still
