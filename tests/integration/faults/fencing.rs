@@ -41,6 +41,39 @@ async fn store_on(db: &TestDb, clock: &ManualClock) -> Store {
     store
 }
 
+/// A database with one ONLINE workspace row named `name`, written directly.
+struct OnlineRow {
+    db: TestDb,
+    store: Store,
+    sql: tokio_postgres::Client,
+    ws: WorkspaceId,
+    now: workspace_lifecycle::domain::Timestamp,
+}
+
+async fn online_row(name: &str) -> OnlineRow {
+    let db = TestDb::create().await;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let store = store_on(&db, &clock).await;
+    let sql = db.client().await;
+    let ws = WorkspaceId::new();
+    let now = workspace_lifecycle::domain::clock::Clock::now(&clock);
+    let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
+    sql.execute(
+        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
+         VALUES ($1, $4, 'process', $2, $3, $3, 'ONLINE')",
+        &[&ws.as_uuid(), &spec, &now, &name],
+    )
+    .await
+    .unwrap();
+    OnlineRow {
+        db,
+        store,
+        sql,
+        ws,
+        now,
+    }
+}
+
 #[tokio::test]
 async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
     let db = TestDb::create().await;
@@ -155,20 +188,13 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
 /// connection serves anyone else.
 #[tokio::test]
 async fn a_row_lock_is_held_in_its_transaction_and_a_dropped_transaction_rolls_back() {
-    let db = TestDb::create().await;
-    let clock = ManualClock::new(chrono::Utc::now());
-    let store = store_on(&db, &clock).await;
-    let sql = db.client().await;
-    let ws = WorkspaceId::new();
-    let now = workspace_lifecycle::domain::clock::Clock::now(&clock);
-    let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
-    sql.execute(
-        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
-         VALUES ($1, 'locked', 'process', $2, $3, $3, 'ONLINE')",
-        &[&ws.as_uuid(), &spec, &now],
-    )
-    .await
-    .unwrap();
+    let OnlineRow {
+        db: _db,
+        store,
+        sql,
+        ws,
+        now,
+    } = online_row("locked").await;
     let try_lock = async || {
         sql.batch_execute("BEGIN").await.unwrap();
         let got = sql
@@ -225,20 +251,13 @@ async fn a_row_lock_is_held_in_its_transaction_and_a_dropped_transaction_rolls_b
 /// the row's new config version is left committed.)
 #[tokio::test]
 async fn writes_sent_with_the_commit_land_inside_its_transaction_even_unprepared() {
-    let db = TestDb::create().await;
-    let clock = ManualClock::new(chrono::Utc::now());
-    let store = store_on(&db, &clock).await;
-    let sql = db.client().await;
-    let ws = WorkspaceId::new();
-    let now = workspace_lifecycle::domain::clock::Clock::now(&clock);
-    let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
-    sql.execute(
-        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
-         VALUES ($1, 'pipelined', 'process', $2, $3, $3, 'ONLINE')",
-        &[&ws.as_uuid(), &spec, &now],
-    )
-    .await
-    .unwrap();
+    let OnlineRow {
+        db: _db,
+        store,
+        sql,
+        ws,
+        now,
+    } = online_row("pipelined").await;
     let version = async || -> i64 {
         sql.query_one(
             "SELECT config_version FROM workspaces WHERE id = $1",
