@@ -193,7 +193,7 @@ async fn a_row_lock_is_held_in_its_transaction_and_a_dropped_transaction_rolls_b
         store,
         sql,
         ws,
-        now,
+        ..
     } = online_row("locked").await;
     let try_lock = async || {
         sql.batch_execute("BEGIN").await.unwrap();
