@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::{
-    Locked, Store, audit, audit::AuditRow, config_state::ConfigWrites, notify, rows, write::Write,
+    Locked, Store, audit, audit::AuditRow, config_state::ConfigWrites, notify, rows,
+    statement::Statement,
 };
 use crate::{
     domain::{
@@ -89,7 +90,7 @@ pub(super) fn write_group<'a>(
     store: &Store,
     writes: &'a [WorkspaceWrites<'a>],
     now: Timestamp,
-) -> Vec<Write<'a>> {
+) -> Vec<Statement<'a>> {
     let saves: Vec<rows::Save<'a>> = writes
         .iter()
         .filter_map(|w| {
@@ -122,7 +123,7 @@ pub(super) fn write_group<'a>(
 }
 
 /// The secrets set, for every workspace.
-fn set_secrets<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<Write<'a>> {
+fn set_secrets<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<Statement<'a>> {
     let (mut workspaces, mut names, mut values, mut nonces) = (vec![], vec![], vec![], vec![]);
     for w in writes {
         for (name, sealed) in &w.config.secrets {
@@ -135,7 +136,7 @@ fn set_secrets<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<
         }
     }
     (!workspaces.is_empty()).then(|| {
-        Write::new(
+        Statement::new(
             "INSERT INTO secrets (workspace_id, name, value, nonce, updated_at)
              SELECT w, n, v, nonce, $5 FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[])
                AS t (w, n, v, nonce)
@@ -153,10 +154,10 @@ fn set_secrets<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<
 }
 
 /// The secrets deleted, for every workspace.
-fn delete_secrets<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Write<'a>> {
+fn delete_secrets<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Statement<'a>> {
     let (workspaces, names) = deleted(writes, |config| &config.secrets);
     (!workspaces.is_empty()).then(|| {
-        Write::new(
+        Statement::new(
             "DELETE FROM secrets s USING unnest($1::uuid[], $2::text[]) AS d (w, n)
              WHERE s.workspace_id = d.w AND s.name = d.n",
             vec![Box::new(workspaces), Box::new(names)],
@@ -165,7 +166,7 @@ fn delete_secrets<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Write<'a>> {
 }
 
 /// The files written, for every workspace.
-fn write_files<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<Write<'a>> {
+fn write_files<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<Statement<'a>> {
     let (mut workspaces, mut paths, mut contents) = (vec![], vec![], vec![]);
     for w in writes {
         for (path, content) in &w.config.files {
@@ -177,7 +178,7 @@ fn write_files<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<
         }
     }
     (!workspaces.is_empty()).then(|| {
-        Write::new(
+        Statement::new(
             "INSERT INTO files (workspace_id, path, content, updated_at)
              SELECT w, p, c, $4 FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS t (w, p, c)
              ON CONFLICT (workspace_id, path) DO UPDATE
@@ -193,10 +194,10 @@ fn write_files<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<
 }
 
 /// The files deleted, for every workspace.
-fn delete_files<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Write<'a>> {
+fn delete_files<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Statement<'a>> {
     let (workspaces, paths) = deleted(writes, |config| &config.files);
     (!workspaces.is_empty()).then(|| {
-        Write::new(
+        Statement::new(
             "DELETE FROM files f USING unnest($1::uuid[], $2::text[]) AS d (w, p)
              WHERE f.workspace_id = d.w AND f.path = d.p",
             vec![Box::new(workspaces), Box::new(paths)],
@@ -224,7 +225,7 @@ fn deleted<'a, V: 'a>(
 /// New cycles and the triggers they absorbed, for every workspace: one
 /// statement (the triggers' foreign key is checked at its end, when the
 /// cycles it inserted are there).
-fn write_cycles<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<Write<'a>> {
+fn write_cycles<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option<Statement<'a>> {
     let (mut ids, mut workspaces, mut traces, mut parents) = (vec![], vec![], vec![], vec![]);
     let (mut cycles, mut triggers, mut counts) = (vec![], vec![], vec![]);
     for w in writes {
@@ -243,7 +244,7 @@ fn write_cycles<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option
     if ids.is_empty() && cycles.is_empty() {
         return None;
     }
-    Some(Write::new(
+    Some(Statement::new(
         "WITH opened AS (
              INSERT INTO cycles (id, workspace_id, state, created_at, trace_id, parent_span_id)
              SELECT cycle, w, 'PENDING', $5, trace, parent
@@ -266,7 +267,7 @@ fn write_cycles<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option
 }
 
 /// Adds to the per-trigger counters of every workspace: one statement.
-fn write_stats<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Write<'a>> {
+fn write_stats<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Statement<'a>> {
     let mut workspaces: Vec<Uuid> = Vec::new();
     let mut triggers = Vec::new();
     let mut columns: [Vec<i64>; Handling::COUNT] = Default::default();
@@ -283,7 +284,7 @@ fn write_stats<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Write<'a>> {
         return None;
     }
     let [accepted, coalesced, deferred, dropped] = columns;
-    Some(Write::new(
+    Some(Statement::new(
         "INSERT INTO trigger_stats (workspace_id, trigger, accepted, coalesced, deferred, dropped)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
          ON CONFLICT (workspace_id, trigger) DO UPDATE SET

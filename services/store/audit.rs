@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use super::{db, write::Write};
+use super::{db, statement::Statement};
 use crate::domain::{
     Error, Timestamp, Trigger, WorkspaceId,
     change::{Audited, Change, Creation},
@@ -57,7 +57,7 @@ fn detail(row: &AuditRow<'_>) -> serde_json::Value {
 pub(super) fn record<'a>(
     rows: &[(WorkspaceId, AuditRow<'a>)],
     now: Timestamp,
-) -> Option<Write<'a>> {
+) -> Option<Statement<'a>> {
     if rows.is_empty() {
         return None;
     }
@@ -65,7 +65,7 @@ pub(super) fn record<'a>(
     let actors: Vec<&'a str> = rows.iter().map(|(_, r)| r.by.actor.as_str()).collect();
     let actions: Vec<&'a str> = rows.iter().map(|(_, r)| r.by.action).collect();
     let details: Vec<serde_json::Value> = rows.iter().map(|(_, r)| detail(r)).collect();
-    Some(Write::new(
+    Some(Statement::new(
         "INSERT INTO audit_log (at, actor, action, workspace_id, detail)
          SELECT $1, actor, action, w, detail
          FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[]) AS t(w, actor, action, detail)",

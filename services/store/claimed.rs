@@ -13,7 +13,7 @@ use super::{
     Locked, RowTx, Sealer,
     row_tx::{Committed, Queued},
     rows::parse,
-    write::Write,
+    statement::Statement,
 };
 use crate::{
     domain::{
@@ -89,7 +89,7 @@ impl RowTx {
         let config_version = (claim.goal == Goal::Provision).then_some(locked.config_version);
         let version = config_version.map(|v| v.0 as i64);
         let cycle = claim.cycle.as_uuid();
-        let row = self.queue(Write::new(
+        let row = self.queue(Statement::new(
             "UPDATE workspaces SET status = $2, status_reason = '', updated_at = $3,
                 served_config_version = coalesce($4, served_config_version)
              WHERE id = $1 RETURNING backend, spec",
@@ -100,7 +100,7 @@ impl RowTx {
                 Box::new(version),
             ],
         ));
-        let marked = self.queue(Write::new(
+        let marked = self.queue(Statement::new(
             "UPDATE cycles SET state = 'RUNNING', goal = $2, generation = $3,
                 config_version = $4, started_at = coalesce(started_at, $5), takeovers = $6
              WHERE id = $1
@@ -114,17 +114,17 @@ impl RowTx {
                 Box::new(claim.takeovers as i32),
             ],
         ));
-        let absorbed = self.queue(Write::new(
+        let absorbed = self.queue(Statement::new(
             "SELECT trigger, count FROM cycle_triggers WHERE cycle_id = $1",
             vec![Box::new(cycle)],
         ));
         let config = config_version.map(|_| {
             (
-                self.queue(Write::new(
+                self.queue(Statement::new(
                     "SELECT name, value, nonce FROM secrets WHERE workspace_id = $1",
                     vec![Box::new(id)],
                 )),
-                self.queue(Write::new(
+                self.queue(Statement::new(
                     "SELECT path, content FROM files WHERE workspace_id = $1",
                     vec![Box::new(id)],
                 )),
@@ -132,7 +132,7 @@ impl RowTx {
         });
         if let Some(hash) = token_hash {
             // A generation redone (a takeover) starts afresh.
-            self.queue(Write::new(
+            self.queue(Statement::new(
                 "INSERT INTO generations (workspace_id, generation, cycle_id, token_hash, created_at)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (workspace_id, generation) DO UPDATE SET

@@ -32,8 +32,8 @@ mod running;
 mod schedule;
 pub mod sealing;
 mod standings;
+mod statement;
 mod workspaces;
-mod write;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 

@@ -2,7 +2,7 @@
 //! so listeners hear only of committed changes, in commit order.
 //! Contracts: C14, C20.
 
-use super::write::Write;
+use super::statement::Statement;
 use crate::domain::{Event, EventKind};
 
 /// The channel every replica listens on.
@@ -57,12 +57,12 @@ fn shorten(text: &mut String) {
 
 /// The statement that queues `events` for delivery when the surrounding
 /// transaction commits; `None` when there is nothing to send.
-pub(super) fn publish(events: &[Event]) -> Option<Write<'static>> {
+pub(super) fn publish(events: &[Event]) -> Option<Statement<'static>> {
     if events.is_empty() {
         return None;
     }
     let payloads: Vec<String> = events.iter().filter_map(payload).collect();
-    Some(Write::new(
+    Some(Statement::new(
         "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
         vec![Box::new(CHANNEL), Box::new(payloads)],
     ))

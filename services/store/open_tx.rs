@@ -14,7 +14,7 @@ use tokio_postgres::Row;
 
 use super::{
     Connection, db,
-    write::{self, Write},
+    statement::{self, Statement},
 };
 use crate::domain::Error;
 
@@ -57,18 +57,19 @@ impl OpenTx {
 
     /// Sends `statements` and `COMMIT` in one round trip (with `BEGIN` ahead
     /// of them if nothing went out yet), commits, and returns each
-    /// statement's rows. Each is prepared before any is sent (`write.rs`),
+    /// statement's rows. Each is prepared before any is sent (`statement.rs`),
     /// so none can land after the `COMMIT`, outside the transaction; a
     /// failed statement rolls them all back (Postgres answers the `COMMIT`
     /// of a failed transaction with a rollback, and its error is the one
     /// returned).
     pub(super) async fn commit_with(
         mut self,
-        statements: &[Write<'_>],
+        statements: &[Statement<'_>],
     ) -> Result<Vec<Vec<Row>>, Error> {
         let client = self.client();
         let commit = async move { client.batch_execute("COMMIT").await.map_err(db) };
-        let rows = write::pipelined(client, Box::pin(self.opening()), statements, commit).await?;
+        let rows =
+            statement::pipelined(client, Box::pin(self.opening()), statements, commit).await?;
         self.committed = true;
         Ok(rows)
     }

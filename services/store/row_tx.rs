@@ -7,7 +7,7 @@
 
 use deadpool_postgres::Object;
 
-use super::{Store, notify, open_tx::OpenTx, rows, write::Write};
+use super::{Store, notify, open_tx::OpenTx, rows, statement::Statement};
 use crate::domain::{ConfigVersion, Error, Event, Timestamp, WorkspaceId, ledger::Ledger};
 
 /// A pooled connection; a [`RowTx`] owns it for its transaction.
@@ -31,7 +31,7 @@ pub struct RowTx {
     pub(super) events: Vec<Event>,
     /// Statements that go out with the `COMMIT`, in the order they were
     /// queued (a cycle's end, then its follow-up's start).
-    queued: Vec<Write<'static>>,
+    queued: Vec<Statement<'static>>,
 }
 
 impl RowTx {
@@ -63,7 +63,7 @@ impl RowTx {
 
     /// Queues a statement to go out with the `COMMIT`; its rows are
     /// [`Committed::rows`] of the returned place.
-    pub(super) fn queue(&mut self, statement: Write<'static>) -> Queued {
+    pub(super) fn queue(&mut self, statement: Statement<'static>) -> Queued {
         self.queued.push(statement);
         Queued(self.queued.len() - 1)
     }
@@ -82,7 +82,7 @@ impl RowTx {
             .into_iter()
             .map(|locked| rows::Save::of(self.workspace, locked, timing))
             .collect();
-        let statements: Vec<Write<'_>> = self
+        let statements: Vec<Statement<'_>> = self
             .queued
             .into_iter()
             .chain(rows::save(&rows, now))

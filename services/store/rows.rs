@@ -6,7 +6,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{db, row_tx::Locked, write::Write};
+use super::{db, row_tx::Locked, statement::Statement};
 use crate::domain::Error;
 use crate::{
     domain::ledger::{Burst, Ledger, Pending, Running, Timing},
@@ -150,7 +150,7 @@ impl<'l> Save<'l> {
 
 /// The statement that writes the ledgers (and config versions) back to
 /// their locked rows, all of them at once; `None` when there are none.
-pub(crate) fn save<'a>(rows: &[Save<'a>], now: Timestamp) -> Option<Write<'a>> {
+pub(crate) fn save<'a>(rows: &[Save<'a>], now: Timestamp) -> Option<Statement<'a>> {
     if rows.is_empty() {
         return None;
     }
@@ -187,7 +187,7 @@ pub(crate) fn save<'a>(rows: &[Save<'a>], now: Timestamp) -> Option<Write<'a>> {
         .iter()
         .map(|r| r.locked.config_version.0 as i64)
         .collect();
-    Some(Write::new(
+    Some(Statement::new(
         "UPDATE workspaces w SET
             desired = v.desired, generation = v.generation,
             running_cycle = v.running_cycle, running_owner = v.running_owner,

@@ -4,7 +4,7 @@
 
 use deadpool_postgres::GenericClient;
 
-use super::{RowTx, Store, db, write::Write};
+use super::{RowTx, Store, db, statement::Statement};
 use crate::domain::{
     ConfigVersion, CycleId, CycleState, Error, Event, Finish, ReplicaId, Timestamp, WorkspaceId,
     ledger::Claim,
@@ -104,7 +104,7 @@ impl RowTx {
         let (outcome, reason) = (finish.outcome(), finish.reason());
         let stopped = matches!(finish, Finish::Stopped | Finish::Deleted);
         let deleted = matches!(finish, Finish::Deleted);
-        self.queue(Write::new(
+        self.queue(Statement::new(
             "UPDATE workspaces SET status = $2, status_reason = $3, updated_at = $4 WHERE id = $1",
             vec![
                 Box::new(id),
@@ -113,7 +113,7 @@ impl RowTx {
                 Box::new(now),
             ],
         ));
-        self.queue(Write::new(
+        self.queue(Statement::new(
             "UPDATE cycles SET state = 'ENDED', outcome = $2, reason = $3, ended_at = $4 WHERE id = $1",
             vec![
                 Box::new(claim.cycle.as_uuid()),
@@ -123,17 +123,17 @@ impl RowTx {
             ],
         ));
         if stopped {
-            self.queue(Write::new(
+            self.queue(Statement::new(
                 "UPDATE generations SET revoked_at = $2 WHERE workspace_id = $1 AND revoked_at IS NULL",
                 vec![Box::new(id), Box::new(now)],
             ));
         }
         if deleted {
-            self.queue(Write::new(
+            self.queue(Statement::new(
                 "DELETE FROM secrets WHERE workspace_id = $1",
                 vec![Box::new(id)],
             ));
-            self.queue(Write::new(
+            self.queue(Statement::new(
                 "DELETE FROM files WHERE workspace_id = $1",
                 vec![Box::new(id)],
             ));

@@ -7,8 +7,8 @@
 //! Why the split: a write that prepares its statement as it goes is sent
 //! only when the `Parse` came back — after a `COMMIT` pipelined behind it
 //! on a connection whose statement cache is cold, so it would run on its
-//! own, outside the transaction. A [`Write`] is only text and parameters;
-//! whoever sends it prepares first and sends second.
+//! own, outside the transaction. A [`Statement`] is only text and
+//! parameters; whoever sends it prepares first and sends second.
 
 use std::{
     future::Future,
@@ -23,17 +23,17 @@ use tokio_postgres::{Row, types::ToSql};
 use super::db;
 use crate::domain::Error;
 
-/// A parameter a [`Write`] owns (or borrows from what the caller decided).
+/// A parameter a [`Statement`] owns (or borrows from what the caller decided).
 pub(super) type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
 
 /// One statement and its parameters, not yet sent (a write, or a read
 /// whose rows come back with the `COMMIT`'s answer).
-pub(super) struct Write<'a> {
+pub(super) struct Statement<'a> {
     sql: &'static str,
     params: Vec<Param<'a>>,
 }
 
-impl<'a> Write<'a> {
+impl<'a> Statement<'a> {
     /// `sql` with `params` (`$1`, `$2`, … in order).
     pub(super) fn new(sql: &'static str, params: Vec<Param<'a>>) -> Self {
         Self { sql, params }
@@ -55,7 +55,7 @@ impl<'a> Write<'a> {
 pub(super) async fn pipelined<'c, C, L>(
     client: &'c C,
     first: BoxFuture<'c, Result<(), Error>>,
-    statements: &'c [Write<'_>],
+    statements: &'c [Statement<'_>],
     last: L,
 ) -> Result<Vec<Vec<Row>>, Error>
 where
