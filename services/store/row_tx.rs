@@ -68,11 +68,6 @@ impl RowTx {
         Queued(self.queued.len() - 1)
     }
 
-    /// Queues events, published when the transaction commits.
-    pub fn publish(&mut self, events: impl IntoIterator<Item = Event>) {
-        self.events.extend(events);
-    }
-
     /// Writes `save` (if given) back to the row — with when its follow-up is
     /// due, for the scheduler — sends the queued statements and events, and
     /// commits: all of it and the `COMMIT` in one pipelined round trip.
