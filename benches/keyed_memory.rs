@@ -1,5 +1,5 @@
 //! Resident memory of the keyed stack (C15) under the server binary's
-//! global allocator, jemalloc with background purging (services/main.rs):
+//! global allocator, jemalloc with its settings (services/allocator.rs):
 //! a million ids resident, evicted, and RSS back within 10 MB of the start.
 //! The measurement is benches/support/memory.rs; `keyed_memory_glibc` and
 //! `keyed_memory_mimalloc` run it under the other allocators compared.
@@ -10,14 +10,14 @@
 mod jemalloc_stats;
 mod support;
 
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// The server binary's allocator, with its settings (services/allocator.rs).
+workspace_lifecycle::server_allocator!();
 
 #[tokio::main]
 async fn main() {
     support::memory::run_with(
         "keyed_memory",
-        "jemalloc (tikv-jemallocator, background purge threads, default decay)",
+        "jemalloc as the server runs it (services/allocator.rs: background purge threads, default decay, slab_sizes:1-4096:16)",
         Some(jemalloc_stats),
     )
     .await;

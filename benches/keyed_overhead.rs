@@ -11,10 +11,10 @@
 
 mod support;
 
-/// The server binary's allocator (services/main.rs): the stack allocates
-/// per request, so the overhead is measured as the server would pay it.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// The server binary's allocator with its settings (services/allocator.rs):
+// the stack allocates per request, so the overhead is measured as the
+// server would pay it.
+workspace_lifecycle::server_allocator!();
 
 use std::time::Duration;
 

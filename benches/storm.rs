@@ -21,10 +21,9 @@
 
 mod support;
 
-/// The server binary's allocator (services/main.rs), so the in-process
-/// servers allocate as the binary does.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// The server binary's allocator with its settings (services/allocator.rs),
+// so the in-process servers allocate as the binary does.
+workspace_lifecycle::server_allocator!();
 
 use std::{
     sync::{

@@ -14,7 +14,10 @@
 //! - [`health`]: what `grpc.health.v1` says, and why;
 //! - [`transport`]: which connections the server holds, and how long;
 //! - [`server`]: assembling and serving it all;
+//! - [`allocator`]: the server's allocator settings, shared with its memory
+//!   benchmark;
 
+pub mod allocator;
 pub mod auth;
 pub mod config;
 pub mod domain;

@@ -18,13 +18,8 @@ use workspace_lifecycle::{
     server, telemetry,
 };
 
-/// jemalloc with background purge threads rather than glibc's malloc:
-/// memory freed after a crowd of requests (a million resident workspace ids,
-/// say) goes back to the OS within seconds instead of staying in malloc's
-/// free lists — measured in BENCHMARKS.md (memory) against glibc and
-/// mimalloc.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// jemalloc with its settings (services/allocator.rs says why).
+workspace_lifecycle::server_allocator!();
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -1,16 +1,18 @@
 //! The server binary's global allocator, jemalloc: what it holds, read from
 //! its own statistics (C15's memory figures rest on it).
 //!
-//! `services/main.rs` declares jemalloc as the global allocator; the
-//! keyed-memory benchmark declares the same, so it measures the server's
+//! `services/main.rs` declares jemalloc as the global allocator
+//! (`server_allocator!`, services/allocator.rs); the keyed-memory benchmark
+//! declares the same, so it measures the server's
 //! setup, and prints [`Stats`] beside each RSS figure.
 //!
-//! What these show after a million parked requests (5.5 GB live) are
+//! What these show after a million parked requests (2.5 GB live) are
 //! freed: the freed pages are purged within seconds (dirty and muzzy reach
 //! 0), but jemalloc's metadata stays — an `edata` header of 128 B for every
 //! extent that was live at the peak (a slab or a large allocation) and the
-//! radix tree's 8 B for every page — about 1.1% of the peak, kept for reuse
-//! and never given back. [`size_classes`] tells what the peak was made of.
+//! radix tree's entries for every page, kept for reuse and never given
+//! back; the server's larger slabs (services/allocator.rs) keep the first
+//! small. [`size_classes`] tells what the peak was made of.
 
 use std::fmt;
 

@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod allocator;
 mod attacks;
 mod bad_input;
 mod cli;
