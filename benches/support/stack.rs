@@ -18,7 +18,7 @@ use workspace_lifecycle::{
         clock::{SharedClock, WallClock},
     },
     engine::{
-        coalesce::{Admit, CoalesceLayer, Ticket},
+        coalesce::{Admit, Batch, CoalesceLayer, GroupAnswer, Ticket},
         debounce::{DebounceLayer, DropCheck, EarlyDrop},
         gate::{Claim, GateGuard, GateKeeper, GateLayer, Gated},
         intent::{Admission, Intent, Verdict},
@@ -47,7 +47,9 @@ impl DropCheck<WorkspaceId> for NeverDrop {
 
 /// Admits every request as the opener of one fixed cycle; requests whose
 /// reason is [`PARK`] wait in admission (holding their key's lane) until
-/// released.
+/// released — as a request whose row another transaction holds: left out
+/// of its group and admitted alone, so it never holds back the other keys'
+/// requests grouped with it (C4), just as the store does.
 pub struct Parking {
     cycle: CycleId,
     parked: AtomicBool,
@@ -55,6 +57,11 @@ pub struct Parking {
 }
 
 impl Parking {
+    /// Whether admitting `batch` waits for [`Parking::release`].
+    fn waits(&self, batch: &[Intent]) -> bool {
+        self.parked.load(Ordering::Relaxed) && batch.iter().any(|i| i.reason == PARK)
+    }
+
     /// From now on, [`PARK`] requests wait again.
     pub fn park(&self) {
         self.release.send_replace(false);
@@ -69,13 +76,25 @@ impl Parking {
 
 #[async_trait]
 impl Admit<Intent> for Parking {
+    async fn admit_group(&self, group: &[Batch<'_, Intent>], now: Timestamp) -> Vec<GroupAnswer> {
+        let mut answers = Vec::with_capacity(group.len());
+        for batch in group {
+            answers.push(if self.waits(batch.requests) {
+                None
+            } else {
+                Some(self.admit(batch.key, batch.requests, now).await)
+            });
+        }
+        answers
+    }
+
     async fn admit(
         &self,
         _: &WorkspaceId,
         batch: &[Intent],
         _: Timestamp,
     ) -> Result<Vec<Result<Ticket, Error>>, Error> {
-        if self.parked.load(Ordering::Relaxed) && batch.iter().any(|i| i.reason == PARK) {
+        if self.waits(batch) {
             let _ = self.release.subscribe().wait_for(|r| *r).await;
         }
         Ok(batch
