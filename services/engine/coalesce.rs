@@ -99,7 +99,13 @@ pub trait Admit<R: StackRequest>: Send + Sync + 'static {
     }
 }
 
-type Reply<R> = oneshot::Sender<(R, Result<Ticket, Error>)>;
+/// A request given back to its caller with its ticket. Boxed when sent:
+/// the channel reserves room for what it carries from the moment it is
+/// made, and a request parked in admission already sits in its batch, so
+/// an unboxed answer would hold every parked request twice.
+type Answer<R> = Box<(R, Result<Ticket, Error>)>;
+
+type Reply<R> = oneshot::Sender<Answer<R>>;
 
 /// Sends a ready request on to the gate on its own (its caller went away).
 type Orphans<R> = std::sync::OnceLock<Box<dyn Fn(R) + Send + Sync>>;
@@ -130,7 +136,7 @@ impl<R> Lane<R> {
 struct Queued<R: StackRequest> {
     /// Keeps the lane, and so the key's slot, while the request waits (C15).
     lane: SlotRef<R::Key, Lane<R>>,
-    answer: oneshot::Receiver<(R, Result<Ticket, Error>)>,
+    answer: oneshot::Receiver<Answer<R>>,
     /// The lane's drain, when this caller drives it.
     drain: Option<Detachable<()>>,
 }
@@ -160,7 +166,7 @@ impl<R: StackRequest> Queued<R> {
         if let Some(drain) = drain {
             drain.finish_or_detach();
         }
-        let (request, ticket) = answered
+        let (request, ticket) = *answered
             .map_err(|_| Error::Internal("admission task ended without an answer".into()))?;
         drop(lane);
         ticket.map(|ticket| (request, ticket))

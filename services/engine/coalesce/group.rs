@@ -82,13 +82,12 @@ impl<R: StackRequest> LaneBatch<R> {
             }
         };
         for ((request, reply), answer) in self.requests.into_iter().zip(self.replies).zip(answers) {
-            if let Err((mut request, Ok(Ticket::Ready { cycle, opened, .. }))) =
-                reply.send((request, answer))
+            if let Err(unheard) = reply.send(Box::new((request, answer)))
+                && let (mut request, Ok(Ticket::Ready { cycle, opened, .. })) = *unheard
+                && let Some(go_on) = orphans.get()
             {
-                if let Some(go_on) = orphans.get() {
-                    request.set_stage(Stage::Admitted { cycle, opened });
-                    go_on(request);
-                }
+                request.set_stage(Stage::Admitted { cycle, opened });
+                go_on(request);
             }
         }
     }
@@ -166,6 +165,10 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
 
     /// Leads the group of `slot` (if the batch got one) and waits for the
     /// batch of `ticket` to be answered.
+    ///
+    /// A lane's drain holds this future while its batch waits (a million
+    /// parked requests, a million of them), so what few waits need is boxed
+    /// when needed: a group's lead and the stall timer.
     async fn answered(
         self: &Arc<Self>,
         ticket: u64,
@@ -174,7 +177,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
     ) {
         let mut answered = answered;
         if let Some(slot) = slot {
-            Slot::new(self.clone(), slot).lead().await;
+            Box::pin(Slot::new(self.clone(), slot).lead()).await;
             // Most often this task answered its own batch just now: no
             // timer for the stall is armed then.
             if !matches!(
@@ -189,7 +192,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
         loop {
             tokio::select! {
                 _ = &mut answered => return,
-                _ = tokio::time::sleep(STALL) => {}
+                _ = Box::pin(tokio::time::sleep(STALL)) => {}
             }
             // Every slot stayed busy: if this batch still waits, its own
             // lane admits it (with whatever waits) in a slot of its own.
@@ -207,7 +210,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
                 waits.then(|| state.starts.begin(Instant::now()))
             };
             match slot {
-                Some(slot) => Slot::new(self.clone(), slot).lead().await,
+                Some(slot) => Box::pin(Slot::new(self.clone(), slot).lead()).await,
                 // Taken into a group being admitted: that group, or the lone
                 // admission of a batch it left out, answers it (or drops its
                 // `done`). Looking again after every stall would only wake
