@@ -52,7 +52,7 @@ pub use limits::LimitCheck;
 pub use retention::Pruned;
 pub use row_tx::{Committed, Connection, Locked, RowTx};
 pub use running::Fence;
-pub use schedule::Serving;
+pub use schedule::{ADMITTER_GRACE, Serving};
 pub use sealing::{Sealer, SecretsKey};
 pub use standings::Standing;
 pub use workspaces::{AgentRecord, TriggerCounts, WorkspaceRecord};

@@ -18,9 +18,24 @@ pub struct Serving {
     pub generation: Generation,
 }
 
+/// How long a follow-up that was due when admitted is left to the replica
+/// that admitted it before any replica's sweep takes it: that replica
+/// claims it in its next transaction, milliseconds later; only if it died
+/// in between does the sweep start the cycle, this much later.
+pub const ADMITTER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn grace() -> chrono::Duration {
+    chrono::Duration::from_std(ADMITTER_GRACE).expect("a second fits")
+}
+
 impl Store {
     /// Workspaces with something to run now: a due follow-up with the gate
-    /// free, or a cycle whose holder's lease expired.
+    /// free, or a cycle whose holder's lease expired. A follow-up that was
+    /// due the moment it was admitted is its admitter's to claim, in the
+    /// transaction right after: it counts as due here only
+    /// [`ADMITTER_GRACE`] later (its admitter died in between), so another
+    /// replica's sweep never races the admitter for it (C19: a replica
+    /// beside, whatever its clock, takes nothing a healthy one is running).
     pub async fn due_workspaces(
         &self,
         now: Timestamp,
@@ -31,6 +46,7 @@ impl Store {
             .prepare_cached(
                 "(SELECT id FROM workspaces
                   WHERE pending_cycle IS NOT NULL AND pending_due_at <= $1
+                    AND (pending_due_at > pending_created_at OR pending_created_at <= $3)
                     AND (running_cycle IS NULL OR running_lease_until <= $1)
                   LIMIT $2)
                  UNION
@@ -40,7 +56,11 @@ impl Store {
             )
             .await
             .map_err(db)?;
-        let rows = conn.query(&statement, &[&now, &limit]).await.map_err(db)?;
+        let admitted_before = now - grace();
+        let rows = conn
+            .query(&statement, &[&now, &limit, &admitted_before])
+            .await
+            .map_err(db)?;
         Ok(rows
             .iter()
             .map(|row| WorkspaceId::from(row.get::<_, Uuid>(0)))
@@ -80,18 +100,26 @@ impl Store {
             .collect()
     }
 
-    /// When the earliest follow-up that waits for time becomes due.
+    /// When the earliest follow-up that waits for time becomes due, to the
+    /// sweep (a follow-up due when admitted: when its grace ends).
     pub async fn next_due(&self) -> Result<Option<Timestamp>, Error> {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(
                 "SELECT least(
-                    (SELECT min(pending_due_at) FROM workspaces WHERE pending_cycle IS NOT NULL AND running_cycle IS NULL),
+                    (SELECT min(CASE WHEN pending_due_at <= pending_created_at
+                                     THEN pending_created_at + $1::bigint * interval '1 microsecond'
+                                     ELSE pending_due_at END)
+                       FROM workspaces WHERE pending_cycle IS NOT NULL AND running_cycle IS NULL),
                     (SELECT min(running_lease_until) FROM workspaces WHERE running_cycle IS NOT NULL))",
             )
             .await
             .map_err(db)?;
-        let row = conn.query_one(&statement, &[]).await.map_err(db)?;
+        // The grace goes as microseconds: `interval` has no Rust type here.
+        let row = conn
+            .query_one(&statement, &[&grace().num_microseconds()])
+            .await
+            .map_err(db)?;
         Ok(row.get(0))
     }
 }

@@ -20,7 +20,7 @@ use test_support::bounded_by;
 
 const LEASE: Duration = Duration::from_secs(10);
 
-async fn store_on(db: &TestDb, clock: &ManualClock) -> Store {
+pub(super) async fn store_on(db: &TestDb, clock: &ManualClock) -> Store {
     let store = Store::connect(
         &StoreConfig {
             url: db.url.clone(),

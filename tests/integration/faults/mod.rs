@@ -11,3 +11,4 @@ mod deletes;
 mod fencing;
 mod postgres;
 mod processes;
+mod sweep;
