@@ -10,9 +10,9 @@
 //! extent header per slab and one radix-tree entry per page. With the
 //! default slab sizes a 512-byte object's slab is a single page, so a
 //! million parked requests leave ~33 MB of headers behind; slabs of 16
-//! pages for every small size class cut that to ~5 MB (measured in
-//! BENCHMARKS.md, "Memory: larger slabs"), at no cost to an idle server's
-//! RSS (21.6 MB either way).
+//! pages for every small size class cut that to ~6 MB (BENCHMARKS.md,
+//! "Latest run: memory after a million evicted keys"), at no cost to an
+//! idle server's RSS (21.6 MB either way).
 
 /// The global allocator type the binaries declare.
 pub use tikv_jemallocator::Jemalloc;

@@ -6,7 +6,7 @@
 //! declares the same, so it measures the server's
 //! setup, and prints [`Stats`] beside each RSS figure.
 //!
-//! What these show after a million parked requests (2.5 GB live) are
+//! What these show after a million parked requests (about 2 GB live) are
 //! freed: the freed pages are purged within seconds (dirty and muzzy reach
 //! 0), but jemalloc's metadata stays — an `edata` header of 128 B for every
 //! extent that was live at the peak (a slab or a large allocation) and the
