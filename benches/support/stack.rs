@@ -18,7 +18,7 @@ use workspace_lifecycle::{
         clock::{SharedClock, WallClock},
     },
     engine::{
-        coalesce::{Admit, Batch, CoalesceLayer, Committing, GroupAnswer, Ticket},
+        coalesce::{Admit, Batch, CoalesceLayer, GroupAnswer, Ticket},
         debounce::{DebounceLayer, DropCheck, EarlyDrop},
         gate::{Claim, GateGuard, GateKeeper, GateLayer, Gated},
         intent::{Admission, Intent, Verdict},
@@ -76,12 +76,7 @@ impl Parking {
 
 #[async_trait]
 impl Admit<Intent> for Parking {
-    async fn admit_group(
-        &self,
-        group: &[Batch<'_, Intent>],
-        now: Timestamp,
-        _: Committing,
-    ) -> Vec<GroupAnswer> {
+    async fn admit_group(&self, group: &[Batch<'_, Intent>], now: Timestamp) -> Vec<GroupAnswer> {
         let mut answers = Vec::with_capacity(group.len());
         for batch in group {
             answers.push(if self.waits(batch.requests) {

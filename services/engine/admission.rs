@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 
 use super::{
-    coalesce::{Admit, Batch, BatchAnswers, Committing, GroupAnswer, Ticket},
+    coalesce::{Admit, Batch, BatchAnswers, GroupAnswer, Ticket},
     intent::{Admission, Intent, Stage, Verdict, Waiting},
 };
 use crate::{
@@ -43,13 +43,8 @@ impl Admit<Intent> for Store {
 
     /// Together, never waiting for a row: a workspace whose row is busy is
     /// left out (`None`) and its lane admits it alone, outside the slot.
-    async fn admit_group(
-        &self,
-        group: &[Batch<'_, Intent>],
-        now: Timestamp,
-        committing: Committing,
-    ) -> Vec<GroupAnswer> {
-        match admit_together(self, group, now, false, || committing.sent()).await {
+    async fn admit_group(&self, group: &[Batch<'_, Intent>], now: Timestamp) -> Vec<GroupAnswer> {
+        match admit_together(self, group, now, false).await {
             Ok(answers) => answers,
             // A statement failed and the group rolled back: each lane admits
             // its workspace alone, so the failure stays with the one that
@@ -66,7 +61,7 @@ impl Admit<Intent> for Store {
 /// Admits one workspace's batch in a transaction of its own, waiting for
 /// its row.
 async fn admit_alone(store: &Store, batch: &Batch<'_, Intent>, now: Timestamp) -> BatchAnswers {
-    match admit_together(store, std::slice::from_ref(batch), now, true, || ()).await {
+    match admit_together(store, std::slice::from_ref(batch), now, true).await {
         Ok(mut answers) => answers
             .pop()
             .flatten()
@@ -77,14 +72,12 @@ async fn admit_alone(store: &Store, batch: &Batch<'_, Intent>, now: Timestamp) -
 
 /// Admits `group` in one transaction; `Err` if it rolled back. Unless
 /// `wait`, a workspace whose row another transaction holds is left out
-/// (`None`): nothing of it was written. `committing` is called once the
-/// writes and the commit are sent.
+/// (`None`): nothing of it was written.
 async fn admit_together(
     store: &Store,
     group: &[Batch<'_, Intent>],
     now: Timestamp,
     wait: bool,
-    committing: impl FnOnce() + Send,
 ) -> Result<Vec<Option<BatchAnswers>>, Error> {
     let tx = GroupTx::begin(store.conn().await?, store);
     let mut answers: Vec<Option<BatchAnswers>> = group.iter().map(|_| None).collect();
@@ -141,7 +134,7 @@ async fn admit_together(
         *answer = Some(Ok(results));
         writes.push(write);
     }
-    tx.commit(&writes, now, committing).await?;
+    tx.commit(&writes, now).await?;
     Ok(answers)
 }
 

@@ -29,6 +29,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use tower::{Layer, Service, ServiceExt};
@@ -38,13 +39,65 @@ use super::{
     intent::{Admission, StackRequest, Stage},
     keyed::{KeyedSlots, SlotRef},
 };
-use crate::domain::{Error, clock::SharedClock};
-pub use admit::{Admit, Batch, BatchAnswers, Committing, GroupAnswer, Ticket};
+use crate::domain::{ConfigVersion, CycleId, Error, Timestamp, clock::SharedClock};
 use group::Committer;
 
-mod admit;
 mod group;
 mod starts;
+
+/// The outcome of admitting one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ticket {
+    /// Admitted into `cycle`, which may start now: go on to the gate.
+    Ready {
+        /// The cycle.
+        cycle: CycleId,
+        /// This request opened it.
+        opened: bool,
+        /// The config version after this request.
+        config_version: Option<ConfigVersion>,
+    },
+    /// The final answer.
+    Done(Admission),
+}
+
+/// One key's requests, in arrival order, as handed to [`Admit`].
+pub struct Batch<'a, R: StackRequest> {
+    /// The key every request is for.
+    pub key: &'a R::Key,
+    /// The requests.
+    pub requests: &'a [R],
+}
+
+/// The answers to one [`Batch`]: one per request, or an `Err` for the
+/// whole batch (nothing of it was admitted).
+pub type BatchAnswers = Result<Vec<Result<Ticket, Error>>, Error>;
+
+/// A group's answer to one of its batches, or `None` when the batch was
+/// left out because admitting it would have to wait (its row is busy): its
+/// lane then admits it alone through [`Admit::admit`], outside the group's
+/// slot, so a lock wait never holds back the other keys (C4).
+pub type GroupAnswer = Option<BatchAnswers>;
+
+/// Durable admission of batches of requests.
+#[async_trait]
+pub trait Admit<R: StackRequest>: Send + Sync + 'static {
+    /// Admits `batch` (all for `key`, in arrival order) in one durable step,
+    /// returning one result per request. An `Err` for the whole call means
+    /// nothing was admitted.
+    async fn admit(&self, key: &R::Key, batch: &[R], now: Timestamp) -> BatchAnswers;
+
+    /// Admits several keys' batches (no key twice) together — one durable
+    /// step for all where the implementation can (group commit) — with one
+    /// answer per batch, in order. One after the other unless overridden.
+    async fn admit_group(&self, group: &[Batch<'_, R>], now: Timestamp) -> Vec<GroupAnswer> {
+        let mut answers = Vec::with_capacity(group.len());
+        for batch in group {
+            answers.push(Some(self.admit(batch.key, batch.requests, now).await));
+        }
+        answers
+    }
+}
 
 /// A request given back to its caller with its ticket. Boxed when sent:
 /// the channel reserves room for what it carries from the moment it is

@@ -51,7 +51,6 @@ impl Store {
         let mut tally = Tally::default();
         tally.count(trigger, Handling::Dropped, None, reason.describe());
         let tx = GroupTx::begin(self.conn().await?, self);
-        tx.commit(&[WorkspaceWrites::counted(id, tally)], now, || ())
-            .await
+        tx.commit(&[WorkspaceWrites::counted(id, tally)], now).await
     }
 }

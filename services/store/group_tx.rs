@@ -171,23 +171,9 @@ impl GroupTx {
     }
 
     /// Writes everything the group decided and commits, in one pipelined
-    /// round trip; `sent` is called once that round trip is on its way
-    /// (the rest is Postgres' flush), so the caller can start other work
-    /// meanwhile.
-    pub async fn commit(
-        self,
-        writes: &[WorkspaceWrites<'_>],
-        now: Timestamp,
-        sent: impl FnOnce(),
-    ) -> Result<(), Error> {
+    /// round trip.
+    pub async fn commit(self, writes: &[WorkspaceWrites<'_>], now: Timestamp) -> Result<(), Error> {
         let statements = admission::write_group(&self.store, writes, now);
-        let mut commit = std::pin::pin!(self.tx.commit_with(&statements));
-        // The first poll sends the writes and the COMMIT (or, on a cold
-        // statement cache, what they need prepared first).
-        if let std::task::Poll::Ready(done) = futures::poll!(commit.as_mut()) {
-            return done.map(drop);
-        }
-        sent();
-        commit.await.map(drop)
+        self.tx.commit_with(&statements).await.map(drop)
     }
 }

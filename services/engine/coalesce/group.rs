@@ -11,10 +11,7 @@
 //! free slot takes them all, so a group grows with the load: one
 //! transaction per group instead of one per workspace, and no extra wait
 //! when the service is idle. A lane has at most one batch in here at a
-//! time, so a group never holds a key twice. A group whose commit is on
-//! its way lets the next one have its slot (one group ahead at a time):
-//! the next group's statements run while its commit is flushed, and it
-//! holds none of the next group's rows.
+//! time, so a group never holds a key twice.
 //!
 //! Keys still do not wait on each other (C4). A batch that would have to
 //! wait for its row (another transaction holds it) is left out of its group
@@ -26,16 +23,13 @@
 //! batch that waited [`STALL`] for a slot is admitted by its own lane.
 
 use std::{
-    sync::{Arc, Mutex, atomic::AtomicBool},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{Admit, Batch, Committing, GroupAnswer, Orphans, Reply, Ticket, starts::Starts};
-use slot::{Ahead, Slot};
-
-mod slot;
+use super::{Admit, Batch, GroupAnswer, Orphans, Reply, Ticket, starts::Starts};
 use crate::{
     domain::{Error, clock::SharedClock},
     engine::intent::{StackRequest, Stage},
@@ -113,10 +107,6 @@ pub(super) struct Committer<A, R: StackRequest> {
     /// inner service, set when the layer wraps it).
     pub(super) orphans: Arc<Orphans<R>>,
     state: Mutex<State<R>>,
-    /// A group whose commit is on its way has let the next group have its
-    /// slot (at most one at a time: a commit that does not come back holds
-    /// one connection, not one per group).
-    ahead: AtomicBool,
     /// How many times a waiting batch looked for a slot after a stall
     /// (tests).
     #[cfg(test)]
@@ -130,7 +120,6 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             admit,
             clock,
             orphans: Arc::default(),
-            ahead: AtomicBool::new(false),
             #[cfg(test)]
             looks: Default::default(),
             state: Mutex::new(State {
@@ -257,10 +246,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
         Some(std::mem::take(&mut state.waiting))
     }
 
-    /// Admits `group` and answers its batches. Once its commit is on its
-    /// way, `hand_on` lets the next group have the slot, unless another
-    /// group is ahead already.
-    async fn admit_group(&self, group: Vec<Handed<R>>, hand_on: impl FnOnce()) {
+    async fn admit_group(&self, group: Vec<Handed<R>>) {
         let results = {
             let batches: Vec<Batch<'_, R>> = group
                 .iter()
@@ -269,24 +255,7 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
                     requests: &handed.lane.requests,
                 })
                 .collect();
-            let (sent, heard) = oneshot::channel();
-            let admitting =
-                self.admit
-                    .admit_group(&batches, self.clock.now(), Committing::new(sent));
-            let mut admitting = std::pin::pin!(admitting);
-            tokio::select! {
-                biased;
-                results = &mut admitting => results,
-                Ok(()) = heard => {
-                    let ahead = Ahead::take(&self.ahead);
-                    if ahead.is_some() {
-                        hand_on();
-                    }
-                    let results = admitting.await;
-                    drop(ahead);
-                    results
-                }
-            }
+            self.admit.admit_group(&batches, self.clock.now()).await
         };
         let mut results = results.into_iter();
         let mut left_out = Vec::new();
@@ -326,5 +295,106 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
                 }
             },
         ));
+    }
+}
+
+/// A slot of the committer, held by the task admitting groups in it.
+struct Slot<A: Admit<R>, R: StackRequest> {
+    committer: Option<Arc<Committer<A, R>>>,
+    /// The number of the start of the slot's current (or first) group.
+    began: u64,
+    /// The slot has only just opened: its first group began with it.
+    opened: bool,
+}
+
+impl<A: Admit<R>, R: StackRequest> Slot<A, R> {
+    /// A slot just opened, as start `began`.
+    fn new(committer: Arc<Committer<A, R>>, began: u64) -> Self {
+        Self {
+            committer: Some(committer),
+            began,
+            opened: true,
+        }
+    }
+
+    /// Admits one group, on the lane's own task, then hands the slot to a
+    /// task of its own if more waits (or closes it): a lane's task never
+    /// keeps admitting other keys' groups while its own next batch waits.
+    async fn lead(mut self) {
+        let committer = self.committer.clone().expect("a slot leads once");
+        if let Some(group) = committer.next_group(&mut self.began, self.opened) {
+            committer.admit_group(group).await;
+            let_answered_lanes_hand_in().await;
+            if let Some(next) = committer.next_group(&mut self.began, false) {
+                self.committer = None;
+                go_on(committer, self.began, Some(next));
+                return;
+            }
+        }
+        self.committer = None;
+    }
+
+    /// Admits `group`, then groups until none waits; the last look closes
+    /// the slot.
+    async fn lead_on(mut self, mut group: Option<Vec<Handed<R>>>) {
+        let committer = self.committer.clone().expect("a slot leads once");
+        while let Some(taken) = group {
+            committer.admit_group(taken).await;
+            let_answered_lanes_hand_in().await;
+            group = committer.next_group(&mut self.began, false);
+        }
+        self.committer = None;
+    }
+}
+
+/// Gives the lanes just answered a turn before the slot takes its next
+/// group: each hands in the batch its callers queued while its last one
+/// was admitted, and so joins this group instead of the one after it (a
+/// lane has one batch in the committer at a time). Only batching depends
+/// on it, never correctness: a lane that misses it joins the next group.
+async fn let_answered_lanes_hand_in() {
+    tokio::task::yield_now().await;
+}
+
+/// The slot of start `began` goes on in a task of its own: with `next` if
+/// it was already taken, else with whatever waits. The slot is built only
+/// when the task runs: a task dropped unpolled (the runtime is ending) just
+/// lets go. (Built out here, it would be dropped with the task and spawn
+/// again, without end.)
+fn go_on<A: Admit<R>, R: StackRequest>(
+    committer: Arc<Committer<A, R>>,
+    began: u64,
+    next: Option<Vec<Handed<R>>>,
+) {
+    tokio::spawn(async move {
+        let mut slot = Slot {
+            committer: Some(committer.clone()),
+            began,
+            opened: false,
+        };
+        let next = next.or_else(|| committer.next_group(&mut slot.began, false));
+        slot.lead_on(next).await
+    });
+}
+
+impl<A: Admit<R>, R: StackRequest> Drop for Slot<A, R> {
+    /// Dropped mid-group (its task was dropped): that group's transaction
+    /// rolls back and its callers are told; the slot goes on in a task of
+    /// its own, so no batch waits behind a slot nobody holds.
+    fn drop(&mut self) {
+        let Some(committer) = self.committer.take() else {
+            return;
+        };
+        let began = self.began;
+        match tokio::runtime::Handle::try_current() {
+            // Its group ended with the task: the next one begins anew.
+            Ok(_) => go_on(committer, began, None),
+            Err(_) => committer
+                .state
+                .lock()
+                .expect("committer poisoned")
+                .starts
+                .end(began),
+        }
     }
 }

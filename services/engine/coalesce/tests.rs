@@ -1,13 +1,12 @@
 //! Unit tests of `engine::coalesce`: each contract it enforces, driven with fakes and a manual clock.
 use std::{collections::HashMap, time::Duration};
 
-use async_trait::async_trait;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use super::*;
 use crate::{
-    domain::{CycleId, Timestamp, Trigger, clock::ManualClock, ledger::Treatment},
+    domain::{Trigger, clock::ManualClock, ledger::Treatment},
     engine::{
         intent::{Verdict, Waiting},
         test_support::{MockHandle, MockInner, TestRequest, mock_inner},
@@ -301,7 +300,6 @@ impl Admit<TestRequest> for GroupingAdmit {
         &self,
         group: &[Batch<'_, TestRequest>],
         _: Timestamp,
-        _: Committing,
     ) -> Vec<GroupAnswer> {
         self.permits.acquire().await.unwrap().forget();
         self.groups
@@ -394,7 +392,6 @@ impl Admit<TestRequest> for BlockingAdmit {
         &self,
         group: &[Batch<'_, TestRequest>],
         _: Timestamp,
-        _: Committing,
     ) -> Vec<GroupAnswer> {
         if group.iter().any(|b| self.blocked.contains(b.key)) {
             self.entered
@@ -442,80 +439,6 @@ async fn groups_stuck_in_every_slot_hold_back_another_key_no_longer_than_the_sta
 
     admit.release.send_replace(true);
     for call in stuck {
-        let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
-        assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
-    }
-    assert_eq!(layer.live_lanes(), 0);
-}
-
-/// Sends the commit of every group with a key of `flushing`, then holds it
-/// until released: a commit Postgres is still flushing.
-struct FlushingAdmit {
-    flushing: Vec<u32>,
-    sent: std::sync::atomic::AtomicUsize,
-    release: tokio::sync::watch::Sender<bool>,
-}
-
-#[async_trait]
-impl Admit<TestRequest> for FlushingAdmit {
-    async fn admit(&self, _: &u32, batch: &[TestRequest], _: Timestamp) -> BatchAnswers {
-        idle(batch)
-    }
-
-    async fn admit_group(
-        &self,
-        group: &[Batch<'_, TestRequest>],
-        _: Timestamp,
-        committing: Committing,
-    ) -> Vec<GroupAnswer> {
-        if group.iter().any(|b| self.flushing.contains(b.key)) {
-            committing.sent();
-            self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = self.release.subscribe().wait_for(|r| *r).await;
-        }
-        group
-            .iter()
-            .map(|batch| Some(idle(batch.requests)))
-            .collect()
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_group_whose_commit_is_sent_lets_the_next_group_run_one_group_ahead_at_most() {
-    let admit = Arc::new(FlushingAdmit {
-        flushing: vec![1, 2],
-        sent: Default::default(),
-        release: tokio::sync::watch::channel(false).0,
-    });
-    let (layer, svc, _handle) = served(&admit);
-    let sent = |n: usize| {
-        let admit = admit.clone();
-        move || admit.sent.load(std::sync::atomic::Ordering::SeqCst) == n
-    };
-    let first = tokio::spawn(svc.clone().oneshot(treated(1, 1)));
-    within_turns("the first group's commit sent", sent(1)).await;
-
-    // Its slot went on: another key's group runs at once.
-    let began = tokio::time::Instant::now();
-    let answer = tokio::time::timeout(group::STALL * 10, svc.clone().oneshot(treated(3, 3))).await;
-    assert!(matches!(answer, Ok(Ok(_))), "{answer:?}");
-    assert_eq!(
-        began.elapsed(),
-        Duration::ZERO,
-        "the next group ran while the first one's commit flushed"
-    );
-
-    // A second group whose commit is sent while the first one's still
-    // flushes keeps its slot: the next key waits for it, up to the stall.
-    let second = tokio::spawn(svc.clone().oneshot(treated(2, 2)));
-    within_turns("the second group's commit sent", sent(2)).await;
-    let began = tokio::time::Instant::now();
-    let answer = tokio::time::timeout(group::STALL * 10, svc.clone().oneshot(treated(4, 4))).await;
-    assert!(matches!(answer, Ok(Ok(_))), "{answer:?}");
-    assert_eq!(began.elapsed(), group::STALL, "one group ahead at most");
-
-    admit.release.send_replace(true);
-    for call in [first, second] {
         let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
         assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
     }
@@ -584,7 +507,6 @@ impl Admit<TestRequest> for BusyRowsAdmit {
         &self,
         group: &[Batch<'_, TestRequest>],
         _: Timestamp,
-        _: Committing,
     ) -> Vec<GroupAnswer> {
         group
             .iter()

@@ -289,7 +289,7 @@ async fn writes_sent_with_the_commit_land_inside_its_transaction_even_unprepared
     let failed = bounded_by(
         Duration::from_secs(10),
         "the group's commit answers",
-        tx.commit(&writes, now, || ()),
+        tx.commit(&writes, now),
     )
     .await;
     assert!(failed.is_err(), "a broken foreign key fails the group");
