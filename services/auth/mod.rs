@@ -17,7 +17,9 @@ mod tokens;
 
 pub use layer::{AuthLayer, AuthService};
 pub use live::LiveTokens;
-pub use tokens::{Tokens, TokensError, entry, generate_token, load_or_create_admin_token};
+pub use tokens::{
+    Tokens, TokensError, admin_token_path, entry, generate_token, load_or_create_admin_token,
+};
 
 use std::{fmt, str::FromStr};
 

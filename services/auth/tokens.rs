@@ -156,11 +156,17 @@ impl Tokens {
     }
 }
 
+/// Where the embedded default keeps its admin token under the data
+/// directory (the server watches it, the tests read it).
+pub fn admin_token_path(dir: &Path) -> PathBuf {
+    dir.join("admin-token")
+}
+
 /// The embedded default: an admin token kept in `dir/admin-token` (mode
 /// 0600), created on first use, so `cargo run` gives a usable service
 /// without a token file. Returns the file's path and the tokens it grants.
 pub fn load_or_create_admin_token(dir: &Path) -> Result<(PathBuf, Tokens), TokensError> {
-    let path = dir.join("admin-token");
+    let path = admin_token_path(dir);
     let token = crate::private_file::read_or_create(&path, || format!("{}\n", generate_token()))
         .map_err(|source| TokensError::Io {
             path: path.clone(),

@@ -4,14 +4,14 @@
 //! no peer, authenticated or not, can take the server from the others.
 //! No lifecycle contract (C1–C20): it is part of the security boundary (README, "Who may call what").
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::ServeError;
 use crate::{
-    auth::{LiveTokens, Tokens, load_or_create_admin_token, refusals::Refusals},
+    auth::{LiveTokens, Tokens, admin_token_path, load_or_create_admin_token, refusals::Refusals},
     config::ServeArgs,
     transport,
 };
@@ -73,18 +73,31 @@ fn with_file(args: &ServeArgs, file: Option<Tokens>) -> Result<Tokens, ServeErro
 /// How often the token file is looked at for a change.
 const TOKEN_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads the tokens again, from the same flags, whenever the token file's
-/// content changes (looked at every [`TOKEN_FILE_CHECK`]), until `stop`:
-/// an operator revokes a token (or adds one) by editing the file, with no
-/// restart and no signal (SIGHUP keeps meaning "the terminal closed": a
-/// clean stop). A file that fails to read or parse leaves the current set
-/// as it is, and says why once per change.
+/// The file the accepted tokens are read from, watched for changes: the
+/// token file, or, when no token is configured at all, the embedded
+/// default's admin token — a leaked one is revoked by writing another into
+/// the file, or by removing the file for a fresh one. Inline tokens alone:
+/// nothing to watch.
+fn watched_file(args: &ServeArgs) -> Option<PathBuf> {
+    match (&args.auth_tokens_file, &args.auth_tokens) {
+        (Some(path), _) => Some(path.clone()),
+        (None, None) => Some(admin_token_path(&args.data_dir)),
+        (None, Some(_)) => None,
+    }
+}
+
+/// Reads the tokens again, from the same flags, whenever the content of
+/// the file they come from changes (looked at every [`TOKEN_FILE_CHECK`]),
+/// until `stop`: an operator revokes a token (or adds one) by editing the
+/// file, with no restart and no signal (SIGHUP keeps meaning "the terminal
+/// closed": a clean stop). A file that fails to read or parse leaves the
+/// current set as it is, and says why once per change.
 pub(super) async fn reload_tokens_on_change(
     args: ServeArgs,
     live: Arc<LiveTokens>,
     stop: CancellationToken,
 ) {
-    let Some(path) = args.auth_tokens_file.clone() else {
+    let Some(path) = watched_file(&args) else {
         return;
     };
     let mut loaded = tokio::fs::read(&path).await.ok();
@@ -102,14 +115,21 @@ pub(super) async fn reload_tokens_on_change(
         loaded = now;
         // What was just read is what is parsed: one read, and no edit can
         // slip in between the look and the reload.
-        let parsed = match &loaded {
-            Some(bytes) => Tokens::parse(&String::from_utf8_lossy(bytes)),
-            None => Tokens::from_file(&path),
-        };
-        match parsed
+        let reloaded = if args.auth_tokens_file.is_some() {
+            match &loaded {
+                Some(bytes) => Tokens::parse(&String::from_utf8_lossy(bytes)),
+                None => Tokens::from_file(&path),
+            }
             .map_err(ServeError::from)
             .and_then(|file| with_file(&args, Some(file)))
-        {
+        } else {
+            // The admin token, read again (or, removed, made anew: what
+            // the file holds now is what counts as loaded).
+            let admin = with_file(&args, None);
+            loaded = tokio::fs::read(&path).await.ok();
+            admin
+        };
+        match reloaded {
             Ok(tokens) => {
                 let accepted = tokens.len();
                 live.replace(tokens);

@@ -1,6 +1,7 @@
 //! Revoking a token without a restart (README, "Who may call what"): the
-//! operator edits the token file; from then on the token is refused, and a
-//! file that no longer parses changes nothing. Checked on the real binary.
+//! operator edits the token file (or the embedded default's admin token);
+//! from then on the token is refused, and a file that no longer parses
+//! changes nothing. Checked on the real binary.
 
 use std::time::Duration;
 
@@ -48,14 +49,10 @@ async fn a_token_taken_out_of_the_file_is_refused_and_a_broken_file_changes_noth
 
     // Revoked: the file without it.
     std::fs::write(&file, format!("{kept}\n")).unwrap();
-    bounded_by(
-        Duration::from_secs(10),
+    until_refused(
+        &server,
+        &leaked,
         "the revoked token is refused once the file changed",
-        async {
-            while list(&server, &leaked).await != Err(Code::Unauthenticated) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        },
     )
     .await;
     assert_eq!(
@@ -86,4 +83,51 @@ async fn a_token_taken_out_of_the_file_is_refused_and_a_broken_file_changes_noth
         !log.contains(&ops) && !log.contains(&leaked),
         "no token in the log"
     );
+}
+
+/// The embedded default's admin token revokes the same way: a token
+/// written into its file replaces the old one, and a removed file is made
+/// anew with a fresh token, all without a restart. (Before, the server read
+/// the file once: a leaked admin token stayed valid until it restarted.)
+#[tokio::test]
+async fn the_embedded_admin_token_is_replaced_by_editing_or_removing_its_file() {
+    let db = TestDb::create().await;
+    let dir = agent_reachable_tempdir();
+    let server = ServerProcess::start(dir.path(), "server", |command| {
+        command
+            .args(["--database-url", &db.url])
+            .env("WL_SECRETS_KEY", SECRETS_KEY_HEX);
+    })
+    .await;
+    let file = workspace_lifecycle::auth::admin_token_path(&server.dir);
+    let leaked = server.token();
+    assert_eq!(list(&server, &leaked).await, Ok(()), "accepted at start");
+
+    // Replaced: another token written into the file.
+    let replacement = generate_token();
+    std::fs::write(&file, format!("{replacement}\n")).unwrap();
+    until_refused(&server, &leaked, "the replaced token is refused").await;
+    assert_eq!(list(&server, &replacement).await, Ok(()));
+
+    // Removed: the server makes a fresh one, and only that one works.
+    std::fs::remove_file(&file).unwrap();
+    until_refused(&server, &replacement, "the removed token is refused").await;
+    let fresh = server.token();
+    assert_ne!(fresh, replacement);
+    assert_eq!(list(&server, &fresh).await, Ok(()), "the fresh token works");
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        !log.contains(&leaked) && !log.contains(&replacement) && !log.contains(&fresh),
+        "no token in the log"
+    );
+}
+
+/// Waits (bounded) until `token` is refused as unauthenticated.
+async fn until_refused(server: &ServerProcess, token: &str, what: &str) {
+    bounded_by(Duration::from_secs(10), what, async {
+        while list(server, token).await != Err(Code::Unauthenticated) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
