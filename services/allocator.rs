@@ -11,7 +11,7 @@
 //! default slab sizes a 512-byte object's slab is a single page, so a
 //! million parked requests leave ~33 MB of headers behind; slabs of 16
 //! pages for every small size class cut that to ~6 MB (BENCHMARKS.md,
-//! "Latest run: memory after a million evicted keys"), at no cost to an
+//! "Earlier run: memory after a million evicted keys"), at no cost to an
 //! idle server's RSS (21.6 MB either way).
 
 /// The global allocator type the binaries declare.
