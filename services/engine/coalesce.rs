@@ -130,6 +130,31 @@ impl<R> Lane<R> {
             }),
         }
     }
+
+    /// Takes what is queued, as a batch; `None` when nothing is, and then,
+    /// if `or_stop`, the lane's drain ends (under the same lock, so a
+    /// request queued meanwhile starts a new one).
+    fn take(&self, or_stop: bool) -> Option<(Vec<R>, Vec<Reply<R>>)> {
+        let batch = {
+            let mut state = self.state.lock().expect("lane poisoned");
+            if state.queue.is_empty() {
+                if or_stop {
+                    state.draining = false;
+                }
+                return None;
+            }
+            std::mem::take(&mut state.queue)
+        };
+        // Exactly sized: `unzip` grows from a capacity of four, and a
+        // request parked in admission is mostly a batch of one.
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (request, reply) in batch {
+            requests.push(request);
+            replies.push(reply);
+        }
+        Some((requests, replies))
+    }
 }
 
 /// A request queued in its lane, as its caller waits for the answer.
@@ -325,23 +350,8 @@ impl Lanes {
         key: &R::Key,
         committer: &'c Arc<Committer<A, R>>,
     ) -> Option<impl Future<Output = ()> + Send + 'c> {
-        let batch = {
-            let mut state = lane.state.lock().expect("lane poisoned");
-            if state.queue.is_empty() {
-                state.draining = false;
-                return None;
-            }
-            std::mem::take(&mut state.queue)
-        };
-        // Exactly sized: `unzip` grows from a capacity of four, and a
-        // request parked in admission is mostly a batch of one.
-        let mut requests = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for (request, reply) in batch {
-            requests.push(request);
-            replies.push(reply);
-        }
-        Some(committer.submit(key.clone(), requests, replies))
+        let batch = lane.take(true)?;
+        Some(committer.submit(lane.shared(), key.clone(), batch))
     }
 }
 

@@ -143,6 +143,14 @@ pub struct SlotRef<K: Eq + Hash + Clone, V> {
     slots: Arc<Shared<K, V>>,
 }
 
+impl<K: Eq + Hash + Clone, V> SlotRef<K, V> {
+    /// The value itself, for a holder that needs it only while this
+    /// reference keeps the key's slot (it does not keep the slot).
+    pub(crate) fn shared(&self) -> Arc<V> {
+        self.slot.clone().expect("slot present until drop")
+    }
+}
+
 impl<K: Eq + Hash + Clone, V> Deref for SlotRef<K, V> {
     type Target = V;
 

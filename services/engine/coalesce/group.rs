@@ -11,7 +11,10 @@
 //! free slot takes them all, so a group grows with the load: one
 //! transaction per group instead of one per workspace, and no extra wait
 //! when the service is idle. A lane has at most one batch in here at a
-//! time, so a group never holds a key twice.
+//! time, so a group never holds a key twice; when a group answers a lane,
+//! what the lane's callers queued meanwhile is handed in for it there and
+//! then (`handed.rs`), so the lane joins the very next group and the slot
+//! goes on at once, without waiting for the lane's task to be scheduled.
 //!
 //! Keys still do not wait on each other (C4). A batch that would have to
 //! wait for its row (another transaction holds it) is left out of its group
@@ -29,11 +32,12 @@ use std::{
 
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{Admit, Batch, GroupAnswer, Orphans, Reply, Ticket, starts::Starts};
-use crate::{
-    domain::{Error, clock::SharedClock},
-    engine::intent::{StackRequest, Stage},
-};
+use super::{Admit, Batch, Lane, Orphans, Reply, starts::Starts};
+use crate::{domain::clock::SharedClock, engine::intent::StackRequest};
+pub(super) use handed::Rejoined;
+use handed::{Handed, LaneBatch, Rejoin};
+
+mod handed;
 
 /// How many groups one replica admits at the same time (each holds one
 /// connection). One: while it commits, the next group gathers everything
@@ -53,50 +57,35 @@ pub(super) const STALL: Duration = Duration::from_millis(20);
 /// How many left-out batches of one group are admitted alone at once.
 const ALONE_AT_ONCE: usize = 4;
 
-/// One lane's batch, with the callers' replies and the lane's wake-up.
-struct Handed<R: StackRequest> {
-    ticket: u64,
-    lane: LaneBatch<R>,
-    done: oneshot::Sender<()>,
-}
-
-/// A batch with its callers' replies.
-struct LaneBatch<R: StackRequest> {
-    key: R::Key,
-    requests: Vec<R>,
-    replies: Vec<Reply<R>>,
-}
-
-impl<R: StackRequest> LaneBatch<R> {
-    /// Sends each caller its answer. A request whose caller went away while
-    /// it was admitted, and whose answer is to start its cycle, goes on to
-    /// the gate without it (`orphans`): the cycle starts now, not at the
-    /// scheduler's next sweep.
-    fn answer(self, answers: GroupAnswer, orphans: &Orphans<R>) {
-        let expected = self.requests.len();
-        let answers = match answers {
-            Some(Ok(answers)) if answers.len() == expected => answers,
-            Some(Err(err)) => vec![Err(err); expected],
-            Some(Ok(_)) | None => {
-                vec![Err(Error::Internal("admission lost a request".into())); expected]
-            }
-        };
-        for ((request, reply), answer) in self.requests.into_iter().zip(self.replies).zip(answers) {
-            if let Err(unheard) = reply.send(Box::new((request, answer)))
-                && let (mut request, Ok(Ticket::Ready { cycle, opened, .. })) = *unheard
-                && let Some(go_on) = orphans.get()
-            {
-                request.set_stage(Stage::Admitted { cycle, opened });
-                go_on(request);
-            }
-        }
-    }
-}
-
 struct State<R: StackRequest> {
     waiting: Vec<Handed<R>>,
     next_ticket: u64,
     starts: Starts,
+}
+
+impl<R: StackRequest> State<R> {
+    /// Puts a lane's batch in the waiting list under a new ticket (the
+    /// list stays sorted by ticket).
+    fn wait(
+        &mut self,
+        queue: Arc<Lane<R>>,
+        key: R::Key,
+        (requests, replies): (Vec<R>, Vec<Reply<R>>),
+        done: oneshot::Sender<Rejoined>,
+    ) -> u64 {
+        self.next_ticket += 1;
+        self.waiting.push(Handed {
+            ticket: self.next_ticket,
+            lane: LaneBatch {
+                key,
+                requests,
+                replies,
+            },
+            done,
+            queue,
+        });
+        self.next_ticket
+    }
 }
 
 /// The group committer of one layer (one replica).
@@ -136,24 +125,14 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
     /// request's future is boxed for as long as it waits).
     pub(super) fn submit(
         self: &Arc<Self>,
+        lane: Arc<Lane<R>>,
         key: R::Key,
-        requests: Vec<R>,
-        replies: Vec<Reply<R>>,
+        (requests, replies): (Vec<R>, Vec<Reply<R>>),
     ) -> impl Future<Output = ()> + Send + '_ {
         let (done, answered) = oneshot::channel();
         let (ticket, slot) = {
             let mut state = self.state.lock().expect("committer poisoned");
-            state.next_ticket += 1;
-            let ticket = state.next_ticket;
-            state.waiting.push(Handed {
-                ticket,
-                lane: LaneBatch {
-                    key,
-                    requests,
-                    replies,
-                },
-                done,
-            });
+            let ticket = state.wait(lane, key, (requests, replies), done);
             let now = Instant::now();
             (
                 ticket,
@@ -161,6 +140,19 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             )
         };
         self.answered(ticket, slot, answered)
+    }
+
+    /// Hands in, for a lane whose batch was just answered by a group, what
+    /// its callers queued meanwhile — what its drain would do once
+    /// scheduled — so the lane joins the very next group, which the slot
+    /// that answered it takes without waiting for the lane's task. Opens
+    /// no slot: the caller holds one.
+    fn rejoin(&self, lane: Arc<Lane<R>>, key: R::Key) -> Rejoined {
+        let batch = lane.take(false)?;
+        let (done, answered) = oneshot::channel();
+        let mut state = self.state.lock().expect("committer poisoned");
+        let ticket = state.wait(lane, key, batch, done);
+        Some(Rejoin { ticket, answered })
     }
 
     /// Leads the group of `slot` (if the batch got one) and waits for the
@@ -173,25 +165,31 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
         self: &Arc<Self>,
         ticket: u64,
         slot: Option<u64>,
-        answered: oneshot::Receiver<()>,
+        answered: oneshot::Receiver<Rejoined>,
     ) {
-        let mut answered = answered;
+        let (mut ticket, mut answered) = (ticket, answered);
         if let Some(slot) = slot {
             Box::pin(Slot::new(self.clone(), slot).lead()).await;
             // Most often this task answered its own batch just now: no
             // timer for the stall is armed then.
-            if !matches!(
-                answered.try_recv(),
-                Err(oneshot::error::TryRecvError::Empty)
-            ) {
-                return;
+            match answered.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Ok(Some(next)) => (ticket, answered) = (next.ticket, next.answered),
+                Ok(None) | Err(oneshot::error::TryRecvError::Closed) => return,
             }
         }
-        // Answered by another slot's group, or alone after its row was busy.
-        let mut answered = std::pin::pin!(answered);
+        // Answered by another slot's group, or alone after its row was busy;
+        // a batch handed in for the lane when it was answered is waited for
+        // in its place.
         loop {
             tokio::select! {
-                _ = &mut answered => return,
+                heard = &mut answered => match heard {
+                    Ok(Some(next)) => {
+                        (ticket, answered) = (next.ticket, next.answered);
+                        continue;
+                    }
+                    Ok(None) | Err(_) => return,
+                },
                 _ = Box::pin(tokio::time::sleep(STALL)) => {}
             }
             // Every slot stayed busy: if this batch still waits, its own
@@ -215,10 +213,10 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
                 // admission of a batch it left out, answers it (or drops its
                 // `done`). Looking again after every stall would only wake
                 // each of a stuck group's batches fifty times a second.
-                None => {
-                    let _ = answered.await;
-                    return;
-                }
+                None => match (&mut answered).await {
+                    Ok(Some(next)) => (ticket, answered) = (next.ticket, next.answered),
+                    Ok(None) | Err(_) => return,
+                },
             }
         }
     }
@@ -263,8 +261,12 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
             match results.next() {
                 Some(None) => left_out.push(handed),
                 answers => {
-                    handed.lane.answer(answers.flatten(), &self.orphans);
-                    let _ = handed.done.send(());
+                    let Handed {
+                        lane, done, queue, ..
+                    } = handed;
+                    let key = lane.key.clone();
+                    lane.answer(answers.flatten(), &self.orphans);
+                    let _ = done.send(self.rejoin(queue, key));
                 }
             }
         }
@@ -291,7 +293,9 @@ impl<A: Admit<R>, R: StackRequest> Committer<A, R> {
                     let lane = &handed.lane;
                     let answers = admit.admit(&lane.key, &lane.requests, clock.now()).await;
                     handed.lane.answer(Some(answers), &orphans);
-                    let _ = handed.done.send(());
+                    // Its lane's drain hands in what it queued meanwhile:
+                    // no slot is held here to take it.
+                    let _ = handed.done.send(None);
                 }
             },
         ));
@@ -324,7 +328,6 @@ impl<A: Admit<R>, R: StackRequest> Slot<A, R> {
         let committer = self.committer.clone().expect("a slot leads once");
         if let Some(group) = committer.next_group(&mut self.began, self.opened) {
             committer.admit_group(group).await;
-            let_answered_lanes_hand_in().await;
             if let Some(next) = committer.next_group(&mut self.began, false) {
                 self.committer = None;
                 go_on(committer, self.began, Some(next));
@@ -340,20 +343,10 @@ impl<A: Admit<R>, R: StackRequest> Slot<A, R> {
         let committer = self.committer.clone().expect("a slot leads once");
         while let Some(taken) = group {
             committer.admit_group(taken).await;
-            let_answered_lanes_hand_in().await;
             group = committer.next_group(&mut self.began, false);
         }
         self.committer = None;
     }
-}
-
-/// Gives the lanes just answered a turn before the slot takes its next
-/// group: each hands in the batch its callers queued while its last one
-/// was admitted, and so joins this group instead of the one after it (a
-/// lane has one batch in the committer at a time). Only batching depends
-/// on it, never correctness: a lane that misses it joins the next group.
-async fn let_answered_lanes_hand_in() {
-    tokio::task::yield_now().await;
 }
 
 /// The slot of start `began` goes on in a task of its own: with `next` if

@@ -566,16 +566,26 @@ async fn a_lane_admits_one_group_then_hands_its_slot_on_so_its_next_batch_is_not
     until_waiting(&layer, 4).await;
     // Key 1's next request queues in its lane.
     calls.push(tokio::spawn(svc.clone().oneshot(treated(1, 7))));
-    // Key 1's group commits: the slot goes on with keys 3–6 in a task of
-    // its own, and key 1's lane hands in its next batch at once.
+    // Key 1's group commits: its next batch is handed in for it as it is
+    // answered, and joins keys 3–6 in the group the slot goes on with, in
+    // a task of its own: key 1's first caller has its answer while that
+    // group is still held.
     admit.permits.add_permits(1);
-    until_waiting(&layer, 1).await;
+    until_waiting(&layer, 0).await;
+    let first = calls.remove(0);
+    let answer = tokio::time::timeout(Duration::from_secs(5), first).await;
+    assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
 
     admit.permits.add_permits(100);
     for call in calls {
         let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
         assert!(matches!(answer, Ok(Ok(Ok(_)))), "{answer:?}");
     }
+    let groups = admit.groups.lock().unwrap().clone();
+    assert!(
+        groups.contains(&vec![3, 4, 5, 6, 1]),
+        "key 1's next batch joined the very next group: {groups:?}"
+    );
     assert_eq!(layer.live_lanes(), 0);
 }
 
