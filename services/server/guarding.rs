@@ -125,7 +125,9 @@ pub(super) async fn reload_tokens_on_change(
         } else {
             // The admin token, read again (or, removed, made anew: what
             // the file holds now is what counts as loaded).
-            let admin = with_file(&args, None);
+            let admin = load_or_create_admin_token(&args.data_dir)
+                .map(|(_, tokens)| tokens)
+                .map_err(ServeError::from);
             loaded = tokio::fs::read(&path).await.ok();
             admin
         };
