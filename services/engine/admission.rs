@@ -79,6 +79,11 @@ async fn admit_together(
     now: Timestamp,
     wait: bool,
 ) -> Result<Vec<Option<BatchAnswers>>, Error> {
+    if !wait {
+        if let Some(answers) = admit_recalled(store, group, now).await? {
+            return Ok(answers);
+        }
+    }
     let tx = GroupTx::begin(store.conn().await?, store);
     let mut answers: Vec<Option<BatchAnswers>> = group.iter().map(|_| None).collect();
 
@@ -138,6 +143,44 @@ async fn admit_together(
     Ok(answers)
 }
 
+/// Admits `group` on its rows as this process last read or wrote them, in
+/// one round trip: the writes go out behind a lock that holds only if no
+/// row moved since. `None` — nothing written — if it does not know every
+/// row, one moved, or the group creates a workspace: then the group is
+/// admitted from rows read under the lock.
+async fn admit_recalled(
+    store: &Store,
+    group: &[Batch<'_, Intent>],
+    now: Timestamp,
+) -> Result<Option<Vec<Option<BatchAnswers>>>, Error> {
+    let creates = |batch: &Batch<'_, Intent>| batch.requests.iter().any(|r| r.creation.is_some());
+    if group.iter().any(creates) {
+        return Ok(None);
+    }
+    let ids: Vec<WorkspaceId> = group.iter().map(|batch| *batch.key).collect();
+    let configs: Vec<WorkspaceId> = group
+        .iter()
+        .filter(|batch| batch.requests.iter().any(|r| r.change.is_some()))
+        .map(|batch| *batch.key)
+        .collect();
+    let Some((mut known, versions)) = GroupTx::recall(store, &ids, &configs) else {
+        return Ok(None);
+    };
+    let mut answers = Vec::with_capacity(group.len());
+    let mut writes = Vec::with_capacity(group.len());
+    for batch in group {
+        let Some(admitting) = known.remove(batch.key) else {
+            return Ok(None);
+        };
+        let (results, write) = admit_batch(store, *batch.key, batch.requests, admitting, now);
+        answers.push(Some(Ok(results)));
+        writes.push(write);
+    }
+    let tx = GroupTx::begin(store.conn().await?, store);
+    let committed = tx.commit_unchanged(&ids, &versions, &writes, now).await?;
+    Ok(committed.then_some(answers))
+}
+
 /// Admits one workspace's batch against its locked row, in arrival order.
 fn admit_batch<'a>(
     store: &Store,
@@ -173,6 +216,11 @@ fn admit_batch<'a>(
     // A batch that changed nothing (refusals, drops) leaves the row as it
     // was, `updated_at` included: bad input changes nothing.
     let changed = (&locked.ledger, locked.config_version) != (&before.0, before.1);
+    let after = admitting
+        .config
+        .as_ref()
+        .filter(|_| changed)
+        .map(ConfigState::unwritten);
     let write = WorkspaceWrites {
         workspace,
         tally,
@@ -182,6 +230,7 @@ fn admit_batch<'a>(
             .config
             .map(|config| config.into_writes())
             .unwrap_or_default(),
+        after,
     };
     (results, write)
 }

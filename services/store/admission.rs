@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::{
-    Locked, Store, audit, audit::AuditRow, config_state::ConfigWrites, notify, rows,
-    statement::Statement,
+    Locked, Store, audit, audit::AuditRow, config_state::ConfigState, config_state::ConfigWrites,
+    notify, rows, statement::Statement,
 };
 use crate::{
     domain::{
@@ -69,6 +69,9 @@ pub struct WorkspaceWrites<'a> {
     pub save: Option<Locked>,
     /// The secrets and files the batch changed.
     pub config: ConfigWrites<'a>,
+    /// The config as the batch left it, if it read it and saved the row:
+    /// remembered with the row's new version (`known_rows.rs`).
+    pub after: Option<ConfigState<'static>>,
 }
 
 impl WorkspaceWrites<'_> {
@@ -80,12 +83,15 @@ impl WorkspaceWrites<'_> {
             audit: Vec::new(),
             save: None,
             config: ConfigWrites::default(),
+            after: None,
         }
     }
 }
 
 /// Every statement `writes` needs — each kind one statement for the whole
-/// group — sent with the group's `COMMIT` in one round trip.
+/// group — sent with the group's `COMMIT` in one round trip. The rows'
+/// save, when there is one, goes first: its `RETURNING` gives the versions
+/// it left the rows at (`group_tx::remember_saved`).
 pub(super) fn write_group<'a>(
     store: &Store,
     writes: &'a [WorkspaceWrites<'a>],

@@ -68,6 +68,26 @@ impl<'a> ConfigState<'a> {
         self.files.insert(path, content_bytes);
     }
 
+    /// This config as the changes so far leave it, with nothing to write:
+    /// what admission remembers of the workspace (`known_rows.rs`).
+    pub fn unwritten(&self) -> ConfigState<'static> {
+        ConfigState {
+            workspace: self.workspace,
+            backend: self.backend,
+            spec: self.spec.clone(),
+            secrets: self.secrets.clone(),
+            files: self.files.clone(),
+            totals: self.totals,
+            writes: ConfigWrites::default(),
+        }
+    }
+
+    /// Whether it was read with the workspace's spec (the backends' limits
+    /// are checked against it).
+    pub(super) fn has_spec(&self) -> bool {
+        self.spec.is_some()
+    }
+
     /// What the batch's changes leave to write.
     pub fn into_writes(self) -> ConfigWrites<'a> {
         self.writes

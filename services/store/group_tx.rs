@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     Connection, Locked, Store, admission, admission::WorkspaceWrites, config_state::ConfigState,
-    db, limits, open_tx::OpenTx, rows, rows::parse,
+    db, limits, open_tx::OpenTx, rows, rows::RowVersion, rows::parse, statement::Statement,
 };
 use crate::domain::{Error, Timestamp, WorkspaceId, WorkspaceSpec, change::Creation};
 
@@ -133,9 +133,11 @@ impl GroupTx {
         let ((), locked, (specs, entries)) =
             futures::try_join!(self.tx.opening(), rows::lock_all(tx, &lock, &ids), read)?;
 
+        let mut versions = Vec::with_capacity(locked.len());
         let mut admitting: HashMap<WorkspaceId, Admitting<'a>> = locked
             .into_iter()
-            .map(|(id, locked)| {
+            .map(|(id, locked, version)| {
+                versions.push((id, version));
                 let admitting = Admitting {
                     locked,
                     config: None,
@@ -167,13 +169,89 @@ impl GroupTx {
                 }
             }
         }
+        for (id, version) in versions {
+            if let Some(entry) = admitting.get(&id) {
+                let config = entry.config.as_ref().map(ConfigState::unwritten);
+                (self.store.known).remember(id, version, entry.locked.clone(), config);
+            }
+        }
         Ok(admitting)
+    }
+
+    /// The rows of `ids` as this process last read or wrote them, with the
+    /// config of those in `configs` — if it knows them all (`known_rows.rs`):
+    /// then the group is decided without reading them, and committed with
+    /// [`GroupTx::commit_unchanged`].
+    pub fn recall(
+        store: &Store,
+        ids: &[WorkspaceId],
+        configs: &[WorkspaceId],
+    ) -> Option<(HashMap<WorkspaceId, Admitting<'static>>, Vec<RowVersion>)> {
+        store.known.recall(ids, configs, limits::enforced(store))
     }
 
     /// Writes everything the group decided and commits, in one pipelined
     /// round trip.
     pub async fn commit(self, writes: &[WorkspaceWrites<'_>], now: Timestamp) -> Result<(), Error> {
         let statements = admission::write_group(&self.store, writes, now);
-        self.tx.commit_with(&statements).await.map(drop)
+        let rows = self.tx.commit_with(&statements).await?;
+        remember_saved(&self.store, writes, &rows);
+        Ok(())
+    }
+
+    /// Like [`GroupTx::commit`], for a group decided on recalled rows: its
+    /// writes go out behind a lock of `ids` that fails unless each row still
+    /// has its version in `versions` — so the whole group, `BEGIN` to
+    /// `COMMIT`, is one round trip. `Ok(false)` if a row moved (or another
+    /// transaction holds one): nothing was written, and those rows are read
+    /// under the lock for a while.
+    pub async fn commit_unchanged(
+        self,
+        ids: &[WorkspaceId],
+        versions: &[RowVersion],
+        writes: &[WorkspaceWrites<'_>],
+        now: Timestamp,
+    ) -> Result<bool, Error> {
+        let uuids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        let versions: Vec<i64> = versions.iter().map(|v| v.0).collect();
+        let guard = Statement::new(
+            "SELECT wl_lock_unchanged($1::uuid[], $2::bigint[])",
+            vec![Box::new(uuids), Box::new(versions)],
+        );
+        let statements = admission::write_group(&self.store, writes, now);
+        match self.tx.commit_behind(&guard, &statements).await? {
+            Some(rows) => {
+                remember_saved(&self.store, writes, &rows);
+                Ok(true)
+            }
+            None => {
+                self.store.known.moved(ids);
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Remembers each row the group saved at the version its save left it at,
+/// with the config as its batch left it. (A row the group did not save kept
+/// its version, and what was remembered of it holds.)
+fn remember_saved(
+    store: &Store,
+    writes: &[WorkspaceWrites<'_>],
+    rows: &[Vec<tokio_postgres::Row>],
+) {
+    // The rows' save goes first when there is one (`admission::write_group`).
+    if !writes.iter().any(|w| w.save.is_some()) {
+        return;
+    }
+    let Some(saved) = rows.first() else { return };
+    for (id, version) in rows::saved_versions(saved) {
+        let Some(write) = writes.iter().find(|w| w.workspace == id) else {
+            continue;
+        };
+        if let Some(locked) = &write.save {
+            let config = write.after.as_ref().map(ConfigState::unwritten);
+            store.known.remember(id, version, locked.clone(), config);
+        }
     }
 }

@@ -20,6 +20,7 @@ mod cycles;
 mod drops;
 mod error;
 mod group_tx;
+mod known_rows;
 mod limits;
 pub mod listener;
 mod notify;
@@ -97,6 +98,8 @@ pub struct Store {
     sealer: Arc<Sealer>,
     /// The backends' limits, checked at admission (set by the engine).
     limits: Arc<std::sync::OnceLock<LimitCheck>>,
+    /// The rows admission read and wrote, so it need not read them again.
+    known: Arc<known_rows::KnownRows>,
 }
 
 impl std::fmt::Debug for Store {
@@ -150,6 +153,7 @@ impl Store {
             clock,
             sealer: Arc::new(Sealer::new(&config.secrets_key)),
             limits: Arc::default(),
+            known: Arc::default(),
         };
         drop(store.conn().await?);
         Ok(store)
@@ -234,6 +238,15 @@ impl Store {
             .await
             .map_err(db)?;
         }
+        // Their sizes as admission counts them changed: the rows' versions
+        // move (V8's trigger), so no replica admits against what it knew.
+        let sealed: Vec<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
+        tx.execute(
+            "UPDATE workspaces SET row_version = row_version WHERE id = ANY($1)",
+            &[&sealed],
+        )
+        .await
+        .map_err(db)?;
         tx.commit().await.map_err(db)?;
         if !rows.is_empty() {
             tracing::info!(count = rows.len(), "sealed secrets stored before sealing");

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use deadpool_postgres::Object;
-use tokio_postgres::Row;
+use tokio_postgres::{Row, error::SqlState};
 
 use super::{
     Connection, db,
@@ -73,7 +73,49 @@ impl OpenTx {
         self.committed = true;
         Ok(rows)
     }
+
+    /// Like [`OpenTx::commit_with`], with `guard` sent first, right behind
+    /// `BEGIN`: `Ok(None)` — nothing written, the transaction rolled back —
+    /// if the guard found its rows moved (SQLSTATE WL001) or held by another
+    /// transaction (55P03, `NOWAIT`).
+    pub(super) async fn commit_behind(
+        mut self,
+        guard: &Statement<'_>,
+        statements: &[Statement<'_>],
+    ) -> Result<Option<Vec<Vec<Row>>>, Error> {
+        let client = self.client();
+        let prepared = client.prepare_cached(guard.sql()).await.map_err(db)?;
+        let moved = AtomicBool::new(false);
+        let params = guard.params();
+        let guarded = async {
+            client.query(&prepared, &params).await.map_err(|err| {
+                let code = err.code();
+                if code == Some(&SqlState::LOCK_NOT_AVAILABLE)
+                    || code.map(SqlState::code) == Some(ROW_MOVED)
+                {
+                    moved.store(true, Ordering::Release);
+                }
+                db(err)
+            })
+        };
+        // Joined, so `BEGIN` and the guard go out in that order on the
+        // first poll, ahead of the statements.
+        let first = async { futures::try_join!(self.opening(), guarded).map(drop) };
+        let commit = async move { client.batch_execute("COMMIT").await.map_err(db) };
+        match statement::pipelined(client, Box::pin(first), statements, commit).await {
+            Ok(rows) => {
+                self.committed = true;
+                Ok(Some(rows))
+            }
+            Err(_) if moved.load(Ordering::Acquire) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
 }
+
+/// What `wl_lock_unchanged` (V8) raises when a row it was asked to lock
+/// moved since it was read, or is gone.
+const ROW_MOVED: &str = "WL001";
 
 impl Drop for OpenTx {
     fn drop(&mut self) {

@@ -84,6 +84,8 @@ impl RowTx {
             .chain(notify::publish(&self.events))
             .collect();
         let rows = self.tx.commit_with(&statements).await?;
+        // Admission would find the row moved: it reads it again instead.
+        self.store.known.forget(self.workspace);
         Ok(Committed { rows })
     }
 }

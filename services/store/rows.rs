@@ -64,7 +64,7 @@ macro_rules! locked_columns {
         "desired, generation, running_cycle, running_owner, running_lease_until,
          running_goal, running_generation, running_takeovers, pending_cycle,
          pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
-         window_until, config_version, status"
+         window_until, config_version, status, row_version"
     };
 }
 
@@ -97,21 +97,38 @@ pub(crate) async fn lock(
 
 /// Locks several workspace rows in id order — so two transactions locking
 /// overlapping sets never wait on each other in a cycle — and loads their
-/// ledgers; a workspace that does not exist is missing from the answer.
+/// ledgers, each with its row's version (V8); a workspace that does not
+/// exist is missing from the answer.
 pub(crate) async fn lock_all(
     client: &impl GenericClient,
     statement: &tokio_postgres::Statement,
     ids: &[Uuid],
-) -> Result<Vec<(WorkspaceId, Locked)>, Error> {
+) -> Result<Vec<(WorkspaceId, Locked, RowVersion)>, Error> {
     let rows = client.query(statement, &[&ids]).await.map_err(db)?;
     rows.iter()
         .map(|row| {
             Ok((
                 WorkspaceId::from(row.get::<_, Uuid>("id")),
                 locked_from_row(row)?,
+                RowVersion(row.get("row_version")),
             ))
         })
         .collect()
+}
+
+/// A workspace row's version: moved by every write of the row (V8), so a
+/// row known at one version is the row in Postgres while it still has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowVersion(pub(crate) i64);
+
+/// The versions [`save`] left its rows at (its `RETURNING`).
+pub(crate) fn saved_versions(rows: &[Row]) -> impl Iterator<Item = (WorkspaceId, RowVersion)> + '_ {
+    rows.iter().map(|row| {
+        (
+            WorkspaceId::from(row.get::<_, Uuid>(0)),
+            RowVersion(row.get(1)),
+        )
+    })
 }
 
 /// The statement [`lock_all`] runs to wait for every row.
@@ -206,7 +223,8 @@ pub(crate) fn save<'a>(rows: &[Save<'a>], now: Timestamp) -> Option<Statement<'a
                  running_goal, running_generation, running_takeovers, pending_cycle,
                  pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
                  window_until, pending_due_at, config_version)
-         WHERE w.id = v.id",
+         WHERE w.id = v.id
+         RETURNING w.id, w.row_version",
         vec![
             Box::new(ids),
             Box::new(desired),

@@ -57,11 +57,13 @@ impl Store {
             ))
             .await
             .map_err(db)?;
-        Ok(conn
+        let renewed = conn
             .execute(&statement, &[&w, &c, &o, &t, &lease_until])
             .await
-            .map_err(db)?
-            == 1)
+            .map_err(db)?;
+        // Admission would find the row moved: it reads it again instead.
+        self.known.forget(fence.workspace);
+        Ok(renewed == 1)
     }
 
     /// Publishes `event` only if `fence` still holds; false otherwise.

@@ -39,7 +39,13 @@ impl<'a> Statement<'a> {
         Self { sql, params }
     }
 
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    /// Its text, to prepare it.
+    pub(super) fn sql(&self) -> &'static str {
+        self.sql
+    }
+
+    /// Its parameters, to send it.
+    pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
@@ -65,7 +71,7 @@ where
     let prepared = futures::future::try_join_all(
         statements
             .iter()
-            .map(|statement| client.prepare_cached(statement.sql)),
+            .map(|statement| client.prepare_cached(statement.sql())),
     )
     .await
     .map_err(db)?;

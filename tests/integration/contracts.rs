@@ -796,3 +796,32 @@ async fn the_reconciler_restarts_a_dead_instance_once_and_respects_the_window() 
     assert_eq!(s.backend.start_count(ws), 2, "exactly one reconciler cycle");
     s.shutdown().await;
 }
+
+/// C2 and C13 across replicas: a replica admits against the row as
+/// Postgres has it, never as it last wrote it. Replica `a` remembers the
+/// rows it admits into and decides its next group on them without reading
+/// them again; here `b` moves the row in between, so `a`'s guarded commit
+/// is refused and `a` admits again from the row read under the lock.
+/// (Red when the guard does not compare versions: `a` hands out the config
+/// version `b` already gave, and the row goes back to it.)
+#[tokio::test]
+async fn a_replica_admits_against_the_row_another_replica_moved_not_the_one_it_remembers() {
+    let a = TestServer::start(Options::default()).await;
+    let b = a.replica(Options::default()).await;
+    let ws = a.create_online("remembered").await;
+
+    let first = a.set_secret(ws, "FIRST", "1").await.config_version;
+    let second = b.set_secret(ws, "SECOND", "2").await.config_version;
+    assert_eq!(second, first + 1);
+    let third = a.set_secret(ws, "THIRD", "3").await.config_version;
+    assert_eq!(
+        third,
+        second + 1,
+        "a admitted against the row it remembered"
+    );
+    let fourth = a.set_secret(ws, "FOURTH", "4").await.config_version;
+    assert_eq!(fourth, third + 1);
+    assert_eq!(a.get(ws).await.config_version, fourth);
+    b.shutdown().await;
+    a.shutdown().await;
+}

@@ -12,7 +12,7 @@ use workspace_lifecycle::{
         clock::ManualClock, ledger::Timing,
     },
     engine::gate::GateKeeper,
-    store::{GroupTx, RowTx, Store, StoreConfig, Tally, WorkspaceWrites},
+    store::{GroupTx, Locked, RowTx, Store, StoreConfig, Tally, WorkspaceWrites},
 };
 
 use crate::support::{TestDb, TestServer};
@@ -298,4 +298,128 @@ async fn writes_sent_with_the_commit_land_inside_its_transaction_even_unprepared
         before,
         "the row's write landed outside the failed transaction"
     );
+}
+
+/// A group decided on rows the store remembers (it read or wrote them
+/// last) goes out in one round trip behind `wl_lock_unchanged`: written if
+/// no row moved since, and if one did — another replica wrote it — or
+/// another transaction holds it, nothing is written and the store reads
+/// those rows under the lock for a while. (Red when the guard does not
+/// compare versions: the stale decision overwrites the other replica's.)
+#[tokio::test]
+async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_held() {
+    let OnlineRow {
+        db: _db,
+        store,
+        sql,
+        ws,
+        now,
+    } = online_row("remembered").await;
+    let version = async |ws: WorkspaceId| -> i64 {
+        sql.query_one(
+            "SELECT config_version FROM workspaces WHERE id = $1",
+            &[&ws.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    let bumped = |mut locked: Locked| {
+        locked.config_version.0 += 1;
+        [WorkspaceWrites {
+            save: Some(locked),
+            ..WorkspaceWrites::counted(ws, Tally::default())
+        }]
+    };
+    let before = version(ws).await;
+
+    // Read under the lock and written: the store remembers the row.
+    let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
+    let mut locked = tx.lock(&[ws], &[], false).await.unwrap();
+    let read = locked.remove(&ws).expect("locked").locked;
+    tx.commit(&bumped(read), now).await.unwrap();
+
+    // Remembered as written: decided without a read, and committed.
+    let (mut known, versions) =
+        GroupTx::recall(&store, &[ws], &[]).expect("the row it wrote is remembered");
+    let known = known.remove(&ws).expect("recalled").locked;
+    assert_eq!(known.config_version.0 as i64, before + 1);
+    let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
+    let written = bounded_by(
+        Duration::from_secs(10),
+        "the remembered group commits",
+        tx.commit_unchanged(&[ws], &versions, &bumped(known), now),
+    )
+    .await;
+    assert!(written.unwrap(), "nothing moved: the group is written");
+    assert_eq!(version(ws).await, before + 2);
+
+    // Another replica moves the row: the store still remembers it as it
+    // was, and the decision made on that is refused whole.
+    sql.execute(
+        "UPDATE workspaces SET config_version = config_version + 10 WHERE id = $1",
+        &[&ws.as_uuid()],
+    )
+    .await
+    .unwrap();
+    let (mut known, versions) = GroupTx::recall(&store, &[ws], &[]).expect("still remembered");
+    let stale = known.remove(&ws).expect("recalled").locked;
+    let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
+    let written = bounded_by(
+        Duration::from_secs(10),
+        "the refusal",
+        tx.commit_unchanged(&[ws], &versions, &bumped(stale), now),
+    )
+    .await;
+    assert!(
+        !written.unwrap(),
+        "a moved row refuses the remembered group"
+    );
+    assert_eq!(
+        version(ws).await,
+        before + 12,
+        "the other replica's write stands"
+    );
+    assert!(
+        GroupTx::recall(&store, &[ws], &[]).is_none(),
+        "a row found moved is read under the lock again"
+    );
+
+    // A row another transaction holds: refused at once, not waited for.
+    let other = WorkspaceId::new();
+    let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
+    sql.execute(
+        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status)
+         VALUES ($1, 'held', 'process', $2, $3, $3, 'ONLINE')",
+        &[&other.as_uuid(), &spec, &now],
+    )
+    .await
+    .unwrap();
+    let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
+    let read = tx.lock(&[other], &[], false).await.unwrap();
+    assert!(read.contains_key(&other));
+    drop(tx);
+    let (mut known, versions) =
+        GroupTx::recall(&store, &[other], &[]).expect("the row it read is remembered");
+    let held = known.remove(&other).expect("recalled").locked;
+    sql.batch_execute("BEGIN").await.unwrap();
+    sql.execute(
+        "SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE",
+        &[&other.as_uuid()],
+    )
+    .await
+    .unwrap();
+    let before_held = version(other).await;
+    let mut writes = bumped(held);
+    writes[0].workspace = other;
+    let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
+    let written = bounded_by(
+        Duration::from_secs(10),
+        "a held row's refusal",
+        tx.commit_unchanged(&[other], &versions, &writes, now),
+    )
+    .await;
+    assert!(!written.unwrap(), "a held row refuses the group, at once");
+    sql.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(version(other).await, before_held);
 }
