@@ -7,17 +7,31 @@
 -- (then the group is admitted again the usual way, from rows read under
 -- the lock). A workspace's secrets and files change only with its row
 -- (their config version, its deletion), so the version covers them too.
-ALTER TABLE workspaces ADD COLUMN row_version bigint NOT NULL DEFAULT 0;
+--
+-- A version is random, not a counter: versions are only ever compared for
+-- equality, and a counter can repeat with other contents once the
+-- database's history is rewound (a restored backup, a failover to a
+-- standby that lost commits) while replicas still remember rows.
+CREATE FUNCTION wl_new_row_version() RETURNS bigint
+LANGUAGE sql VOLATILE AS $$
+    SELECT (random() * 9223372036854775807)::bigint
+$$;
+
+ALTER TABLE workspaces ADD COLUMN row_version bigint NOT NULL DEFAULT wl_new_row_version();
 
 CREATE FUNCTION wl_next_row_version() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.row_version := OLD.row_version + 1;
+    NEW.row_version := wl_new_row_version();
     RETURN NEW;
 END $$;
 
 CREATE TRIGGER workspaces_row_version BEFORE UPDATE ON workspaces
     FOR EACH ROW EXECUTE FUNCTION wl_next_row_version();
+-- Also in sessions with `session_replication_role = replica` (the audit
+-- retention procedure in the README, logical replication's apply): no
+-- write of the row may leave its version as it was.
+ALTER TABLE workspaces ENABLE ALWAYS TRIGGER workspaces_row_version;
 
 -- Locks the rows of `ids` if each still has its version in `versions`
 -- (same order); fails with SQLSTATE WL001 if any moved or is gone, and

@@ -21,7 +21,10 @@ use crate::{
         change::Creation,
         ledger::{AdmitRequest, Admitted},
     },
-    store::{Admitting, AuditRow, ConfigState, GroupTx, Locked, Store, Tally, WorkspaceWrites},
+    store::{
+        Admitting, AuditRow, ConfigState, Connection, GroupTx, Locked, Store, Tally, Unchanged,
+        WorkspaceWrites,
+    },
     telemetry::cycle_trace::TraceOrigin,
 };
 
@@ -79,12 +82,19 @@ async fn admit_together(
     now: Timestamp,
     wait: bool,
 ) -> Result<Vec<Option<BatchAnswers>>, Error> {
+    let mut conn = None;
     if !wait {
-        if let Some(answers) = admit_recalled(store, group, now).await? {
-            return Ok(answers);
+        match admit_recalled(store, group, now).await? {
+            Recalled::Admitted(answers) => return Ok(answers),
+            Recalled::Moved(free) => conn = Some(free),
+            Recalled::Unknown => {}
         }
     }
-    let tx = GroupTx::begin(store.conn().await?, store);
+    let conn = match conn {
+        Some(conn) => conn,
+        None => store.conn().await?,
+    };
+    let tx = GroupTx::begin(conn, store);
     let mut answers: Vec<Option<BatchAnswers>> = group.iter().map(|_| None).collect();
 
     // New workspaces first: a name taken by a live workspace fails that
@@ -145,17 +155,15 @@ async fn admit_together(
 
 /// Admits `group` on its rows as this process last read or wrote them, in
 /// one round trip: the writes go out behind a lock that holds only if no
-/// row moved since. `None` — nothing written — if it does not know every
-/// row, one moved, or the group creates a workspace: then the group is
-/// admitted from rows read under the lock.
+/// row moved since. Nothing is written unless it is [`Recalled::Admitted`].
 async fn admit_recalled(
     store: &Store,
     group: &[Batch<'_, Intent>],
     now: Timestamp,
-) -> Result<Option<Vec<Option<BatchAnswers>>>, Error> {
+) -> Result<Recalled, Error> {
     let creates = |batch: &Batch<'_, Intent>| batch.requests.iter().any(|r| r.creation.is_some());
     if group.iter().any(creates) {
-        return Ok(None);
+        return Ok(Recalled::Unknown);
     }
     let ids: Vec<WorkspaceId> = group.iter().map(|batch| *batch.key).collect();
     let configs: Vec<WorkspaceId> = group
@@ -164,21 +172,37 @@ async fn admit_recalled(
         .map(|batch| *batch.key)
         .collect();
     let Some((mut known, versions)) = GroupTx::recall(store, &ids, &configs) else {
-        return Ok(None);
+        return Ok(Recalled::Unknown);
     };
     let mut answers = Vec::with_capacity(group.len());
     let mut writes = Vec::with_capacity(group.len());
     for batch in group {
         let Some(admitting) = known.remove(batch.key) else {
-            return Ok(None);
+            return Ok(Recalled::Unknown);
         };
         let (results, write) = admit_batch(store, *batch.key, batch.requests, admitting, now);
         answers.push(Some(Ok(results)));
         writes.push(write);
     }
     let tx = GroupTx::begin(store.conn().await?, store);
-    let committed = tx.commit_unchanged(&ids, &versions, &writes, now).await?;
-    Ok(committed.then_some(answers))
+    Ok(
+        match tx.commit_unchanged(&ids, &versions, &writes, now).await? {
+            Unchanged::Committed => Recalled::Admitted(answers),
+            Unchanged::Moved(conn) => Recalled::Moved(conn),
+        },
+    )
+}
+
+/// How admitting a group on its remembered rows went.
+enum Recalled {
+    /// Committed: each batch's answers.
+    Admitted(Vec<Option<BatchAnswers>>),
+    /// Not every row is remembered (or the group creates a workspace):
+    /// nothing was sent.
+    Unknown,
+    /// A row moved: nothing was written. The connection, free for reading
+    /// the rows under the lock.
+    Moved(Connection),
 }
 
 /// Admits one workspace's batch against its locked row, in arrival order.

@@ -13,8 +13,15 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
-    Connection, Locked, Store, admission, admission::WorkspaceWrites, config_state::ConfigState,
-    db, limits, open_tx::OpenTx, rows, rows::RowVersion, rows::parse, statement::Statement,
+    Connection, Locked, Store, admission,
+    admission::WorkspaceWrites,
+    config_state::ConfigState,
+    db, limits,
+    open_tx::{Guarded, OpenTx},
+    rows,
+    rows::RowVersion,
+    rows::parse,
+    statement::Statement,
 };
 use crate::domain::{Error, Timestamp, WorkspaceId, WorkspaceSpec, change::Creation};
 
@@ -202,16 +209,16 @@ impl GroupTx {
     /// Like [`GroupTx::commit`], for a group decided on recalled rows: its
     /// writes go out behind a lock of `ids` that fails unless each row still
     /// has its version in `versions` — so the whole group, `BEGIN` to
-    /// `COMMIT`, is one round trip. `Ok(false)` if a row moved (or another
-    /// transaction holds one): nothing was written, and those rows are read
-    /// under the lock for a while.
+    /// `COMMIT`, is one round trip. [`Unchanged::Moved`] if a row moved (or
+    /// another transaction holds one): nothing was written, and those rows
+    /// are read under the lock for a while.
     pub async fn commit_unchanged(
         self,
         ids: &[WorkspaceId],
         versions: &[RowVersion],
         writes: &[WorkspaceWrites<'_>],
         now: Timestamp,
-    ) -> Result<bool, Error> {
+    ) -> Result<Unchanged, Error> {
         let uuids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
         let versions: Vec<i64> = versions.iter().map(|v| v.0).collect();
         let guard = Statement::new(
@@ -220,21 +227,31 @@ impl GroupTx {
         );
         let statements = admission::write_group(&self.store, writes, now);
         match self.tx.commit_behind(&guard, &statements).await? {
-            Some(rows) => {
+            Guarded::Committed(rows) => {
                 remember_saved(&self.store, writes, &rows);
-                Ok(true)
+                Ok(Unchanged::Committed)
             }
-            None => {
+            Guarded::Refused(conn) => {
                 self.store.known.moved(ids);
-                Ok(false)
+                Ok(Unchanged::Moved(conn))
             }
         }
     }
 }
 
-/// Remembers each row the group saved at the version its save left it at,
-/// with the config as its batch left it. (A row the group did not save kept
-/// its version, and what was remembered of it holds.)
+/// How [`GroupTx::commit_unchanged`] ended.
+pub enum Unchanged {
+    /// The group is written.
+    Committed,
+    /// A row moved: nothing is written. The connection, free again, for
+    /// admitting the group from rows read under the lock.
+    Moved(Connection),
+}
+
+/// Remembers each row the group saved as Postgres holds it now, at the
+/// version its save left it at, with the config as its batch left it. (A
+/// row the group did not save kept its version, and what was remembered of
+/// it holds.)
 fn remember_saved(
     store: &Store,
     writes: &[WorkspaceWrites<'_>],
@@ -244,14 +261,17 @@ fn remember_saved(
     if !writes.iter().any(|w| w.save.is_some()) {
         return;
     }
-    let Some(saved) = rows.first() else { return };
-    for (id, version) in rows::saved_versions(saved) {
-        let Some(write) = writes.iter().find(|w| w.workspace == id) else {
-            continue;
-        };
-        if let Some(locked) = &write.save {
-            let config = write.after.as_ref().map(ConfigState::unwritten);
-            store.known.remember(id, version, locked.clone(), config);
-        }
+    let saved = rows.first().map(|saved| rows::saved(saved));
+    let Some(Ok(saved)) = saved else {
+        // Not readable back: read under the lock next time.
+        writes.iter().for_each(|w| store.known.forget(w.workspace));
+        return;
+    };
+    for (id, locked, version) in saved {
+        let after = writes.iter().find(|w| w.workspace == id);
+        let config = after
+            .and_then(|w| w.after.as_ref())
+            .map(ConfigState::unwritten);
+        store.known.remember(id, version, locked, config);
     }
 }

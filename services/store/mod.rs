@@ -48,7 +48,7 @@ pub use claimed::{ConfigSnapshot, PendingStart, Started};
 pub use config_state::{ConfigState, ConfigWrites};
 pub use cycles::CycleRecord;
 pub use drops::Peek;
-pub use group_tx::{Admitting, GroupTx};
+pub use group_tx::{Admitting, GroupTx, Unchanged};
 pub use limits::LimitCheck;
 pub use retention::Pruned;
 pub use row_tx::{Committed, Connection, Locked, RowTx};

@@ -75,14 +75,14 @@ impl OpenTx {
     }
 
     /// Like [`OpenTx::commit_with`], with `guard` sent first, right behind
-    /// `BEGIN`: `Ok(None)` — nothing written, the transaction rolled back —
-    /// if the guard found its rows moved (SQLSTATE WL001) or held by another
-    /// transaction (55P03, `NOWAIT`).
+    /// `BEGIN`: [`Guarded::Refused`] — nothing written — if the guard found
+    /// its rows moved (SQLSTATE WL001) or held by another transaction
+    /// (55P03, `NOWAIT`).
     pub(super) async fn commit_behind(
         mut self,
         guard: &Statement<'_>,
         statements: &[Statement<'_>],
-    ) -> Result<Option<Vec<Vec<Row>>>, Error> {
+    ) -> Result<Guarded, Error> {
         let client = self.client();
         let prepared = client.prepare_cached(guard.sql()).await.map_err(db)?;
         let moved = AtomicBool::new(false);
@@ -102,15 +102,33 @@ impl OpenTx {
         // first poll, ahead of the statements.
         let first = async { futures::try_join!(self.opening(), guarded).map(drop) };
         let commit = async move { client.batch_execute("COMMIT").await.map_err(db) };
-        match statement::pipelined(client, Box::pin(first), statements, commit).await {
+        let outcome = statement::pipelined(client, Box::pin(first), statements, commit).await;
+        match outcome {
             Ok(rows) => {
                 self.committed = true;
-                Ok(Some(rows))
+                Ok(Guarded::Committed(rows))
             }
-            Err(_) if moved.load(Ordering::Acquire) => Ok(None),
+            // The guard's answer came back, so every step went out on the
+            // first poll, the `COMMIT` too: Postgres ends the failed
+            // transaction with it (a rollback), ahead of anything sent next
+            // on the connection, which is free for the next transaction.
+            Err(_) if moved.load(Ordering::Acquire) => {
+                self.committed = true;
+                let conn = self.conn.take().expect("a transaction has its connection");
+                Ok(Guarded::Refused(conn))
+            }
             Err(err) => Err(err),
         }
     }
+}
+
+/// How a guarded commit ([`OpenTx::commit_behind`]) ended.
+pub(super) enum Guarded {
+    /// Committed: each statement's rows.
+    Committed(Vec<Vec<Row>>),
+    /// The guard refused: nothing written, the transaction over; its
+    /// connection, for the next one.
+    Refused(Connection),
 }
 
 /// What `wl_lock_unchanged` (V8) raises when a row it was asked to lock

@@ -121,14 +121,19 @@ pub(crate) async fn lock_all(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowVersion(pub(crate) i64);
 
-/// The versions [`save`] left its rows at (its `RETURNING`).
-pub(crate) fn saved_versions(rows: &[Row]) -> impl Iterator<Item = (WorkspaceId, RowVersion)> + '_ {
-    rows.iter().map(|row| {
-        (
-            WorkspaceId::from(row.get::<_, Uuid>(0)),
-            RowVersion(row.get(1)),
-        )
-    })
+/// The rows [`save`] wrote, as Postgres holds them now (its `RETURNING`:
+/// timestamps at Postgres' precision, not the engine's), with the versions
+/// it left them at.
+pub(crate) fn saved(rows: &[Row]) -> Result<Vec<(WorkspaceId, Locked, RowVersion)>, Error> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                WorkspaceId::from(row.get::<_, Uuid>("id")),
+                locked_from_row(row)?,
+                RowVersion(row.get("row_version")),
+            ))
+        })
+        .collect()
 }
 
 /// The statement [`lock_all`] runs to wait for every row.
@@ -224,7 +229,10 @@ pub(crate) fn save<'a>(rows: &[Save<'a>], now: Timestamp) -> Option<Statement<'a
                  pending_created_at, pending_urgent, pending_burst_first, pending_burst_last,
                  window_until, pending_due_at, config_version)
          WHERE w.id = v.id
-         RETURNING w.id, w.row_version",
+         RETURNING w.id, w.desired, w.generation, w.running_cycle, w.running_owner,
+            w.running_lease_until, w.running_goal, w.running_generation, w.running_takeovers,
+            w.pending_cycle, w.pending_created_at, w.pending_urgent, w.pending_burst_first,
+            w.pending_burst_last, w.window_until, w.config_version, w.status, w.row_version",
         vec![
             Box::new(ids),
             Box::new(desired),

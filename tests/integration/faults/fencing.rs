@@ -12,7 +12,7 @@ use workspace_lifecycle::{
         clock::ManualClock, ledger::Timing,
     },
     engine::gate::GateKeeper,
-    store::{GroupTx, Locked, RowTx, Store, StoreConfig, Tally, WorkspaceWrites},
+    store::{GroupTx, Locked, RowTx, Store, StoreConfig, Tally, Unchanged, WorkspaceWrites},
 };
 
 use crate::support::{TestDb, TestServer};
@@ -305,7 +305,10 @@ async fn writes_sent_with_the_commit_land_inside_its_transaction_even_unprepared
 /// no row moved since, and if one did — another replica wrote it — or
 /// another transaction holds it, nothing is written and the store reads
 /// those rows under the lock for a while. (Red when the guard does not
-/// compare versions: the stale decision overwrites the other replica's.)
+/// compare versions: the stale decision overwrites the other replica's;
+/// and red when the version's trigger is not `ENABLE ALWAYS`: the other
+/// replica's write, in a `session_replication_role = replica` session,
+/// leaves the version as it was.)
 #[tokio::test]
 async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_held() {
     let OnlineRow {
@@ -351,17 +354,28 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
         tx.commit_unchanged(&[ws], &versions, &bumped(known), now),
     )
     .await;
-    assert!(written.unwrap(), "nothing moved: the group is written");
+    assert!(
+        matches!(written.unwrap(), Unchanged::Committed),
+        "nothing moved: the group is written"
+    );
     assert_eq!(version(ws).await, before + 2);
 
-    // Another replica moves the row: the store still remembers it as it
-    // was, and the decision made on that is refused whole.
+    // Another replica moves the row — here in a session where ordinary
+    // triggers do not fire, as in the README's audit retention — and the
+    // store still remembers it as it was: the decision made on that is
+    // refused whole.
+    sql.batch_execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
     sql.execute(
         "UPDATE workspaces SET config_version = config_version + 10 WHERE id = $1",
         &[&ws.as_uuid()],
     )
     .await
     .unwrap();
+    sql.batch_execute("RESET session_replication_role")
+        .await
+        .unwrap();
     let (mut known, versions) = GroupTx::recall(&store, &[ws], &[]).expect("still remembered");
     let stale = known.remove(&ws).expect("recalled").locked;
     let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
@@ -371,10 +385,12 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
         tx.commit_unchanged(&[ws], &versions, &bumped(stale), now),
     )
     .await;
-    assert!(
-        !written.unwrap(),
-        "a moved row refuses the remembered group"
-    );
+    let Unchanged::Moved(conn) = written.unwrap() else {
+        panic!("a moved row refuses the remembered group");
+    };
+    // Its transaction is over: the connection serves the next statement
+    // (in the failed transaction it would be refused with 25P02).
+    conn.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(
         version(ws).await,
         before + 12,
@@ -419,7 +435,10 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
         tx.commit_unchanged(&[other], &versions, &writes, now),
     )
     .await;
-    assert!(!written.unwrap(), "a held row refuses the group, at once");
+    assert!(
+        matches!(written.unwrap(), Unchanged::Moved(_)),
+        "a held row refuses the group, at once"
+    );
     sql.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(version(other).await, before_held);
 }
