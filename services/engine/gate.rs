@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     domain::{CycleId, Error, Generation, Goal, Timestamp, WorkspaceId, clock::SharedClock},
-    store::{Committed, Locked, PendingStart, RowTx, Store, token_hash},
+    store::{Committed, Locked, OnRow, PendingStart, RowTx, Store, token_hash},
 };
 use workspace_backends::AgentToken;
 
@@ -306,21 +306,29 @@ impl GateKeeper<WorkspaceId> for Store {
         now: Timestamp,
     ) -> Result<Claim<LeaseGuard>, Error> {
         let sent = tokio::time::Instant::now();
-        let mut tx = RowTx::begin(self.conn().await?, self, *workspace);
-        let mut locked = match tx.lock().await {
-            Ok(locked) => locked,
+        let decided = self
+            .on_row(*workspace, now, |tx, locked| {
+                let claimed = claim_locked(tx, locked, self, now)?;
+                Ok((claimed.is_some(), claimed))
+            })
+            .await;
+        let OnRow {
+            value,
+            committed,
+            locked,
+        } = match decided {
+            Ok(decided) => decided,
             // Deleted from under a resumption: nothing to claim.
             Err(Error::NotFound(_)) => return Ok(Claim::Lost(None)),
             Err(err) => return Err(err),
         };
-        let Some(claimed) = claim_locked(&mut tx, &mut locked, self, now)? else {
+        let Some(claimed) = value else {
             return Ok(Claim::Lost(locked.ledger.running.map(|r| Holder {
                 cycle: r.cycle,
                 generation: r.generation,
                 goal: r.goal,
             })));
         };
-        let committed = tx.commit(Some(&locked), now).await?;
         Ok(Claim::Won(claimed.started(self, &committed, now, sent)?))
     }
 }

@@ -13,7 +13,7 @@ use crate::{
         WorkspaceId,
         ledger::{Claim, Timing, after},
     },
-    store::{ConfigSnapshot, Fence, RowTx, Started, Store},
+    store::{ConfigSnapshot, Fence, OnRow, Started, Store},
     telemetry::cycle_trace::AdmittedCycle,
 };
 
@@ -208,14 +208,16 @@ impl LeaseGuard {
         *self.fence.lock().expect("fence poisoned") = tokio::time::Instant::now();
         let store = self.store.clone();
         let now = store.clock().now();
-        let tx = RowTx::begin(store.conn().await?, &store, self.workspace);
-        let mut locked = tx.lock().await?;
-        let handed =
-            locked
-                .ledger
-                .hand_off(self.claim.cycle, store.replica(), self.claim.takeovers, now);
-        tx.commit(handed.then_some(&locked), now).await?;
-        Ok(handed)
+        let (cycle, takeovers) = (self.claim.cycle, self.claim.takeovers);
+        let handed = store
+            .on_row(self.workspace, now, |_, locked| {
+                let handed = locked
+                    .ledger
+                    .hand_off(cycle, store.replica(), takeovers, now);
+                Ok((handed, handed))
+            })
+            .await?;
+        Ok(handed.value)
     }
 
     /// Announces a phase (only while the cycle holds the gate).
@@ -253,33 +255,41 @@ impl LeaseGuard {
         let store = self.store.clone();
         let sent = tokio::time::Instant::now();
         let now = store.clock().now();
-        let mut tx = RowTx::begin(store.conn().await?, &store, self.workspace);
-        let mut locked = tx.lock().await?;
-        if !locked
-            .ledger
-            .holds(self.claim.cycle, store.replica(), self.claim.takeovers)
-        {
-            tx.commit(None, now).await?;
-            self.armed = false;
+        let (claim, served) = (&self.claim, self.config_version());
+        let OnRow {
+            value: recorded,
+            committed,
+            locked,
+        } = store
+            .on_row(self.workspace, now, |tx, locked| {
+                if !locked
+                    .ledger
+                    .holds(claim.cycle, store.replica(), claim.takeovers)
+                {
+                    return Ok((false, None));
+                }
+                tx.record_end(claim, &finish, served, now);
+                locked
+                    .ledger
+                    .release(claim.cycle, store.replica(), claim.takeovers);
+                let next = match follow_up {
+                    FollowUp::Claim => gate::claim_locked(tx, locked, &store, now)?,
+                    FollowUp::Leave => None,
+                };
+                Ok((true, Some(next)))
+            })
+            .await?;
+        self.armed = false;
+        let Some(next) = recorded else {
             return Ok(Finished {
                 recorded: false,
                 next: None,
                 next_due: locked.ledger.pending_due(store.timing()),
             });
-        }
-        tx.record_end(&self.claim, &finish, self.config_version(), now);
-        locked
-            .ledger
-            .release(self.claim.cycle, store.replica(), self.claim.takeovers);
-        let next = match follow_up {
-            FollowUp::Claim => gate::claim_locked(&mut tx, &mut locked, &store, now)?,
-            FollowUp::Leave => None,
         };
-        let committed = tx.commit(Some(&locked), now).await?;
         let next = next
             .map(|claimed| claimed.started(&store, &committed, now, sent))
             .transpose()?;
-        self.armed = false;
         Ok(Finished {
             recorded: true,
             next,

@@ -21,7 +21,6 @@ use super::{
     rows,
     rows::RowVersion,
     rows::parse,
-    statement::Statement,
 };
 use crate::domain::{Error, Timestamp, WorkspaceId, WorkspaceSpec, change::Creation};
 
@@ -219,12 +218,7 @@ impl GroupTx {
         writes: &[WorkspaceWrites<'_>],
         now: Timestamp,
     ) -> Result<Unchanged, Error> {
-        let uuids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
-        let versions: Vec<i64> = versions.iter().map(|v| v.0).collect();
-        let guard = Statement::new(
-            "SELECT wl_lock_unchanged($1::uuid[], $2::bigint[])",
-            vec![Box::new(uuids), Box::new(versions)],
-        );
+        let guard = rows::lock_unchanged(ids, versions);
         let statements = admission::write_group(&self.store, writes, now);
         match self.tx.commit_behind(&guard, &statements).await? {
             Guarded::Committed(rows) => {

@@ -1,9 +1,12 @@
-//! What admission last knew of the workspace rows it read and wrote, each
-//! at its row's version (V8), so a group of workspaces it still knows is
-//! admitted in one round trip instead of two: its writes go out behind
-//! `wl_lock_unchanged`, which fails the whole transaction if any row moved
-//! since (C2, C12 and C13 hold as with rows read under the lock: a
-//! decision is written only against the very row version it was made on).
+//! What this process last knew of the workspace rows it read and wrote,
+//! each at its row's version (V8), so a decision on a row it still knows
+//! costs one round trip instead of two — an admission group
+//! (`group_tx.rs`), a claim, a cycle's end, a hand-off (`Store::on_row`):
+//! its writes go out behind `wl_lock_unchanged`, which fails the whole
+//! transaction if any row moved since (C2, C5, C12 and C13 hold as with
+//! rows read under the lock: a decision is written only against the very
+//! row version it was made on, and one that writes nothing is committed
+//! behind the guard all the same, so it too was made on the row as it is).
 //!
 //! Nothing here is trusted: a stale entry costs one failed round trip,
 //! never a wrong write. It only saves reads. So it is small (bounded),
@@ -83,6 +86,13 @@ impl KnownRows {
             );
         }
         Some((admitting, versions))
+    }
+
+    /// `workspace`'s row as last known, with its version — unless it is not
+    /// known or is shy.
+    pub(super) fn recall_row(&self, workspace: WorkspaceId) -> Option<(Locked, RowVersion)> {
+        let (mut known, versions) = self.recall(&[workspace], &[], false)?;
+        Some((known.remove(&workspace)?.locked, *versions.first()?))
     }
 
     /// Remembers `workspace`'s row at `version`: `locked`, and its config if

@@ -51,7 +51,7 @@ pub use drops::Peek;
 pub use group_tx::{Admitting, GroupTx, Unchanged};
 pub use limits::LimitCheck;
 pub use retention::Pruned;
-pub use row_tx::{Committed, Connection, Locked, RowTx};
+pub use row_tx::{Committed, Connection, Locked, OnRow, RowTx};
 pub use running::Fence;
 pub use schedule::{ADMITTER_GRACE, Serving};
 pub use sealing::{Sealer, SecretsKey};

@@ -76,11 +76,12 @@ fn locked_from_row(row: &Row) -> Result<Locked, Error> {
 }
 
 /// Locks the workspace row for the rest of the transaction and loads its
-/// ledger. `NotFound` if there is no such workspace.
+/// ledger, with the row's version. `NotFound` if there is no such
+/// workspace.
 pub(crate) async fn lock(
     client: &impl GenericClient,
     workspace: WorkspaceId,
-) -> Result<Locked, Error> {
+) -> Result<(Locked, RowVersion), Error> {
     let row = super::row_by_id(
         client,
         concat!(
@@ -92,7 +93,7 @@ pub(crate) async fn lock(
         || format!("workspace {workspace}"),
     )
     .await?;
-    locked_from_row(&row)
+    Ok((locked_from_row(&row)?, RowVersion(row.get("row_version"))))
 }
 
 /// Locks several workspace rows in id order — so two transactions locking
@@ -120,6 +121,19 @@ pub(crate) async fn lock_all(
 /// row known at one version is the row in Postgres while it still has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowVersion(pub(crate) i64);
+
+/// The statement that locks the rows of `ids` (`NOWAIT`) only if each still
+/// has its version in `versions`, and otherwise fails the transaction it
+/// opens (`wl_lock_unchanged`, V8): sent first, ahead of writes decided on
+/// remembered rows.
+pub(crate) fn lock_unchanged(ids: &[WorkspaceId], versions: &[RowVersion]) -> Statement<'static> {
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    let versions: Vec<i64> = versions.iter().map(|v| v.0).collect();
+    Statement::new(
+        "SELECT wl_lock_unchanged($1::uuid[], $2::bigint[])",
+        vec![Box::new(ids), Box::new(versions)],
+    )
+}
 
 /// The rows [`save`] wrote, as Postgres holds them now (its `RETURNING`:
 /// timestamps at Postgres' precision, not the engine's), with the versions

@@ -442,3 +442,63 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
     sql.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(version(other).await, before_held);
 }
+
+/// C5 with remembered rows: a claim decided on the row as this replica last
+/// read it is committed only if the row did not move since. Replica `a`
+/// remembers the row with its cycle pending; replica `b` claims that cycle;
+/// `a`'s claim, decided on the remembered row, would take the gate a second
+/// time — its guard refuses it, and `a` decides again on the row read
+/// under the lock: lost, to `b`'s cycle. (Red when the guard does not
+/// compare versions: both replicas win the gate.)
+#[tokio::test]
+async fn a_claim_decided_on_a_remembered_row_another_replica_claimed_is_lost() {
+    let db = TestDb::create().await;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let a = store_on(&db, &clock).await;
+    let b = store_on(&db, &clock).await;
+    let sql = db.client().await;
+    let ws = WorkspaceId::new();
+    let cycle = uuid::Uuid::new_v4();
+    let now = workspace_lifecycle::domain::clock::Clock::now(&clock);
+    let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
+    sql.execute(
+        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status,
+                                 pending_cycle, pending_created_at, pending_urgent)
+         VALUES ($1, 'remembered', 'process', $2, $3, $3, 'PROVISIONING', $4, $3, true)",
+        &[&ws.as_uuid(), &spec, &now, &cycle],
+    )
+    .await
+    .unwrap();
+    sql.execute(
+        "INSERT INTO cycles (id, workspace_id, state, created_at) VALUES ($1, $2, 'PENDING', $3)",
+        &[&cycle, &ws.as_uuid(), &now],
+    )
+    .await
+    .unwrap();
+
+    // `a` reads the row (and lets it go): it remembers the pending cycle.
+    let tx = RowTx::begin(a.conn().await.unwrap(), &a, ws);
+    assert!(tx.lock().await.unwrap().ledger.pending.is_some());
+    drop(tx);
+
+    let held = b
+        .claim(&ws, now)
+        .await
+        .unwrap()
+        .won()
+        .expect("b claims the pending cycle");
+    let second = bounded_by(Duration::from_secs(10), "a's claim", a.claim(&ws, now)).await;
+    assert!(
+        second.unwrap().won().is_none(),
+        "a took the gate b holds, on the row it remembered"
+    );
+    let running: Option<uuid::Uuid> = sql
+        .query_one(
+            "SELECT running_cycle FROM workspaces WHERE id = $1",
+            &[&ws.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(running, Some(held.claim().cycle.as_uuid()));
+}
