@@ -26,8 +26,13 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- Only when the statement did not set a new version itself: admission's
+-- save of a group's rows does (`wl_new_row_version()` inline), and a
+-- `WHEN` is checked without calling the function, so the busiest writer
+-- pays nothing for the trigger (~5 µs a row otherwise).
 CREATE TRIGGER workspaces_row_version BEFORE UPDATE ON workspaces
-    FOR EACH ROW EXECUTE FUNCTION wl_next_row_version();
+    FOR EACH ROW WHEN (NEW.row_version = OLD.row_version)
+    EXECUTE FUNCTION wl_next_row_version();
 -- Also in sessions with `session_replication_role = replica` (the audit
 -- retention procedure in the README, logical replication's apply): no
 -- write of the row may leave its version as it was.

@@ -233,7 +233,7 @@ pub(crate) fn save<'a>(rows: &[Save<'a>], now: Timestamp) -> Option<Statement<'a
             pending_urgent = v.pending_urgent, pending_burst_first = v.pending_burst_first,
             pending_burst_last = v.pending_burst_last, window_until = v.window_until,
             pending_due_at = v.pending_due_at, config_version = v.config_version,
-            updated_at = $18
+            updated_at = $18, row_version = wl_new_row_version()
          FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::uuid[],
                      $6::timestamptz[], $7::text[], $8::bigint[], $9::integer[], $10::uuid[],
                      $11::timestamptz[], $12::boolean[], $13::timestamptz[], $14::timestamptz[],
