@@ -312,7 +312,7 @@ async fn writes_sent_with_the_commit_land_inside_its_transaction_even_unprepared
 #[tokio::test]
 async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_held() {
     let OnlineRow {
-        db: _db,
+        db,
         store,
         sql,
         ws,
@@ -398,10 +398,12 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
     );
     assert!(
         GroupTx::recall(&store, &[ws], &[]).is_none(),
-        "a row found moved is read under the lock again"
+        "after a row was found moved, rows are read under the lock again"
     );
 
     // A row another transaction holds: refused at once, not waited for.
+    // (Another store: this one recalls nothing for a second now.)
+    let store = store_on(&db, &ManualClock::new(chrono::Utc::now())).await;
     let other = WorkspaceId::new();
     let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
     sql.execute(
