@@ -106,6 +106,11 @@ pub(crate) async fn lock_all(
     ids: &[Uuid],
 ) -> Result<Vec<(WorkspaceId, Locked, RowVersion)>, Error> {
     let rows = client.query(statement, &[&ids]).await.map_err(db)?;
+    versioned(&rows)
+}
+
+/// Each row's id, ledger and version.
+fn versioned(rows: &[Row]) -> Result<Vec<(WorkspaceId, Locked, RowVersion)>, Error> {
     rows.iter()
         .map(|row| {
             Ok((
@@ -139,15 +144,7 @@ pub(crate) fn lock_unchanged(ids: &[WorkspaceId], versions: &[RowVersion]) -> St
 /// timestamps at Postgres' precision, not the engine's), with the versions
 /// it left them at.
 pub(crate) fn saved(rows: &[Row]) -> Result<Vec<(WorkspaceId, Locked, RowVersion)>, Error> {
-    rows.iter()
-        .map(|row| {
-            Ok((
-                WorkspaceId::from(row.get::<_, Uuid>("id")),
-                locked_from_row(row)?,
-                RowVersion(row.get("row_version")),
-            ))
-        })
-        .collect()
+    versioned(rows)
 }
 
 /// The statement [`lock_all`] runs to wait for every row.

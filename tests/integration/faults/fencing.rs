@@ -74,8 +74,19 @@ async fn online_row(name: &str) -> OnlineRow {
     }
 }
 
-#[tokio::test]
-async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
+/// Two replicas' stores on one database with one workspace row named
+/// `name` whose cycle is pending, written directly.
+struct PendingRow {
+    _db: TestDb,
+    clock: ManualClock,
+    a: Store,
+    b: Store,
+    sql: tokio_postgres::Client,
+    ws: WorkspaceId,
+    now: workspace_lifecycle::domain::Timestamp,
+}
+
+async fn pending_row(name: &str) -> PendingRow {
     let db = TestDb::create().await;
     let clock = ManualClock::new(chrono::Utc::now());
     let a = store_on(&db, &clock).await;
@@ -88,8 +99,8 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
     sql.execute(
         "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status,
                                  pending_cycle, pending_created_at, pending_urgent)
-         VALUES ($1, 'fenced', 'process', $2, $3, $3, 'PROVISIONING', $4, $3, true)",
-        &[&ws.as_uuid(), &spec, &now, &cycle],
+         VALUES ($1, $5, 'process', $2, $3, $3, 'PROVISIONING', $4, $3, true)",
+        &[&ws.as_uuid(), &spec, &now, &cycle, &name],
     )
     .await
     .unwrap();
@@ -99,6 +110,28 @@ async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
     )
     .await
     .unwrap();
+    PendingRow {
+        _db: db,
+        clock,
+        a,
+        b,
+        sql,
+        ws,
+        now,
+    }
+}
+
+#[tokio::test]
+async fn a_runner_whose_cycle_was_taken_over_writes_nothing() {
+    let PendingRow {
+        _db,
+        clock,
+        a,
+        b,
+        sql,
+        ws,
+        now,
+    } = pending_row("fenced").await;
 
     let mut old = a
         .claim(&ws, now)
@@ -454,29 +487,15 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
 /// compare versions: both replicas win the gate.)
 #[tokio::test]
 async fn a_claim_decided_on_a_remembered_row_another_replica_claimed_is_lost() {
-    let db = TestDb::create().await;
-    let clock = ManualClock::new(chrono::Utc::now());
-    let a = store_on(&db, &clock).await;
-    let b = store_on(&db, &clock).await;
-    let sql = db.client().await;
-    let ws = WorkspaceId::new();
-    let cycle = uuid::Uuid::new_v4();
-    let now = workspace_lifecycle::domain::clock::Clock::now(&clock);
-    let spec = serde_json::to_value(workspace_backends::WorkspaceSpec::default()).unwrap();
-    sql.execute(
-        "INSERT INTO workspaces (id, name, backend, spec, created_at, updated_at, status,
-                                 pending_cycle, pending_created_at, pending_urgent)
-         VALUES ($1, 'remembered', 'process', $2, $3, $3, 'PROVISIONING', $4, $3, true)",
-        &[&ws.as_uuid(), &spec, &now, &cycle],
-    )
-    .await
-    .unwrap();
-    sql.execute(
-        "INSERT INTO cycles (id, workspace_id, state, created_at) VALUES ($1, $2, 'PENDING', $3)",
-        &[&cycle, &ws.as_uuid(), &now],
-    )
-    .await
-    .unwrap();
+    let PendingRow {
+        _db,
+        a,
+        b,
+        sql,
+        ws,
+        now,
+        ..
+    } = pending_row("remembered").await;
 
     // `a` reads the row (and lets it go): it remembers the pending cycle.
     let tx = RowTx::begin(a.conn().await.unwrap(), &a, ws);
