@@ -209,8 +209,8 @@ impl GroupTx {
     /// writes go out behind a lock of `ids` that fails unless each row still
     /// has its version in `versions` — so the whole group, `BEGIN` to
     /// `COMMIT`, is one round trip. [`Unchanged::Moved`] if a row moved (or
-    /// another transaction holds one): nothing was written, and those rows
-    /// are read under the lock for a while.
+    /// another transaction holds one): nothing was written, and for a
+    /// second no row is recalled (`known_rows.rs`).
     pub async fn commit_unchanged(
         self,
         ids: &[WorkspaceId],

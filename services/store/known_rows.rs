@@ -39,7 +39,7 @@ struct Known {
     config: Option<ConfigState<'static>>,
 }
 
-/// The rows admission knows, per store (shared by its clones).
+/// The rows this process knows, per store (shared by its clones).
 #[derive(Default)]
 pub(super) struct KnownRows {
     rows: Mutex<HashMap<WorkspaceId, Known>>,
@@ -49,9 +49,9 @@ pub(super) struct KnownRows {
 
 impl KnownRows {
     /// The rows of `ids` as last known, with their versions — if every one
-    /// is known, no row was found moved in the last second, and each of `configs` is known with its config
-    /// (with its spec, when `with_spec`). Otherwise `None`: the group reads
-    /// its rows under the lock.
+    /// is known, no row was found moved in the last second, and each of
+    /// `configs` is known with its config (with its spec, when
+    /// `with_spec`). Otherwise `None`: the rows are read under the lock.
     pub(super) fn recall(
         &self,
         ids: &[WorkspaceId],
