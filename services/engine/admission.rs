@@ -86,7 +86,7 @@ async fn admit_together(
     if !wait {
         match admit_recalled(store, group, now).await? {
             Recalled::Admitted(answers) => return Ok(answers),
-            Recalled::Moved(free) => conn = Some(free),
+            Recalled::Moved(free) => conn = Some(*free),
             Recalled::Unknown => {}
         }
     }
@@ -202,7 +202,7 @@ enum Recalled {
     Unknown,
     /// A row moved: nothing was written. The connection, free for reading
     /// the rows under the lock.
-    Moved(Connection),
+    Moved(Box<Connection>),
 }
 
 /// Admits one workspace's batch against its locked row, in arrival order.

@@ -239,7 +239,7 @@ pub enum Unchanged {
     Committed,
     /// A row moved: nothing is written. The connection, free again, for
     /// admitting the group from rows read under the lock.
-    Moved(Connection),
+    Moved(Box<Connection>),
 }
 
 /// Remembers each row the group saved as Postgres holds it now, at the

@@ -115,7 +115,7 @@ impl OpenTx {
             Err(_) if moved.load(Ordering::Acquire) => {
                 self.committed = true;
                 let conn = self.conn.take().expect("a transaction has its connection");
-                Ok(Guarded::Refused(conn))
+                Ok(Guarded::Refused(Box::new(conn)))
             }
             Err(err) => Err(err),
         }
@@ -128,7 +128,7 @@ pub(super) enum Guarded {
     Committed(Vec<Vec<Row>>),
     /// The guard refused: nothing written, the transaction over; its
     /// connection, for the next one.
-    Refused(Connection),
+    Refused(Box<Connection>),
 }
 
 /// What `wl_lock_unchanged` (V8) raises when a row it was asked to lock

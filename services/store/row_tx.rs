@@ -143,7 +143,7 @@ impl RowTx {
 enum Ended {
     Committed(Committed),
     /// It decided on the remembered row, which had moved: nothing written.
-    Moved(Connection),
+    Moved(Box<Connection>),
 }
 
 impl Store {
@@ -193,7 +193,7 @@ impl Store {
                 }
                 Ended::Moved(free) => {
                     recall = false;
-                    conn = free;
+                    conn = *free;
                 }
             }
         }
