@@ -74,6 +74,17 @@ async fn online_row(name: &str) -> OnlineRow {
     }
 }
 
+/// The workspace's config version, as Postgres holds it.
+async fn config_version(sql: &tokio_postgres::Client, ws: WorkspaceId) -> i64 {
+    sql.query_one(
+        "SELECT config_version FROM workspaces WHERE id = $1",
+        &[&ws.as_uuid()],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Two replicas' stores on one database with one workspace row named
 /// `name` whose cycle is pending, written directly.
 struct PendingRow {
@@ -291,16 +302,7 @@ async fn writes_sent_with_the_commit_land_inside_its_transaction_even_unprepared
         ws,
         now,
     } = online_row("pipelined").await;
-    let version = async || -> i64 {
-        sql.query_one(
-            "SELECT config_version FROM workspaces WHERE id = $1",
-            &[&ws.as_uuid()],
-        )
-        .await
-        .unwrap()
-        .get(0)
-    };
-    let before = version().await;
+    let before = config_version(&sql, ws).await;
 
     let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
     let mut locked = tx.lock(&[ws], &[], true).await.unwrap();
@@ -327,7 +329,7 @@ async fn writes_sent_with_the_commit_land_inside_its_transaction_even_unprepared
     .await;
     assert!(failed.is_err(), "a broken foreign key fails the group");
     assert_eq!(
-        version().await,
+        config_version(&sql, ws).await,
         before,
         "the row's write landed outside the failed transaction"
     );
@@ -351,15 +353,6 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
         ws,
         now,
     } = online_row("remembered").await;
-    let version = async |ws: WorkspaceId| -> i64 {
-        sql.query_one(
-            "SELECT config_version FROM workspaces WHERE id = $1",
-            &[&ws.as_uuid()],
-        )
-        .await
-        .unwrap()
-        .get(0)
-    };
     let bumped = |mut locked: Locked| {
         locked.config_version.0 += 1;
         [WorkspaceWrites {
@@ -367,7 +360,7 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
             ..WorkspaceWrites::counted(ws, Tally::default())
         }]
     };
-    let before = version(ws).await;
+    let before = config_version(&sql, ws).await;
 
     // Read under the lock and written: the store remembers the row.
     let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
@@ -391,7 +384,7 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
         matches!(written.unwrap(), Unchanged::Committed),
         "nothing moved: the group is written"
     );
-    assert_eq!(version(ws).await, before + 2);
+    assert_eq!(config_version(&sql, ws).await, before + 2);
 
     // Another replica moves the row — here in a session where ordinary
     // triggers do not fire, as in the README's audit retention — and the
@@ -425,7 +418,7 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
     // (in the failed transaction it would be refused with 25P02).
     conn.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(
-        version(ws).await,
+        config_version(&sql, ws).await,
         before + 12,
         "the other replica's write stands"
     );
@@ -460,7 +453,7 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
     )
     .await
     .unwrap();
-    let before_held = version(other).await;
+    let before_held = config_version(&sql, other).await;
     let mut writes = bumped(held);
     writes[0].workspace = other;
     let tx = GroupTx::begin(store.conn().await.unwrap(), &store);
@@ -475,7 +468,7 @@ async fn a_group_decided_on_remembered_rows_writes_nothing_if_one_moved_or_is_he
         "a held row refuses the group, at once"
     );
     sql.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(version(other).await, before_held);
+    assert_eq!(config_version(&sql, other).await, before_held);
 }
 
 /// C5 with remembered rows: a claim decided on the row as this replica last
