@@ -1,18 +1,19 @@
 //! The keyed-memory measurement (benches/support/memory.rs) under mimalloc,
-//! for comparison with `keyed_memory` (jemalloc) and `keyed_memory_glibc`.
+//! with tokio's default runtime: no worker collects as it parks, unlike
+//! the server's (`keyed_memory`).
 //!
 //!   cargo bench --bench keyed_memory_mimalloc
 
 mod support;
 
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: workspace_allocator::MiMalloc = workspace_allocator::MiMalloc;
 
 #[tokio::main]
 async fn main() {
     support::memory::run(
         "keyed_memory_mimalloc",
-        "mimalloc 3 (the mimalloc crate's default, default options)",
+        "mimalloc 3 (the mimalloc crate's default options), tokio's default runtime (no collection as workers park)",
     )
     .await;
 }

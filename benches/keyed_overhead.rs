@@ -11,9 +11,9 @@
 
 mod support;
 
-// The server binary's allocator with its settings (services/allocator.rs):
-// the stack allocates per request, so the overhead is measured as the
-// server would pay it.
+// The server binary's allocator and runtime (services/allocator.rs): the
+// stack allocates per request, so the overhead is measured as the server
+// would pay it.
 workspace_lifecycle::server_allocator!();
 
 use std::time::Duration;
@@ -76,8 +76,12 @@ fn added(stack: &Run, bare: &Run) -> String {
     )
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    workspace_lifecycle::allocator::run_on_workers(measure())
+        .expect("the server's runtime runs the benchmark");
+}
+
+async fn measure() {
     let n: u64 = std::env::var("KEYED_REQUESTS")
         .ok()
         .and_then(|c| c.parse().ok())

@@ -21,8 +21,8 @@
 
 mod support;
 
-// The server binary's allocator with its settings (services/allocator.rs),
-// so the in-process servers allocate as the binary does.
+// The server binary's allocator and runtime (services/allocator.rs), so the
+// in-process servers allocate as the binary does.
 workspace_lifecycle::server_allocator!();
 
 use std::{
@@ -498,8 +498,14 @@ async fn storm(
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The servers' tasks run on the workers; the driver, on this thread.
+    workspace_lifecycle::allocator::runtime()
+        .expect("the server's runtime starts")
+        .block_on(run());
+}
+
+async fn run() {
     let replicas: Vec<usize> = std::env::var("STORM_REPLICAS")
         .unwrap_or_else(|_| "1,2,3".into())
         .split(',')

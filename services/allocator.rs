@@ -1,42 +1,58 @@
-//! The server's memory allocator and its settings, in one place so that
-//! the memory benchmark (`benches/keyed_memory.rs`) measures exactly what
-//! the server binary runs. No contract of its own; serves C15 (memory that
-//! comes back after a crowd of keys is evicted).
+//! The server's memory allocator and the runtime that makes it give memory
+//! back, in one place so that the memory benchmark
+//! (`benches/keyed_memory.rs`) measures exactly what the server binary
+//! runs. No contract of its own; serves C15 (memory that comes back after a
+//! crowd of keys is evicted).
 //!
-//! jemalloc with background purge threads rather than glibc's malloc:
-//! memory freed after a crowd of requests goes back to the OS within
-//! seconds instead of staying in malloc's free lists. What jemalloc never
-//! gives back is its own bookkeeping for the crowd's peak: one 128-byte
-//! extent header per slab and one radix-tree entry per page. With the
-//! default slab sizes a 512-byte object's slab is a single page, so a
-//! million parked requests leave ~33 MB of headers behind; slabs of 16
-//! pages for every small size class cut that to ~6 MB (BENCHMARKS.md,
-//! "Earlier run: memory after a million evicted keys"), at no cost to an
-//! idle server's RSS (21.6 MB either way).
+//! mimalloc, with every runtime worker returning its freed pages as it
+//! parks. The allocators compared (BENCHMARKS.md, "memory that comes back")
+//! fail in three ways after a million parked requests are freed: glibc's
+//! malloc keeps the pages in its free lists; jemalloc purges them but never
+//! returns its bookkeeping for the peak (~16 MB of extent headers and
+//! page-map leaves for a 2.7 GB peak, however its slabs are sized);
+//! mimalloc keeps them in the heap of the thread that freed them until that
+//! thread collects, and an idle tokio worker never does. mimalloc's
+//! bookkeeping lives in the memory it frees, so the one missing piece is
+//! the collection, on every park: a collection skipped on a busy worker's
+//! park to save its cost may be the last before the worker sleeps for
+//! good (an idle worker is not woken again), and what it skipped would
+//! stay. A collection with nothing to return costs under a microsecond.
 
 /// The global allocator type the binaries declare.
-pub use tikv_jemallocator::Jemalloc;
+pub use workspace_allocator::MiMalloc;
 
-/// jemalloc's options, as it reads them from the `malloc_conf` symbol at
-/// its first allocation (NUL-terminated). Background purge threads are on
-/// by the crate's `background_threads` feature.
-pub const JEMALLOC_CONF: &[u8; 21] = b"slab_sizes:1-4096:16\0";
+/// The multi-threaded runtime the server runs on: tokio's defaults, with
+/// every worker returning freed memory to the OS as it parks.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(workspace_allocator::return_freed_pages)
+        .build()
+}
 
-/// Declares jemalloc as the process's global allocator with
-/// [`JEMALLOC_CONF`]. A macro because jemalloc finds its options through a
-/// symbol that must be defined in the binary itself: one in a library's
-/// archive would never be linked in over jemalloc's weak default.
+/// Runs `work` to its end on [`runtime`]'s workers, not on the calling
+/// thread: `block_on` polls its future on the caller's thread, which never
+/// parks as a worker and so never returns what it freed — a server whose
+/// main future did the work would keep it.
+pub fn run_on_workers<F>(work: F) -> std::io::Result<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let runtime = runtime()?;
+    runtime
+        .block_on(runtime.spawn(work))
+        .map_err(std::io::Error::other)
+}
+
+/// Declares mimalloc as the process's global allocator: the server
+/// binary's, and the benchmarks' and tests' that measure it. A macro so
+/// that the binary itself holds the declaration (one global allocator per
+/// binary).
 #[macro_export]
 macro_rules! server_allocator {
     () => {
         #[global_allocator]
-        static ALLOC: $crate::allocator::Jemalloc = $crate::allocator::Jemalloc;
-
-        // A thin `&[u8; N]` is laid out as the `const char *` jemalloc
-        // declares; its name carries tikv-jemalloc-sys' `_rjem_` prefix.
-        #[allow(non_upper_case_globals)]
-        #[unsafe(export_name = "_rjem_malloc_conf")]
-        static malloc_conf: &[u8; $crate::allocator::JEMALLOC_CONF.len()] =
-            $crate::allocator::JEMALLOC_CONF;
+        static ALLOC: $crate::allocator::MiMalloc = $crate::allocator::MiMalloc;
     };
 }

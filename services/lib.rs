@@ -14,8 +14,8 @@
 //! - [`health`]: what `grpc.health.v1` says, and why;
 //! - [`transport`]: which connections the server holds, and how long;
 //! - [`server`]: assembling and serving it all;
-//! - [`allocator`]: the server's allocator settings, shared with its memory
-//!   benchmark;
+//! - [`allocator`]: the server's allocator and the runtime that makes it
+//!   return memory, shared with its memory benchmark;
 
 pub mod allocator;
 pub mod auth;

@@ -3,7 +3,7 @@
 //! No lifecycle contract (C1–C20): how the process runs.
 //!
 //! Every way out of `serve` — a startup error, SIGTERM or SIGINT during
-//! startup or after, a panic unwinding `main` — stops the embedded
+//! startup or after, a panic unwinding the server's task — stops the embedded
 //! Postgres this process started: the server holds it through
 //! `embedded_pg::Owned`, which stops it when dropped, a signal during
 //! startup waits for startup to end and then shuts down, and no path here
@@ -13,16 +13,28 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use workspace_lifecycle::{
-    auth,
+    allocator, auth,
     config::{Cli, Command},
     server, telemetry,
 };
 
-// jemalloc with its settings (services/allocator.rs says why).
+// mimalloc, returned to the OS as the runtime's workers park
+// (services/allocator.rs says why).
 workspace_lifecycle::server_allocator!();
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    match allocator::run_on_workers(run()) {
+        Ok(code) => code,
+        Err(err) => {
+            // The runtime did not start, or the server's task panicked
+            // (its unwinding dropped, and so stopped, what it held).
+            eprintln!("the server stopped abnormally: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Agent) => std::process::exit(workspace_agent::main_from_env().await),

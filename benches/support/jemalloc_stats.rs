@@ -1,10 +1,6 @@
-//! The server binary's global allocator, jemalloc: what it holds, read from
-//! its own statistics (C15's memory figures rest on it).
-//!
-//! `services/main.rs` declares jemalloc as the global allocator
-//! (`server_allocator!`, services/allocator.rs); the keyed-memory benchmark
-//! declares the same, so it measures the server's
-//! setup, and prints [`Stats`] beside each RSS figure.
+//! jemalloc, the server's global allocator until mimalloc replaced it
+//! (services/allocator.rs): what it holds, read from its own statistics.
+//! `keyed_memory_jemalloc` prints [`Stats`] beside each RSS figure.
 //!
 //! What these show after a million parked requests (about 2 GB live) are
 //! freed: the freed pages are purged within seconds (dirty and muzzy reach

@@ -8,7 +8,6 @@
 #[allow(dead_code)]
 mod support;
 
-mod allocator;
 mod attacks;
 mod bad_input;
 mod cli;
