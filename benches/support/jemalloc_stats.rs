@@ -7,8 +7,8 @@
 //! 0), but jemalloc's metadata stays — an `edata` header of 128 B for every
 //! extent that was live at the peak (a slab or a large allocation) and the
 //! radix tree's entries for every page, kept for reuse and never given
-//! back; the server's larger slabs (services/allocator.rs) keep the first
-//! small. [`size_classes`] tells what the peak was made of.
+//! back; larger slabs (`slab_sizes:1-4096:16`, the options the server ran
+//! it with) keep the first small. [`size_classes`] tells what the peak was made of.
 
 use std::fmt;
 
