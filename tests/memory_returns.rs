@@ -60,8 +60,10 @@ fn memory_a_crowd_freed_on_the_workers_goes_back_once_they_park() {
             held += task.await.expect("task");
         }
         assert_eq!(held, CROWD);
-        // Bounded wait: the workers park (and are woken by this loop's
-        // timer) within milliseconds; 10 s is far beyond it.
+        // Bounded wait: each worker collects as it parks, which it does as
+        // soon as the crowd's tasks are done; 10 s is far beyond it. This
+        // loop's timer wakes at most the worker that serves the timers, so
+        // it does not rescue a worker that went idle without collecting.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut rss = rss_bytes();
         while rss.saturating_sub(start) > 20_000_000 && Instant::now() < deadline {
