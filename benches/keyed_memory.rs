@@ -14,8 +14,8 @@ workspace_lifecycle::server_allocator!();
 
 fn main() {
     workspace_lifecycle::allocator::run_on_workers(support::memory::run(
-            "keyed_memory",
-            "mimalloc as the server runs it (services/allocator.rs: no transparent huge pages, each runtime worker collects as it parks)",
+        "keyed_memory",
+        "mimalloc as the server runs it (services/allocator.rs: no transparent huge pages, each runtime worker collects as it parks)",
     ))
     .expect("the server's runtime runs the benchmark");
 }

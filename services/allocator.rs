@@ -10,7 +10,7 @@
 //! malloc keeps the pages in its free lists; jemalloc purges them but never
 //! returns its bookkeeping for the peak (~16 MB of extent headers and
 //! page-map leaves for a 2.7 GB peak, however its slabs are sized);
-//! mimalloc keeps them in the heap of the thread that freed them until that
+//! mimalloc keeps them in the heap of the thread that owns them until that
 //! thread collects, and an idle tokio worker never does. mimalloc's
 //! bookkeeping lives in the memory it frees, so the one missing piece is
 //! the collection, on every park: a collection skipped on a busy worker's

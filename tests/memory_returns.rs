@@ -6,22 +6,13 @@
 
 use std::time::Duration;
 
+use test_support::rss_bytes;
 use tokio::time::Instant;
 
 workspace_lifecycle::server_allocator!();
 
 const CROWD: usize = 400_000;
 const OBJECT: usize = 512;
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    pages * 4096
-}
 
 #[test]
 fn memory_a_crowd_freed_on_the_workers_goes_back_once_they_park() {

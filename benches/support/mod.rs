@@ -139,16 +139,7 @@ pub fn machine() -> String {
     format!("{cpus} cores, {model}, {mem_gib} GiB")
 }
 
-/// Resident memory of this process, in bytes (from /proc/self/statm).
-pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+pub use test_support::rss_bytes;
 
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)

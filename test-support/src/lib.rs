@@ -92,3 +92,15 @@ pub fn free_port() -> u16 {
         .expect("a free port")
         .port()
 }
+
+/// Resident memory of this process, in bytes (from /proc/self/statm): what
+/// the memory test and benchmarks compare before and after a crowd.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
