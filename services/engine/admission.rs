@@ -5,12 +5,14 @@
 //! memory; the store writes the outcome of the whole group at its commit.
 //! A caller is answered only after that commit. A group never waits for a
 //! row: a workspace whose row is busy is left out and admitted alone by its
-//! lane. If a statement fails, the group rolled back as a whole and each
+//! lane. Requests the debounce dropped (C9) are only counted here, with the
+//! group: a batch of nothing else takes no row lock. If a statement fails, the group rolled back as a whole and each
 //! workspace is admitted on its own, so one workspace's failure stays its
 //! own.
 
 use async_trait::async_trait;
 
+use self::dropped::{dropped_batch, record_drop};
 use super::{
     coalesce::{Admit, Batch, BatchAnswers, GroupAnswer, Ticket},
     intent::{Admission, Intent, Stage, Verdict, Waiting},
@@ -27,6 +29,8 @@ use crate::{
     },
     telemetry::cycle_trace::TraceOrigin,
 };
+
+mod dropped;
 
 #[async_trait]
 impl Admit<Intent> for Store {
@@ -126,6 +130,17 @@ async fn admit_together(
         }
     }
 
+    // Batches the debounce dropped whole are recorded without their rows.
+    let mut writes = Vec::with_capacity(group.len());
+    for (batch, answer) in group.iter().zip(answers.iter_mut()) {
+        if answer.is_none()
+            && let Some((results, write)) = dropped_batch(*batch.key, batch.requests)
+        {
+            *answer = Some(Ok(results));
+            writes.push(write);
+        }
+    }
+
     let alive = || group.iter().zip(&answers).filter(|(_, a)| a.is_none());
     let ids: Vec<WorkspaceId> = alive().map(|(b, _)| *b.key).collect();
     let configs: Vec<WorkspaceId> = alive()
@@ -134,7 +149,6 @@ async fn admit_together(
         .collect();
     let mut locked = tx.lock(&ids, &configs, wait).await?;
 
-    let mut writes = Vec::with_capacity(ids.len());
     for (batch, answer) in group.iter().zip(answers.iter_mut()) {
         if answer.is_some() {
             continue;
@@ -165,9 +179,20 @@ async fn admit_recalled(
     if group.iter().any(creates) {
         return Ok(Recalled::Unknown);
     }
-    let ids: Vec<WorkspaceId> = group.iter().map(|batch| *batch.key).collect();
-    let configs: Vec<WorkspaceId> = group
+    // Batches the debounce dropped whole need no row.
+    let dropped: Vec<_> = group
         .iter()
+        .map(|batch| dropped_batch(*batch.key, batch.requests))
+        .collect();
+    let on_rows = || {
+        group
+            .iter()
+            .zip(&dropped)
+            .filter(|(_, dropped)| dropped.is_none())
+            .map(|(batch, _)| batch)
+    };
+    let ids: Vec<WorkspaceId> = on_rows().map(|batch| *batch.key).collect();
+    let configs: Vec<WorkspaceId> = on_rows()
         .filter(|batch| batch.requests.iter().any(|r| r.change.is_some()))
         .map(|batch| *batch.key)
         .collect();
@@ -176,15 +201,24 @@ async fn admit_recalled(
     };
     let mut answers = Vec::with_capacity(group.len());
     let mut writes = Vec::with_capacity(group.len());
-    for batch in group {
-        let Some(admitting) = known.remove(batch.key) else {
-            return Ok(Recalled::Unknown);
+    for (batch, dropped) in group.iter().zip(dropped) {
+        let (results, write) = match dropped {
+            Some(dropped) => dropped,
+            None => {
+                let Some(admitting) = known.remove(batch.key) else {
+                    return Ok(Recalled::Unknown);
+                };
+                admit_batch(store, *batch.key, batch.requests, admitting, now)
+            }
         };
-        let (results, write) = admit_batch(store, *batch.key, batch.requests, admitting, now);
         answers.push(Some(Ok(results)));
         writes.push(write);
     }
     let tx = GroupTx::begin(store.conn().await?, store);
+    if ids.is_empty() {
+        tx.commit(&writes, now).await?;
+        return Ok(Recalled::Admitted(answers));
+    }
     Ok(
         match tx.commit_unchanged(&ids, &versions, &writes, now).await? {
             Unchanged::Committed => Recalled::Admitted(answers),
@@ -269,6 +303,9 @@ fn admit_one<'a>(
     store: &Store,
     now: Timestamp,
 ) -> Result<Ticket, Error> {
+    if let Some(dropped) = record_drop(intent, tally) {
+        return dropped;
+    }
     let Stage::Treated(treatment) = intent.stage else {
         return Err(Error::Internal(format!(
             "admission of an untreated request ({:?})",

@@ -371,7 +371,7 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        if !matches!(request.stage(), Stage::Treated(_)) {
+        if !matches!(request.stage(), Stage::Treated(_) | Stage::Dropped { .. }) {
             return Box::pin(self.inner.call(request));
         }
         let fresh = self.inner.clone();

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use futures::future::{BoxFuture, Either};
 use tower::{Layer, Service};
 
-use super::intent::{Admission, StackRequest, Stage, Verdict};
+use super::intent::{Admission, StackRequest, Stage};
 use crate::domain::{
     Error, Timestamp, Trigger,
     clock::SharedClock,
@@ -52,8 +52,9 @@ pub struct EarlyDrop {
 #[async_trait]
 pub trait DropCheck<K>: Send + Sync + 'static {
     /// If a droppable `trigger` for `key` must be dropped now (cycle in
-    /// flight, window open, instance booting), records the drop and says
-    /// why; `None` lets the request through to admission.
+    /// flight, window open, instance booting), says why (admission records
+    /// it); `None` lets the request through to admission to be decided
+    /// under the row lock.
     async fn check(
         &self,
         key: &K,
@@ -146,11 +147,14 @@ where
         let now = self.clock.now();
         Either::Right(Box::pin(async move {
             let key = request.key();
+            // A drop is recorded by admission, in a group with whatever
+            // else is admitted then (one commit for a storm's drops, not
+            // one each), and answered once that committed.
             if let Some(drop) = check.check(&key, request.trigger(), now).await? {
-                return Ok(Admission::of(Verdict::Dropped {
+                request.set_stage(Stage::Dropped {
                     reason: drop.reason,
                     until: drop.until,
-                }));
+                });
             }
             ready.call(request).await
         }))

@@ -1,8 +1,8 @@
 //! The debounce's early check for droppable triggers (C9): a probe report
 //! is a no-op while a cycle is in flight, inside the debounce window, while
 //! the workspace is stopped, or while the backend says the instance is still
-//! booting. Each drop is counted and visible. What passes is re-checked by
-//! the ledger under the row lock.
+//! booting. Each drop is counted and visible (admission records it with its
+//! group). What passes is re-checked by the ledger under the row lock.
 
 use async_trait::async_trait;
 
@@ -66,7 +66,6 @@ impl DropCheck<WorkspaceId> for ProbeCheck {
         } else {
             return Ok(None);
         };
-        self.store.record_drop(*workspace, trigger, reason).await?;
         Ok(Some(EarlyDrop {
             reason,
             until: peek.window_until,

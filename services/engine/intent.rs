@@ -20,6 +20,14 @@ pub enum Stage {
     New,
     /// The debounce decided how to treat it.
     Treated(Treatment),
+    /// The debounce dropped it without the row lock (C9): admission only
+    /// records the drop, with the rest of its group, before it is answered.
+    Dropped {
+        /// Why.
+        reason: DropReason,
+        /// Until when such requests are dropped, when known.
+        until: Option<Timestamp>,
+    },
     /// Durably admitted into `cycle`, which may run now: the gate should try
     /// to claim it.
     Admitted {

@@ -272,22 +272,32 @@ fn write_cycles<'a>(writes: &'a [WorkspaceWrites<'a>], now: Timestamp) -> Option
     ))
 }
 
-/// Adds to the per-trigger counters of every workspace: one statement.
+/// Adds to the per-trigger counters of every workspace: one statement, its
+/// rows in key order. A workspace whose requests were all dropped is
+/// counted without its row lock (`engine::admission`), so two transactions
+/// may update the same counters: in one order, they never wait on each
+/// other in a cycle.
 fn write_stats<'a>(writes: &'a [WorkspaceWrites<'a>]) -> Option<Statement<'a>> {
-    let mut workspaces: Vec<Uuid> = Vec::new();
-    let mut triggers = Vec::new();
-    let mut columns: [Vec<i64>; Handling::COUNT] = Default::default();
-    for w in writes {
-        for (trigger, counts) in &w.tally.stats {
-            workspaces.push(w.workspace.as_uuid());
-            triggers.push(trigger.as_str());
-            for (column, count) in columns.iter_mut().zip(counts) {
-                column.push(*count);
-            }
-        }
-    }
-    if workspaces.is_empty() {
+    let mut counters: Vec<(Uuid, &'static str, &[i64; Handling::COUNT])> = writes
+        .iter()
+        .flat_map(|w| {
+            (w.tally.stats.iter())
+                .map(|(trigger, counts)| (w.workspace.as_uuid(), trigger.as_str(), counts))
+        })
+        .collect();
+    if counters.is_empty() {
         return None;
+    }
+    counters.sort_unstable_by_key(|(workspace, trigger, _)| (*workspace, *trigger));
+    let mut workspaces: Vec<Uuid> = Vec::with_capacity(counters.len());
+    let mut triggers = Vec::with_capacity(counters.len());
+    let mut columns: [Vec<i64>; Handling::COUNT] = Default::default();
+    for (workspace, trigger, counts) in counters {
+        workspaces.push(workspace);
+        triggers.push(trigger);
+        for (column, count) in columns.iter_mut().zip(counts) {
+            column.push(*count);
+        }
     }
     let [accepted, coalesced, deferred, dropped] = columns;
     Some(Statement::new(

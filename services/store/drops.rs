@@ -1,11 +1,9 @@
-//! The debounce's unlocked look at a workspace and its count of the
-//! requests it drops before admission (C7, C9): counted and published like
-//! any admission's tally, without taking the row lock.
+//! The debounce's unlocked look at a workspace (C7, C9): what it needs to
+//! drop a request before admission, read without taking the row lock
+//! (admission counts the drop with its group).
 
-use super::{GroupTx, Store, Tally, WorkspaceWrites, rows::parse};
-use crate::domain::{
-    BackendKind, Desired, Error, Handling, Timestamp, Trigger, WorkspaceId, ledger::DropReason,
-};
+use super::{Store, rows::parse};
+use crate::domain::{BackendKind, Desired, Error, Timestamp, WorkspaceId};
 
 /// What the debounce needs to drop a request without locking anything.
 #[derive(Clone, Copy, Debug)]
@@ -38,19 +36,5 @@ impl Store {
             cycle_in_flight: row.get(2),
             window_until: row.get(3),
         })
-    }
-
-    /// Counts a request dropped before admission and tells watchers.
-    pub async fn record_drop(
-        &self,
-        id: WorkspaceId,
-        trigger: Trigger,
-        reason: DropReason,
-    ) -> Result<(), Error> {
-        let now = self.clock().now();
-        let mut tally = Tally::default();
-        tally.count(trigger, Handling::Dropped, None, reason.describe());
-        let tx = GroupTx::begin(self.conn().await?, self);
-        tx.commit(&[WorkspaceWrites::counted(id, tally)], now).await
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! One method per operation, each one transaction. Every operation that
 //! touches the gate, the follow-up or the debounce window locks the
-//! workspace row (`SELECT … FOR UPDATE`), loads the [`Ledger`], applies one
+//! workspace row (`SELECT … FOR NO KEY UPDATE`: writers exclude each other,
+//! while a row merely referring to the workspace can still be added), loads
+//! the [`Ledger`], applies one
 //! of its transitions and writes it back, so the rules live in Rust (and are
 //! model-checked) while Postgres serialises them across replicas. Every
 //! write a cycle makes is fenced: it happens only if that cycle still holds

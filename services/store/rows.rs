@@ -87,7 +87,7 @@ pub(crate) async fn lock(
         concat!(
             "SELECT ",
             locked_columns!(),
-            " FROM workspaces WHERE id = $1 FOR UPDATE"
+            " FROM workspaces WHERE id = $1 FOR NO KEY UPDATE"
         ),
         workspace.as_uuid(),
         || format!("workspace {workspace}"),
@@ -151,7 +151,7 @@ pub(crate) fn saved(rows: &[Row]) -> Result<Vec<(WorkspaceId, Locked, RowVersion
 pub(crate) const LOCK_ALL: &str = concat!(
     "SELECT id, ",
     locked_columns!(),
-    " FROM workspaces WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    " FROM workspaces WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
 );
 
 /// The statement [`lock_all`] runs to lock the rows nobody else holds now
@@ -159,7 +159,7 @@ pub(crate) const LOCK_ALL: &str = concat!(
 pub(crate) const LOCK_FREE: &str = concat!(
     "SELECT id, ",
     locked_columns!(),
-    " FROM workspaces WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED"
+    " FROM workspaces WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED"
 );
 
 /// One locked row to write back, with when its follow-up is due.

@@ -145,7 +145,7 @@ impl Store {
             .prepare_cached(concat!(
                 "SELECT set_config('idle_in_transaction_session_timeout', $2, true), ",
                 standing_columns!(),
-                " FROM workspaces WHERE id = $1 FOR UPDATE NOWAIT"
+                " FROM workspaces WHERE id = $1 FOR NO KEY UPDATE NOWAIT"
             ))
             .await
             .map_err(db)?;

@@ -512,6 +512,48 @@ async fn c9_probes_during_a_cycle_never_restart_and_are_counted() {
     s.shutdown().await;
 }
 
+/// A drop is counted without the workspace's row lock (C9): probes during a
+/// cycle are answered and counted while another transaction holds the row
+/// the way the service's writers do, so a probe storm never queues behind
+/// an admission or a cycle's writes. (Red when a batch of drops locks its
+/// row, or when a counter's insert waits for the holder: the answers wait
+/// until the lock times out.)
+#[tokio::test]
+async fn c9_probes_are_dropped_and_counted_while_the_row_is_held() {
+    let s = TestServer::start(Options::default()).await;
+    let ws = s.create_online("c9-held").await;
+    s.advance(PAST_WINDOW);
+    let hold = s.backend.hold_next_start(ws);
+    let manual = s.restart_stream(ws, pb::Trigger::Manual).await.unwrap();
+    s.backend.wait_for_starts(2).await;
+
+    let sql = s.db.client().await;
+    sql.batch_execute("BEGIN").await.unwrap();
+    sql.execute(
+        "SELECT 1 FROM workspaces WHERE id = $1 FOR NO KEY UPDATE",
+        &[&ws.as_uuid()],
+    )
+    .await
+    .unwrap();
+    let answers = bounded(
+        "probes answered while the row is held",
+        join_all((0..4).map(|_| report_unreachable(&s, ws))),
+    )
+    .await;
+    for answer in answers {
+        assert!(!answer.acted);
+        assert_eq!(answer.outcome, Outcome::DroppedCycleInFlight as i32);
+    }
+    sql.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(stats(&s.get(ws).await, pb::Trigger::HealthProbe).dropped, 4);
+
+    hold.add_permits(1);
+    let events = collect(manual).await;
+    assert!(matches!(last(&events), Event::Online(_)));
+    assert_eq!(s.backend.start_count(ws), 2, "no probe cycle");
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn c9_a_booting_instance_is_never_declared_dead() {
     let s = TestServer::start(Options::default()).await;

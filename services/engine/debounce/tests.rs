@@ -1,13 +1,16 @@
 //! Unit tests of `engine::debounce`: each contract it enforces, driven with fakes and a manual clock.
 use std::sync::Mutex;
 
-use tokio_test::{assert_pending, assert_ready_ok};
+use tokio_test::assert_ready_ok;
 use tower::ServiceExt;
 
 use super::*;
 use crate::{
     domain::clock::ManualClock,
-    engine::test_support::{MockHandle, MockInner, TestRequest, mock_inner},
+    engine::{
+        intent::Verdict,
+        test_support::{MockHandle, MockInner, TestRequest, mock_inner},
+    },
 };
 
 /// Drops every droppable request while `busy`, and remembers what it saw.
@@ -71,25 +74,27 @@ async fn urgent_and_deferred_requests_pass_without_a_check() {
 }
 
 #[tokio::test]
-async fn a_busy_workspace_drops_probes_without_reaching_admission() {
-    let (mut svc, mut handle, check) = stack(true);
-    handle.allow(0);
+async fn a_busy_workspace_drops_probes_which_admission_only_records() {
+    let (svc, mut handle, check) = stack(true);
     for trigger in [Trigger::HealthProbe, Trigger::Reconciler] {
-        let admission = svc
-            .call(TestRequest::new(9, trigger))
-            .await
-            .expect("a drop is an answer, not an error");
-        assert!(matches!(
-            admission.verdict,
-            Verdict::Dropped {
+        let call = tokio::spawn(svc.clone().oneshot(TestRequest::new(9, trigger)));
+        let (seen, reply) = handle.next_request().await.unwrap();
+        assert_eq!(
+            seen.stage,
+            Stage::Dropped {
                 reason: DropReason::CycleInFlight,
-                ..
-            }
-        ));
+                until: None,
+            },
+            "admission gets it already dropped, to count with its group"
+        );
+        reply.send_response(Admission::of(Verdict::Dropped {
+            reason: DropReason::CycleInFlight,
+            until: None,
+        }));
+        let admission = call.await.unwrap().expect("a drop is an answer");
+        assert!(matches!(admission.verdict, Verdict::Dropped { .. }));
     }
     assert_eq!(check.seen.lock().unwrap().len(), 2);
-    let mut next = tokio_test::task::spawn(handle.next_request());
-    assert_pending!(next.poll());
 }
 
 #[tokio::test]

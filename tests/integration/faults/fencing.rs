@@ -287,6 +287,41 @@ async fn a_row_lock_is_held_in_its_transaction_and_a_dropped_transaction_rolls_b
     assert!(try_lock().await, "the row is free again");
 }
 
+/// The row lock the writers hold excludes other writers, not a row that only
+/// refers to the workspace: a dropped probe's counter is written while an
+/// admission holds the row, so drops never queue behind it (C4, C9). (Red
+/// with `FOR UPDATE`: the counter's foreign-key check waits for the holder
+/// until the lock times out.)
+#[tokio::test]
+async fn a_held_row_still_lets_a_counter_of_it_be_written() {
+    let OnlineRow {
+        db: _db,
+        store,
+        ws,
+        now,
+        ..
+    } = online_row("counted").await;
+    let holder = GroupTx::begin(store.conn().await.unwrap(), &store);
+    let held = holder.lock(&[ws], &[], true).await.unwrap();
+    assert!(held.contains_key(&ws), "the admission holds the row");
+    let mut tally = Tally::default();
+    tally.count(
+        Trigger::HealthProbe,
+        Handling::Dropped,
+        None,
+        "cycle in flight",
+    );
+    let counter = GroupTx::begin(store.conn().await.unwrap(), &store);
+    bounded_by(
+        Duration::from_secs(5),
+        "a counter written while the row is held",
+        counter.commit(&[WorkspaceWrites::counted(ws, tally)], now),
+    )
+    .await
+    .unwrap();
+    drop(holder);
+}
+
 /// A transaction's last writes go out with its `COMMIT`, in one round trip.
 /// Each is prepared before any is sent, so on a connection that never
 /// prepared them none lands after the `COMMIT`, on its own: a group whose
