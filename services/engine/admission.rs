@@ -6,9 +6,9 @@
 //! A caller is answered only after that commit. A group never waits for a
 //! row: a workspace whose row is busy is left out and admitted alone by its
 //! lane. Requests the debounce dropped (C9) are only counted here, with the
-//! group: a batch of nothing else takes no row lock. If a statement fails, the group rolled back as a whole and each
-//! workspace is admitted on its own, so one workspace's failure stays its
-//! own.
+//! group: a batch of nothing else takes no row lock. If a statement fails,
+//! the group rolled back as a whole and each workspace is admitted on its
+//! own, so one workspace's failure stays its own.
 
 use async_trait::async_trait;
 
