@@ -72,6 +72,9 @@ impl<R: ReadMany> Batched<R> {
 
     /// Reads what is asked, batch after batch, until nothing is.
     async fn read_while_asked(self: Arc<Self>) {
+        // A read that panics, or a task dropped mid-read, must not leave
+        // the next look waiting for a reader that is gone.
+        let _stopped = Stopped(&self.waiting);
         loop {
             let asked: Vec<(WorkspaceId, Reply<R::Value>)> = {
                 let mut waiting = self.waiting.lock().expect("peeks poisoned");
@@ -98,6 +101,22 @@ impl<R: ReadMany> Batched<R> {
     }
 }
 
+/// Marks the reader stopped when its task ends, however it ends: the
+/// looks still asked are failed (their callers hear an error) and the next
+/// look starts a reader again.
+struct Stopped<'a, V>(&'a Mutex<Waiting<V>>);
+
+impl<V> Drop for Stopped<'_, V> {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        waiting.reading = false;
+        waiting.asked.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -113,6 +132,7 @@ mod tests {
         reads: Mutex<Vec<Vec<WorkspaceId>>>,
         fail: bool,
         missing: Option<WorkspaceId>,
+        panics: std::sync::atomic::AtomicBool,
     }
 
     impl Gated {
@@ -122,6 +142,7 @@ mod tests {
                 reads: Mutex::new(Vec::new()),
                 fail: false,
                 missing: None,
+                panics: Default::default(),
             }
         }
     }
@@ -136,6 +157,10 @@ mod tests {
         ) -> Result<HashMap<WorkspaceId, String>, Error> {
             self.reads.lock().unwrap().push(ids.to_vec());
             self.permits.acquire().await.unwrap().forget();
+            assert!(
+                !self.panics.load(std::sync::atomic::Ordering::SeqCst),
+                "the reader dies mid-read"
+            );
             if self.fail {
                 return Err(Error::Unavailable("database gone".into()));
             }
@@ -145,6 +170,21 @@ mod tests {
                 .map(|id| (*id, id.to_string()))
                 .collect())
         }
+    }
+
+    fn spawn_get(
+        batched: &Arc<Batched<Gated>>,
+        id: WorkspaceId,
+    ) -> tokio::task::JoinHandle<Result<String, Error>> {
+        let batched = batched.clone();
+        tokio::spawn(async move { batched.get(id).await })
+    }
+
+    async fn first_read_started(batched: &Batched<Gated>) {
+        until("the first read to start", || {
+            batched.reader.reads.lock().unwrap().len() == 1
+        })
+        .await;
     }
 
     fn asked<R: ReadMany>(batched: &Batched<R>) -> usize {
@@ -164,22 +204,10 @@ mod tests {
     async fn looks_asked_while_a_read_runs_share_the_next_read() {
         let batched = Batched::new(Gated::new());
         let first = WorkspaceId::new();
-        let lead = tokio::spawn({
-            let batched = batched.clone();
-            async move { batched.get(first).await }
-        });
-        until("the first read to start", || {
-            batched.reader.reads.lock().unwrap().len() == 1
-        })
-        .await;
+        let lead = spawn_get(&batched, first);
+        first_read_started(&batched).await;
         let others: Vec<WorkspaceId> = (0..49).map(|_| WorkspaceId::new()).collect();
-        let waits: Vec<_> = others
-            .iter()
-            .map(|id| {
-                let (batched, id) = (batched.clone(), *id);
-                tokio::spawn(async move { batched.get(id).await })
-            })
-            .collect();
+        let waits: Vec<_> = others.iter().map(|id| spawn_get(&batched, *id)).collect();
         until("every look to be asked", || asked(&batched) == 49).await;
         batched.reader.permits.add_permits(2);
         assert_eq!(lead.await.unwrap().unwrap(), first.to_string());
@@ -222,18 +250,9 @@ mod tests {
     async fn a_caller_that_goes_away_does_not_cancel_the_read_others_wait_on() {
         let batched = Batched::new(Gated::new());
         let (first, second) = (WorkspaceId::new(), WorkspaceId::new());
-        let lead = tokio::spawn({
-            let batched = batched.clone();
-            async move { batched.get(first).await }
-        });
-        until("the first read to start", || {
-            batched.reader.reads.lock().unwrap().len() == 1
-        })
-        .await;
-        let other = tokio::spawn({
-            let batched = batched.clone();
-            async move { batched.get(second).await }
-        });
+        let lead = spawn_get(&batched, first);
+        first_read_started(&batched).await;
+        let other = spawn_get(&batched, second);
         until("the second look to be asked", || asked(&batched) == 1).await;
         lead.abort();
         batched.reader.permits.add_permits(2);
@@ -242,5 +261,38 @@ mod tests {
             !batched.waiting.lock().unwrap().reading
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_dies_mid_read_leaves_the_next_look_a_reader() {
+        let reader = Gated::new();
+        reader
+            .panics
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        reader.permits.add_permits(10);
+        let batched = Batched::new(reader);
+        let failed = test_support::bounded_by(
+            Duration::from_secs(10),
+            "the look a dying reader was to answer",
+            batched.get(WorkspaceId::new()),
+        )
+        .await;
+        assert!(matches!(failed, Err(Error::Internal(_))), "{failed:?}");
+        batched
+            .reader
+            .panics
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let next = WorkspaceId::new();
+        assert_eq!(
+            bounded_get(&batched, next).await,
+            next.to_string(),
+            "a later look starts a reader of its own"
+        );
+    }
+
+    async fn bounded_get(batched: &Arc<Batched<Gated>>, id: WorkspaceId) -> String {
+        test_support::bounded_by(Duration::from_secs(10), "a look", batched.get(id))
+            .await
+            .unwrap()
     }
 }
