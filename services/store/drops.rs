@@ -24,18 +24,13 @@ pub struct Peek {
 }
 
 impl Store {
-    /// The debounce's unlocked look at a workspace.
+    /// The debounce's unlocked look at a workspace; `NotFound` if there is
+    /// none.
     pub async fn peek(&self, id: WorkspaceId) -> Result<Peek, Error> {
-        let conn = self.conn().await?;
-        let row = super::row_by_id(
-            &conn,
-            "SELECT desired, backend, running_cycle IS NOT NULL, window_until
-             FROM workspaces WHERE id = $1",
-            id.as_uuid(),
-            || format!("workspace {id}"),
-        )
-        .await?;
-        peek_of(&row)
+        self.peek_many(&[id])
+            .await?
+            .remove(&id)
+            .ok_or_else(|| Error::NotFound(format!("workspace {id}")))
     }
 
     /// The same look at many workspaces, in one read: the workspaces found.
